@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create ./.venv and install tlbench into it (editable: the Hydra configs live in ./conf).
+# Idempotent: a second call only checks. Installs Debian's Fashion-MNIST package where apt is usable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import tlbench, torch, pytorch_lightning, mlflow, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.tlbench-installed ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+  touch .venv/.tlbench-installed
+fi
+# Offline real data shipped by Debian (optional: tlbench says how to get it when it is missing).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+    || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
+    || echo "note: could not install Debian package dataset-fashion-mnist; the 'fashion' datasets need it or TLBENCH_DATA"
+fi

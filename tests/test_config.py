@@ -1,0 +1,94 @@
+"""Every yaml in conf/ composes and validates; bad keys, types and options fail with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from tlbench.config import RunConfig, flatten, to_plain_dict, validate
+from tlbench.errors import ConfigError
+
+from conftest import compose, group_options
+
+# A quick, offline data/backbone pair so that validation tests never touch large data.
+FAST = ["backbone=small_cnn", "data=digits"]
+
+
+@pytest.mark.parametrize(
+    "group", ["backbone", "freeze", "data", "adapt", "trainer", "tracking", "experiment"]
+)
+def test_every_group_option_composes_and_validates(group):
+    options = group_options(group)
+    assert options, f"conf/{group} has no yaml"
+    for option in options:
+        overrides = [f"{group}={option}"] + [o for o in FAST if not o.startswith(group + "=")]
+        run = validate(compose(overrides))
+        assert isinstance(run, RunConfig)
+        if group in ("backbone", "freeze", "adapt"):
+            assert getattr(run, group).name
+
+
+def test_default_config_is_the_embedded_task():
+    run = validate(compose())
+    assert run.backbone.name == "efficientnet_lite0" and run.backbone.weights == "imagenet"
+    assert run.data.source == "synthetic_digits" and run.data.target == "sklearn_digits"
+    assert run.selection == "source_val"
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("+adapt.trade_of=1.0", "adapt.trade_of"),
+        ("adapt=dann adapt.trade_off=abc", "adapt.trade_off"),
+        ("+data.batchsize=3", "data.batchsize"),
+        ("data.batch_size=many", "data.batch_size"),
+        ("selection=test_labels", "selection"),
+        ("optim.name=adam", "optim.name"),
+        ("+learning_rate=0.1", "learning_rate"),
+        ("optim.lr=-1", "optim.lr"),
+        ("seed=abc", "seed"),
+        ("data.labels_per_class=5 data.label_fraction=0.5", "at most one"),
+        ("backbone.name=resnet9000", "backbone"),
+    ],
+)
+def test_bad_config_raises_one_line_error(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        validate(compose(FAST + override.split()))
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_flatten_gives_dotted_params():
+    run = validate(compose(FAST))
+    flat = flatten(to_plain_dict(run))
+    assert flat["data.source"] == "synthetic_digits"
+    assert flat["backbone.name"] == "small_cnn"
+    assert "optim.lr" in flat and not any(isinstance(v, dict) and v for v in flat.values())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tlbench", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_unknown_option_lists_choices_and_fails():
+    result = _cli("adapt=nope")
+    assert result.returncode != 0
+    assert "Available options in 'adapt'" in result.stderr and "dann" in result.stderr
+
+
+def test_cli_bad_type_is_one_line_and_nonzero(tmp_path):
+    result = _cli("backbone=small_cnn", "data.batch_size=many", f"tracking.uri=sqlite:///{tmp_path}/m.db")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlbench: error:")]
+    assert len(errors) == 1 and "data.batch_size" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_config_yaml_round_trips():
+    run = validate(compose(FAST + ["adapt=dann"]))
+    again = validate(OmegaConf.create(to_plain_dict(run)))
+    assert again == run

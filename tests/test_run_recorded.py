@@ -1,0 +1,92 @@
+"""A real run recorded in a real SQLite MLflow store: params, per-epoch metrics, config artifact, tags,
+status; failures marked FAILED with the reason; Hydra multirun records every run of the grid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tlbench.config import validate
+from tlbench.errors import TrainingError
+from tlbench.train import train
+
+from conftest import compose
+
+TINY = [
+    "backbone=small_cnn",
+    "data=digits",
+    "data.synthetic_size=400",
+    "data.batch_size=32",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def _run_config(tmp_path, uri, extra=()):
+    run = validate(compose(TINY + [f"tracking.uri={uri}", *extra]))
+    run.output_dir = str(tmp_path / "out")
+    return run
+
+
+def test_run_records_params_metrics_artifact_and_tags(tmp_path, mlflow_uri):
+    metrics = train(_run_config(tmp_path, mlflow_uri, ["adapt=dann"]))
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(metrics["run_id"])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["adapt.name"] == "dann" and params["backbone.name"] == "small_cnn"
+    assert params["data.synthetic_size"] == "400" and params["selection"] == "source_val"
+    tags = run.data.tags
+    for tag in ("git_commit", "tlbench_version", "dataset", "source_fingerprint", "target_fingerprint", "config_hash"):
+        assert tags.get(tag), tag
+    history = client.get_metric_history(run.info.run_id, "val/source_acc")
+    assert len(history) == 2  # one value per epoch
+    for name in ("val/target_acc", "val/target_entropy", "eval/target_test_acc", "train/loss", "test/target_acc", "test/source_acc"):
+        assert name in run.data.metrics, name
+    assert 0.0 <= run.data.metrics["test/target_acc"] <= 1.0
+    assert run.data.metrics["selected_epoch"] in (0.0, 1.0)
+    artifacts = [f.path for f in client.list_artifacts(run.info.run_id)]
+    assert "config.yaml" in artifacts
+    path = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    text = open(path).read()
+    assert "name: dann" in text and "synthetic_size: 400" in text
+
+
+def test_nan_loss_marks_run_failed_with_reason(tmp_path, mlflow_uri):
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train(_run_config(tmp_path, mlflow_uri, ["optim.lr=1e30", "optim.name=sgd", "optim.scheduler=constant"]))
+    runs = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("tlbench").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert "non-finite loss" in runs[0].data.tags["failure_reason"]
+
+
+def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path, mlflow_uri):
+    """adapt × seed grid (4 runs) plus one bad-lr point that fails: the sweep continues and exits 1."""
+    command = [
+        sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}",
+        "adapt=source_only,dann", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    assert sorted((r.data.params["adapt.name"], r.data.params["seed"]) for r in runs) == [
+        ("dann", "0"), ("dann", "1"), ("source_only", "0"), ("source_only", "1")
+    ]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert "test target acc" in result.stdout  # the end-of-sweep table
+
+    failing = subprocess.run(
+        command[:-3] + ["optim.lr=1e30,0.001", "optim.name=sgd", "optim.scheduler=constant", f"hydra.sweep.dir={tmp_path}/sweep2"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert failing.returncode == 1
+    assert "non-finite loss" in failing.stderr
+    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    statuses = sorted(r.info.status for r in runs)
+    assert statuses.count("FAILED") == 1 and statuses.count("FINISHED") == 5

@@ -1,0 +1,42 @@
+"""The contract of a domain-adaptation method: an extra loss on source and target features/logits.
+
+A method never owns the training loop or the optimizer. TransferModule calls `loss(...)` once per
+step with the labelled source batch's features/logits and the unlabelled target batch's; any
+parameters the method has (e.g. a domain discriminator) are trained by the module's optimizer.
+Target labels never reach this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AdaptOutput:
+    """The weighted loss to add to source cross-entropy, plus scalars worth logging (under train/)."""
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Adapter(nn.Module):
+    #: False for methods that need no target batch during training (source_only, adabn).
+    needs_target: bool = True
+
+    def loss(
+        self,
+        features_s: torch.Tensor,
+        features_t: torch.Tensor | None,
+        logits_s: torch.Tensor,
+        logits_t: torch.Tensor | None,
+        labels_s: torch.Tensor,
+        progress: float,
+    ) -> AdaptOutput:
+        """`progress` ∈ [0, 1] is the fraction of training done (drives schedules such as DANN's λ)."""
+        raise NotImplementedError
+
+    def before_evaluation(self, module: nn.Module, target_batches) -> None:
+        """Hook run before each evaluation (AdaBN re-estimates BatchNorm statistics here). Default: nothing."""

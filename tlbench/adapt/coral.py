@@ -1,0 +1,41 @@
+"""Deep CORAL (Sun & Saenko 2016): match second-order statistics, ‖C_s − C_t‖_F² / (4d²), a cheap
+alignment with no extra parameters and no kernel bandwidths to tune."""
+
+from dataclasses import dataclass
+
+import torch
+
+from . import ADAPTERS
+from .base import AdaptOutput, Adapter
+
+
+@dataclass
+class CORALConfig:
+    name: str = "coral"
+    trade_off: float = 1.0
+
+
+def covariance(x: torch.Tensor) -> torch.Tensor:
+    """Unbiased (n − 1) feature covariance (d, d), as in the paper."""
+    centered = x - x.mean(dim=0, keepdim=True)
+    return centered.T @ centered / max(len(x) - 1, 1)
+
+
+def coral_loss(features_s: torch.Tensor, features_t: torch.Tensor) -> torch.Tensor:
+    d = features_s.shape[1]
+    return (covariance(features_s) - covariance(features_t)).pow(2).sum() / (4.0 * d * d)
+
+
+class CORAL(Adapter):
+    def __init__(self, cfg: CORALConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
+        transfer = coral_loss(features_s, features_t)
+        return AdaptOutput(loss=self.cfg.trade_off * transfer, logs={"transfer_loss": transfer.detach()})
+
+
+@ADAPTERS.register("coral", CORALConfig)
+def build_coral(cfg: CORALConfig, num_classes: int, feature_dim: int) -> Adapter:
+    return CORAL(cfg)

@@ -1,0 +1,25 @@
+"""Source only (ERM): the no-adaptation baseline every method is compared against."""
+
+from dataclasses import dataclass
+
+import torch
+
+from . import ADAPTERS
+from .base import AdaptOutput, Adapter
+
+
+@dataclass
+class SourceOnlyConfig:
+    name: str = "source_only"
+
+
+class SourceOnly(Adapter):
+    needs_target = False
+
+    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
+        return AdaptOutput(loss=torch.zeros((), device=logits_s.device))
+
+
+@ADAPTERS.register("source_only", SourceOnlyConfig)
+def build_source_only(cfg: SourceOnlyConfig, num_classes: int, feature_dim: int) -> Adapter:
+    return SourceOnly()

@@ -1,0 +1,87 @@
+"""The `tlbench` command: Hydra entry point for runs and sweeps, plus subcommands (`tlbench report ...`).
+
+User mistakes end with one line on stderr and a non-zero exit; in a multirun sweep a failing run is
+recorded as FAILED and the sweep goes on, and the command exits 1 at the end if any run failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .errors import TlbenchError
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("tlbench")
+#: Runs of this process's sweep that failed: (job number, one-line reason).
+FAILED_RUNS: list[tuple[int, str]] = []
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_from_hydra(cfg: DictConfig) -> float | None:
+    """Validate, train, report. Returns the selected test target accuracy (used by sweepers)."""
+    from .config import validate
+    from .runs import load_runs, summary_table
+    from .train import train
+
+    run = validate(cfg)
+    tags = {}
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        run.output_dir = hc.runtime.output_dir
+        if _in_multirun():
+            tags = {"sweep_dir": str(Path(hc.sweep.dir).resolve()), "sweep_job": hc.job.num}
+    metrics = train(run, extra_tags=tags)
+    if not _in_multirun() and "run_id" in metrics:
+        runs = load_runs(run.tracking.uri, run.tracking.experiment, f"attributes.run_id = '{metrics['run_id']}'")
+        print(summary_table(runs))
+    return metrics.get("test/target_acc")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def hydra_entry(cfg: DictConfig) -> float | None:
+    try:
+        return run_from_hydra(cfg)
+    except TlbenchError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except Exception as exc:  # a bug or library error: keep the traceback in the job log, one line on screen
+        if not _in_multirun():
+            raise
+        log.exception("run failed")
+        return _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1)
+
+
+def _fail(message: str, exit_code: int) -> None:
+    print(f"tlbench: error: {message}", file=sys.stderr)
+    if _in_multirun():
+        FAILED_RUNS.append((HydraConfig.get().job.num, message))
+        return None
+    raise SystemExit(exit_code)
+
+
+SUBCOMMANDS = {
+    "report": "tlbench.report.cli:main",
+}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        import importlib
+
+        module_name, func = SUBCOMMANDS[sys.argv[1]].split(":")
+        command = sys.argv.pop(1)
+        sys.argv[0] = f"tlbench {command}"
+        raise SystemExit(getattr(importlib.import_module(module_name), func)())
+    hydra_entry()
+    if FAILED_RUNS:
+        print(f"tlbench: {len(FAILED_RUNS)} run(s) failed: " + "; ".join(f"job {n}: {m}" for n, m in FAILED_RUNS), file=sys.stderr)
+        raise SystemExit(1)

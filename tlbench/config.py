@@ -1,0 +1,190 @@
+"""Typed schemas for the composed run config, and validation into a RunConfig.
+
+Groups whose keys depend on the chosen implementation (backbone, freeze, adapt) are validated by their
+registry against that implementation's own dataclass; fixed-shape groups (data, optim, trainer,
+tracking) have one schema each. Every failure becomes a one-line ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+from .registry import describe_omegaconf_error
+
+SELECTION_RULES = ("source_val", "oracle", "target_entropy")
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    #: Domains as `family` or `family:argument`; target == source means in-domain evaluation.
+    source: str = "synthetic_digits"
+    target: str = "sklearn_digits"
+    #: Folder holding user-provided datasets; defaults to $TLBENCH_DATA, then ~/.cache/tlbench/data.
+    root: Optional[str] = None
+    batch_size: int = 64
+    #: Label budget for the labelled (source) training set: at most one of these.
+    labels_per_class: Optional[int] = None
+    label_fraction: Optional[float] = None
+    #: Augmentation preset applied to training batches: none | standard | strong.
+    augment: str = "none"
+    num_workers: int = 0
+    #: Size of synthetic source sets (where the family generates its data).
+    synthetic_size: int = 6000
+    #: Image side for folder datasets decoded to fixed-size tensors.
+    image_size: int = 64
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    #: Learning-rate schedule over the run: constant | cosine | dann (Ganin's annealing).
+    scheduler: str = "cosine"
+
+
+@dataclass
+class HeadConfig:
+    #: Hidden sizes of an MLP head; empty for a linear head.
+    hidden: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 5
+    #: Fraction (≤1.0) or number (>1) of training batches per epoch.
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = True
+    log_every_n_steps: int = 10
+    fast_dev_run: bool = False
+    enable_progress_bar: bool = True
+    gradient_clip_val: Optional[float] = None
+
+
+@dataclass
+class TrackingConfig:
+    #: MLflow tracking URI; empty means $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db in the working dir.
+    uri: str = ""
+    experiment: str = "tlbench"
+    run_name: str = ""
+    #: Extra tags for every run of this config.
+    tags: dict[str, str] = field(default_factory=dict)
+    log_model: bool = False
+    #: Skip a run whose config hash already has a FINISHED run in the experiment.
+    skip_done: bool = False
+    #: Seconds to wait for a remote tracking server before failing.
+    timeout_s: int = 20
+
+
+@dataclass
+class RunConfig:
+    backbone: Any = None
+    freeze: Any = None
+    adapt: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    #: Which metric chooses the checkpoint: source_val (default, honest) | oracle (target labels) |
+    #: target_entropy (label-free).
+    selection: str = "source_val"
+    #: Where checkpoints and per-run files go; Hydra sets it to the job's output dir.
+    output_dir: str = "outputs"
+    #: Checkpoints go to <checkpoint_dir>/<config hash>/, so `resume=true` with the same config finds them.
+    checkpoint_dir: str = "checkpoints"
+    #: Continue the newest unfinished (KILLED/FAILED) run of this exact config from its last epoch.
+    resume: bool = False
+
+
+def _typed(group: str, schema: type, node: Any) -> Any:
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(describe_omegaconf_error(group, schema, exc)) from None
+
+
+def validate(cfg: DictConfig | dict) -> RunConfig:
+    """Check a composed config completely before anything trains; return it typed."""
+    from .adapt import ADAPTERS
+    from .backbones import BACKBONES
+    from .freeze import SCHEDULES
+
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    container.pop("hydra", None)
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    for key in container:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown top-level key; allowed: {', '.join(sorted(known))}")
+    for group in ("backbone", "freeze", "adapt"):
+        if container.get(group) is None:
+            raise ConfigError(f"{group}: missing; choose one with {group}=<option>")
+    run = RunConfig(
+        backbone=BACKBONES.validate(container["backbone"]),
+        freeze=SCHEDULES.validate(container["freeze"]),
+        adapt=ADAPTERS.validate(container["adapt"]),
+        data=_typed("data", DataConfig, container.get("data", {})),
+        head=_typed("head", HeadConfig, container.get("head", {})),
+        optim=_typed("optim", OptimConfig, container.get("optim", {})),
+        trainer=_typed("trainer", TrainerConfig, container.get("trainer", {})),
+        tracking=_typed("tracking", TrackingConfig, container.get("tracking", {})),
+        **{k: container[k] for k in ("seed", "selection", "output_dir", "checkpoint_dir", "resume") if k in container},
+    )
+    _check_values(run)
+    return run
+
+
+def _check_values(run: RunConfig) -> None:
+    def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{key}: '{value}' is not allowed; choose one of: {', '.join(allowed)}")
+
+    if not isinstance(run.seed, int) or isinstance(run.seed, bool):
+        raise ConfigError(f"seed: expected an integer, got {run.seed!r}")
+    choice("selection", run.selection, SELECTION_RULES)
+    choice("optim.name", run.optim.name, ("adamw", "sgd"))
+    choice("optim.scheduler", run.optim.scheduler, ("constant", "cosine", "dann"))
+    choice("data.augment", run.data.augment, ("none", "standard", "strong"))
+    if run.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be positive, got {run.optim.lr}")
+    if run.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size: must be ≥ 1, got {run.data.batch_size}")
+    if run.data.labels_per_class is not None and run.data.label_fraction is not None:
+        raise ConfigError("data: set at most one of labels_per_class and label_fraction")
+    if run.data.label_fraction is not None and not 0 < run.data.label_fraction <= 1:
+        raise ConfigError(f"data.label_fraction: must be in (0, 1], got {run.data.label_fraction}")
+    if run.data.labels_per_class is not None and run.data.labels_per_class < 1:
+        raise ConfigError(f"data.labels_per_class: must be ≥ 1, got {run.data.labels_per_class}")
+    if run.trainer.max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs: must be ≥ 1, got {run.trainer.max_epochs}")
+
+
+def to_plain_dict(run: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(run)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} → {'a.b': 1}: the MLflow params of a run."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

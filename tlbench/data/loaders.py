@@ -1,0 +1,73 @@
+"""Batch iteration. In-memory tensors are batched by fancy indexing (no per-sample Python or PIL work),
+other datasets go through a standard DataLoader with workers."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from .base import TensorImages
+
+
+class EpochSeed:
+    """Epoch-dependent seed; Lightning calls `set_epoch` on a loader's `sampler` before each epoch,
+    which keeps shuffling reproducible across resumed runs."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
+
+class TensorBatchLoader:
+    """Iterates (images, labels) batches of a TensorImages; shards across ranks when distributed."""
+
+    def __init__(self, data: TensorImages, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
+        self.data = data
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.sampler = EpochSeed(seed)
+        self.batch_sampler = None  # Lightning inspects loaders for samplers; batching is done here
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.data)
+        order = torch.randperm(n, generator=self.sampler.generator()) if self.shuffle else torch.arange(n)
+        if dist.is_available() and dist.is_initialized():
+            order = order[dist.get_rank() :: dist.get_world_size()]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        if dist.is_available() and dist.is_initialized():
+            n = -(-n // dist.get_world_size())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._indices()
+        stop = len(self) * self.batch_size
+        for start in range(0, min(stop, len(order)), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.data.images[index], self.data.labels[index]
+
+
+def make_loader(data: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0):
+    """The fastest correct loader for `data`: TensorBatchLoader for in-memory tensors, DataLoader otherwise."""
+    drop_last = train and len(data) >= batch_size
+    if isinstance(data, TensorImages):
+        return TensorBatchLoader(data, batch_size, shuffle=train, drop_last=drop_last, seed=seed)
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed) if train else None,
+    )

@@ -1,0 +1,23 @@
+"""Where tlbench keeps generated data, caches and user datasets (overridable by environment)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir(*parts: str) -> Path:
+    """$TLBENCH_CACHE or ~/.cache/tlbench: generated datasets and frozen-feature caches."""
+    root = Path(os.environ.get("TLBENCH_CACHE") or Path.home() / ".cache" / "tlbench")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_root(configured: str | None) -> Path:
+    """data.root, else $TLBENCH_DATA, else ~/.cache/tlbench/data: where user-provided datasets live."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("TLBENCH_DATA"):
+        return Path(os.environ["TLBENCH_DATA"]).expanduser()
+    return cache_dir("data")

@@ -1,0 +1,97 @@
+"""Name → (typed schema, factory) registries, one per config group.
+
+Configs pick an implementation by `name`; the registry validates the group's node against the
+implementation's dataclass schema (unknown key or wrong type → ConfigError naming the key) and builds
+it. This replaces `_target_` strings, so a user config can only instantiate tlbench's own classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    schema: type
+    factory: Callable[..., T]
+
+
+class Registry(Generic[T]):
+    def __init__(self, group: str, package: str | None = None):
+        self.group = group
+        self._package = package  # imported lazily so every file in it registers itself
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, schema: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        if not dataclasses.is_dataclass(schema):
+            raise TypeError(f"schema for {self.group}/{name} must be a dataclass")
+
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.group} '{name}' registered twice")
+            self._entries[name] = Entry(name, schema, factory)
+            return factory
+
+        return decorator
+
+    def _discover(self) -> None:
+        if self._package is None:
+            return
+        package = importlib.import_module(self._package)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self._package}.{info.name}")
+        self._package = None
+
+    def choices(self) -> list[str]:
+        self._discover()
+        return sorted(self._entries)
+
+    def entry(self, name: str) -> Entry[T]:
+        self._discover()
+        if name not in self._entries:
+            raise ConfigError(
+                f"{self.group}.name: unknown {self.group} '{name}'; choose one of: {', '.join(self.choices())}"
+            )
+        return self._entries[name]
+
+    def validate(self, node: Any) -> Any:
+        """Return the typed dataclass instance for a config node, or raise a one-line ConfigError."""
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)
+        if not isinstance(node, dict) or "name" not in node:
+            raise ConfigError(f"{self.group}: expected a mapping with a 'name' key, got {node!r}")
+        entry = self.entry(str(node["name"]))
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(entry.schema), node)
+            return OmegaConf.to_object(merged)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(describe_omegaconf_error(self.group, entry.schema, exc)) from None
+
+    def build(self, node: Any, **runtime: Any) -> T:
+        typed = node if dataclasses.is_dataclass(node) else self.validate(node)
+        return self.entry(typed.name).factory(typed, **runtime)
+
+
+def allowed_keys(schema: type) -> str:
+    return ", ".join(f"{f.name}: {getattr(f.type, '__name__', f.type)}" for f in dataclasses.fields(schema))
+
+
+def describe_omegaconf_error(group: str, schema: type, exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
+    reason = str(exc).splitlines()[0]
+    if "not in struct" in reason or "Key '" in reason and "not" in reason:
+        return f"{group}.{key}: unknown key for {group} '{getattr(schema, '__name__', schema)}'; allowed keys: {allowed_keys(schema)}"
+    return f"{group}.{key}: {reason}"

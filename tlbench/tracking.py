@@ -1,0 +1,207 @@
+"""MLflow recording of one run: params = flattened config, config.yaml artifact, tags, per-step metrics,
+and a final status (FINISHED, FAILED with the reason, or KILLED) that is set even when training dies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_only
+
+from .config import RunConfig, TrackingConfig, flatten, to_plain_dict
+from .errors import TlbenchError
+
+MAX_PARAM_LENGTH = 6000
+#: Config keys that do not change what is computed, left out of the config hash.
+NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+
+
+class TrackingError(TlbenchError):
+    """The MLflow store cannot be reached or written."""
+
+
+def resolve_uri(configured: str) -> str:
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else a SQLite database `mlflow.db` in the working dir."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout_s: float) -> None:
+    """Fail fast with one line instead of hanging on an unreachable tracking server."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise TrackingError(f"tracking.uri: cannot reach MLflow server {uri} within {timeout_s:.0f}s ({exc}); start it or use a sqlite:/// URI") from None
+
+
+def config_hash(run: RunConfig) -> str:
+    """Hash of everything that changes what a run computes (seed included): the key for skip_done."""
+    flat = flatten(to_plain_dict(run))
+    semantic = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)}
+    return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client, name: str) -> str:
+    """Get or create the experiment; tolerates another process creating it at the same moment."""
+    for _ in range(5):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(name)
+        except Exception:  # created concurrently by another worker: look it up again
+            time.sleep(0.2)
+    raise TrackingError(f"tracking.experiment: could not create or find MLflow experiment '{name}'")
+
+
+def finished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
+    """Run id of a FINISHED run with this config hash in the experiment, if any (for skip_done)."""
+    uri = resolve_uri(tracking.uri)
+    client = _client(uri)
+    found = client.get_experiment_by_name(tracking.experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id], f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+class RunRecorder:
+    """One MLflow run; use `recorded_run(...)` to get the status handling right."""
+
+    def __init__(self, client, run_id: str, uri: str):
+        self.client = client
+        self.run_id = run_id
+        self.uri = uri
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+
+def unfinished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
+    """Newest KILLED or FAILED run with this config hash: the run that `resume=true` continues."""
+    client = _client(resolve_uri(tracking.uri))
+    found = client.get_experiment_by_name(tracking.experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id], f"tags.config_hash = '{digest}' and attributes.status != 'FINISHED'",
+        max_results=1, order_by=["attributes.start_time DESC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+@contextmanager
+def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], resume_run_id: str | None = None) -> Iterator[RunRecorder]:
+    """Create (or, with `resume_run_id`, reopen) an MLflow run and always close it: FINISHED on success,
+    KILLED on interrupt (SIGINT/SIGTERM), FAILED with a `failure_reason` tag on any error (re-raised)."""
+    uri = resolve_uri(tracking.uri)
+    check_reachable(uri, tracking.timeout_s)
+    client = _client(uri)
+    try:
+        if resume_run_id:
+            client.update_run(resume_run_id, status="RUNNING")
+            run_id = resume_run_id
+        else:
+            exp_id = experiment_id(client, tracking.experiment)
+            run_id = client.create_run(exp_id, run_name=run_name or None, tags={**tracking.tags, **{k: str(v) for k, v in tags.items()}}).info.run_id
+    except TlbenchError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"tracking.uri: cannot write to MLflow store {uri}: {str(exc).splitlines()[0]}") from None
+    recorder = RunRecorder(client, run_id, uri)
+    try:
+        yield recorder
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1) after cleaning up
+        client.set_tag(recorder.run_id, "failure_reason", "interrupted")
+        client.set_terminated(recorder.run_id, "KILLED")
+        raise
+    except BaseException as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        client.set_tag(recorder.run_id, "failure_reason", f"{type(exc).__name__}: {reason}"[:5000])
+        client.set_terminated(recorder.run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(recorder.run_id, "FINISHED")
+
+
+class MlflowMetricLogger(Logger):
+    """Lightning logger that writes metrics into an already-open RunRecorder (we own the run's lifecycle,
+    so Lightning's own MLFlowLogger, which ends runs itself, is not used)."""
+
+    def __init__(self, recorder: RunRecorder):
+        super().__init__()
+        self.recorder = recorder
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.recorder.run_id
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> RunRecorder:
+        return self.recorder
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """Params are recorded from the validated config before training starts."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.recorder.log_metrics({k: v for k, v in metrics.items()}, step or 0)

@@ -1,0 +1,170 @@
+"""One run end to end: validated config → data, backbone, schedule, method → Lightning → MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from . import __version__
+from .adapt import ADAPTERS
+from .backbones import BACKBONES
+from .config import RunConfig, flatten, to_plain_dict
+from .data.datamodule import DomainDataModule
+from .freeze import SCHEDULES
+from .heads import build_head
+from .module import SELECTION_METRICS, TransferModule
+from .tracking import (
+    MlflowMetricLogger,
+    config_hash,
+    finished_run_with_hash,
+    git_commit,
+    recorded_run,
+    unfinished_run_with_hash,
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_augmentation_for(run: RunConfig, datamodule: DomainDataModule):
+    if run.data.augment == "none":
+        return None
+    from .data.augment import build_augmentation
+
+    return build_augmentation(run.data.augment, datamodule.source.hflip_ok)
+
+
+def build_module(run: RunConfig, datamodule: DomainDataModule) -> TransferModule:
+    schedule = SCHEDULES.build(run.freeze)
+    backbone_cfg = run.backbone if schedule.uses_pretrained else dataclasses.replace(run.backbone, weights="none")
+    backbone = BACKBONES.build(backbone_cfg)
+    head = build_head(backbone.out_features, datamodule.num_classes, run.head.hidden, run.head.dropout)
+    adapter = ADAPTERS.build(run.adapt, num_classes=datamodule.num_classes, feature_dim=backbone.out_features)
+    return TransferModule(
+        backbone, head, adapter, schedule, run.optim, datamodule.num_classes,
+        build_augmentation_for(run, datamodule), seed=run.seed,
+    )
+
+
+def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, callbacks: list | None = None) -> pl.Trainer:
+    t = run.trainer
+    limit_train = int(t.limit_train_batches) if t.limit_train_batches > 1 else t.limit_train_batches
+    limit_val = int(t.limit_val_batches) if t.limit_val_batches > 1 else t.limit_val_batches
+    return pl.Trainer(
+        max_epochs=t.max_epochs,
+        limit_train_batches=limit_train,
+        limit_val_batches=limit_val,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        fast_dev_run=t.fast_dev_run,
+        enable_progress_bar=t.enable_progress_bar,
+        gradient_clip_val=t.gradient_clip_val,
+        logger=logger,
+        callbacks=([checkpoint] if checkpoint else []) + (callbacks or []),
+        enable_checkpointing=checkpoint is not None,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=run.output_dir,
+    )
+
+
+def run_tags(run: RunConfig, datamodule: DomainDataModule, digest: str) -> dict[str, Any]:
+    return {
+        "config_hash": digest,
+        "git_commit": git_commit(),
+        "tlbench_version": __version__,
+        "dataset": run.data.name,
+        "source_domain": run.data.source,
+        "target_domain": run.data.target,
+        "source_fingerprint": datamodule.source.fingerprint,
+        "target_fingerprint": datamodule.target.fingerprint,
+        "selection": run.selection,
+    }
+
+
+def default_run_name(run: RunConfig) -> str:
+    return run.tracking.run_name or f"{run.data.name}-{run.backbone.name}-{run.freeze.name}-{run.adapt.name}-s{run.seed}"
+
+
+def selected_epoch(checkpoint: ModelCheckpoint) -> int | None:
+    match = re.search(r"epoch(\d+)", Path(checkpoint.best_model_path or "").name)
+    return int(match.group(1)) if match else None
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler or `kill`) behaves like Ctrl-C: the run is closed as KILLED, checkpoints kept."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train(run: RunConfig, extra_callbacks: list | None = None, extra_tags: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train and test one configuration, recorded as one MLflow run; returns the final metrics.
+
+    With `tracking.skip_done`, a configuration that already has a FINISHED run is not run again.
+    """
+    digest = config_hash(run)
+    if run.tracking.skip_done:
+        done = finished_run_with_hash(run.tracking, digest)
+        if done:
+            log.info("skip_done: config %s already finished as run %s", digest, done)
+            return {"skipped": 1.0}
+    pl.seed_everything(run.seed, workers=True, verbose=False)
+    datamodule = DomainDataModule(run.data, run.seed)
+    module = build_module(run, datamodule)
+    checkpoint_dir = Path(run.checkpoint_dir) / digest
+    last = checkpoint_dir / "last.ckpt"
+    resume_run_id = unfinished_run_with_hash(run.tracking, digest) if run.resume and last.exists() else None
+    if not resume_run_id:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
+    tags = {**run_tags(run, datamodule, digest), **(extra_tags or {})}
+    with sigterm_as_interrupt(), recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
+        if not resume_run_id:
+            plain = to_plain_dict(run)
+            recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})
+            recorder.log_text(OmegaConf.to_yaml(OmegaConf.create(plain)), "config.yaml")
+        monitor, mode = SELECTION_METRICS[run.selection]
+        checkpoint = None
+        if not run.trainer.fast_dev_run:
+            checkpoint = ModelCheckpoint(
+                dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+                monitor=monitor, mode=mode, save_top_k=1, save_last=True,
+            )
+        trainer = build_trainer(run, MlflowMetricLogger(recorder), checkpoint, extra_callbacks)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume_run_id else None, weights_only=True)
+        results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if checkpoint else None, verbose=False, weights_only=True)
+        metrics = {k: float(v) for result in results for k, v in result.items()}
+        if checkpoint is not None and selected_epoch(checkpoint) is not None:
+            metrics["selected_epoch"] = float(selected_epoch(checkpoint))
+            recorder.log_metrics({"selected_epoch": metrics["selected_epoch"]}, step=trainer.global_step)
+        if run.tracking.log_model:
+            from .backbones.weights import save_backbone
+
+            path = Path(run.output_dir) / "backbone.pt"
+            save_backbone(module.backbone, path)
+            recorder.log_artifact(path, "backbone")
+        metrics["run_id"] = recorder.run_id  # type: ignore[assignment]
+        return metrics
