@@ -24,12 +24,14 @@ TINY = [
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=3",
     "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
 ]
 
 
 def _run_config(tmp_path, uri, extra=()):
     run = validate(compose(TINY + [f"tracking.uri={uri}", *extra]))
     run.output_dir = str(tmp_path / "out")
+    run.checkpoint_dir = str(tmp_path / "ckpt")
     return run
 
 
@@ -68,7 +70,7 @@ def test_nan_loss_marks_run_failed_with_reason(tmp_path, mlflow_uri):
 def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path, mlflow_uri):
     """adapt × seed grid (4 runs) plus one bad-lr point that fails: the sweep continues and exits 1."""
     command = [
-        sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}",
+        sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt",
         "adapt=source_only,dann", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -73,6 +73,8 @@ class TrainerConfig:
     fast_dev_run: bool = False
     enable_progress_bar: bool = True
     gradient_clip_val: Optional[float] = None
+    #: Cache the outputs of a backbone that stays frozen for the whole run (used only where valid).
+    feature_cache: bool = True
 
 
 @dataclass

@@ -58,6 +58,7 @@ class TransferModule(pl.LightningModule):
         self.head = head
         self.adapter = adapter
         self.schedule = schedule
+        schedule.regularizer(backbone)  # L2-SP anchors at the starting weights now, before any checkpoint restore
         self.optim_cfg = optim
         self.num_classes = num_classes
         self.augment = augment
@@ -91,11 +92,12 @@ class TransferModule(pl.LightningModule):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     if freeze_affine:
                         module.requires_grad_(False)
-                    if self.training and (index not in trainable or freeze_affine) and self.schedule.bn_policy != "train":
-                        module.eval()
+                    freeze_stats = self.schedule.bn_policy != "train" and (index not in trainable or freeze_affine)
+                    module.train(self.training and not freeze_stats)  # both ways: an unfrozen stage's BN trains again
 
     def train(self, mode: bool = True):
-        # Lightning switches the whole model to train mode after every validation; re-freeze BN here.
+        # An explicit .train() must not unfreeze BN. (Lightning restores per-module modes after validation
+        # without calling this, so apply_freezing also sets BN back to train mode itself.)
         super().train(mode)
         if mode:
             self.apply_freezing(self.current_epoch if self._trainer is not None else 0)

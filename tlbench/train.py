@@ -20,6 +20,7 @@ from .adapt import ADAPTERS
 from .backbones import BACKBONES
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
+from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, why_not_cacheable
 from .freeze import SCHEDULES
 from .heads import build_head
 from .module import SELECTION_METRICS, TransferModule
@@ -40,19 +41,38 @@ def build_augmentation_for(run: RunConfig, datamodule: DomainDataModule):
         return None
     from .data.augment import build_augmentation
 
-    return build_augmentation(run.data.augment, datamodule.source.hflip_ok)
+    # The same augmentation is applied to source and target batches: flip only if both allow it.
+    return build_augmentation(run.data.augment, datamodule.source.hflip_ok and datamodule.target.hflip_ok)
 
 
-def build_module(run: RunConfig, datamodule: DomainDataModule) -> TransferModule:
+def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[TransferModule, DomainDataModule, str]:
+    """Assemble the module; with a fully frozen backbone, swap images for cached features.
+
+    Returns the module, the datamodule it trains on, and the feature-cache decision ("on" or why not).
+    """
     schedule = SCHEDULES.build(run.freeze)
     backbone_cfg = run.backbone if schedule.uses_pretrained else dataclasses.replace(run.backbone, weights="none")
     backbone = BACKBONES.build(backbone_cfg)
-    head = build_head(backbone.out_features, datamodule.num_classes, run.head.hidden, run.head.dropout)
     adapter = ADAPTERS.build(run.adapt, num_classes=datamodule.num_classes, feature_dim=backbone.out_features)
-    return TransferModule(
+    reason = why_not_cacheable(schedule, backbone, adapter, run.data.augment, run.trainer.max_epochs)
+    if not run.trainer.feature_cache:
+        reason = "trainer.feature_cache=false"
+    if reason is None:
+        try:
+            key = backbone_digest(backbone)
+            source = featurize_domain(backbone, datamodule.source, key)
+            target = source if datamodule.in_domain else featurize_domain(backbone, datamodule.target, key)
+            datamodule = DomainDataModule(run.data, run.seed, source, target)
+            backbone = CachedBackbone(backbone.out_features)
+        except TypeError as exc:  # e.g. a streaming folder dataset
+            reason = str(exc)
+    log.info("feature cache: %s", "on" if reason is None else f"off ({reason})")
+    head = build_head(backbone.out_features, datamodule.num_classes, run.head.hidden, run.head.dropout)
+    module = TransferModule(
         backbone, head, adapter, schedule, run.optim, datamodule.num_classes,
         build_augmentation_for(run, datamodule), seed=run.seed,
     )
+    return module, datamodule, "on" if reason is None else f"off: {reason}"
 
 
 def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, callbacks: list | None = None) -> pl.Trainer:
@@ -134,13 +154,13 @@ def train(run: RunConfig, extra_callbacks: list | None = None, extra_tags: dict[
             return {"skipped": 1.0}
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = DomainDataModule(run.data, run.seed)
-    module = build_module(run, datamodule)
+    module, datamodule, cache_decision = build_module(run, datamodule)
     checkpoint_dir = Path(run.checkpoint_dir) / digest
     last = checkpoint_dir / "last.ckpt"
     resume_run_id = unfinished_run_with_hash(run.tracking, digest) if run.resume and last.exists() else None
     if not resume_run_id:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
-    tags = {**run_tags(run, datamodule, digest), **(extra_tags or {})}
+    tags = {**run_tags(run, datamodule, digest), "feature_cache": cache_decision, **(extra_tags or {})}
     with sigterm_as_interrupt(), recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
         if not resume_run_id:
             plain = to_plain_dict(run)
@@ -160,7 +180,7 @@ def train(run: RunConfig, extra_callbacks: list | None = None, extra_tags: dict[
         if checkpoint is not None and selected_epoch(checkpoint) is not None:
             metrics["selected_epoch"] = float(selected_epoch(checkpoint))
             recorder.log_metrics({"selected_epoch": metrics["selected_epoch"]}, step=trainer.global_step)
-        if run.tracking.log_model:
+        if run.tracking.log_model and not isinstance(module.backbone, CachedBackbone):
             from .backbones.weights import save_backbone
 
             path = Path(run.output_dir) / "backbone.pt"

@@ -11,6 +11,7 @@ from pytorch_lightning.utilities import CombinedLoader
 
 from ..config import DataConfig
 from . import build_domain
+from .base import DomainSplits
 from .budget import apply_label_budget
 from .loaders import make_loader
 
@@ -34,18 +35,23 @@ class UnlabelledLoader:
 
 
 class DomainDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, seed: int):
+    def __init__(self, cfg: DataConfig, seed: int, source: DomainSplits | None = None, target: DomainSplits | None = None):
+        """Builds the configured domains, or uses already-built ones (e.g. their cached features)."""
         super().__init__()
         self.cfg = cfg
         self.seed = seed
-        self.source = build_domain(cfg.source, cfg, seed)
-        self.target = self.source if cfg.target == cfg.source else build_domain(cfg.target, cfg, seed)
+        self.source = source or build_domain(cfg.source, cfg, seed)
+        if target is not None:
+            self.target = target
+        else:
+            self.target = self.source if cfg.target == cfg.source else build_domain(cfg.target, cfg, seed)
         if self.source.class_names != self.target.class_names:
             from ..errors import DataError
 
+            differing = sorted(set(self.source.class_names) ^ set(self.target.class_names))
             raise DataError(
-                f"data: class sets differ between source '{cfg.source}' ({self.source.num_classes} classes) "
-                f"and target '{cfg.target}' ({self.target.num_classes} classes)"
+                f"data: class sets differ between source '{cfg.source}' and target '{cfg.target}'"
+                + (f"; classes in only one of them: {', '.join(differing[:10])}" if differing else " (same names, different order)")
             )
         self.source_train = apply_label_budget(self.source.train, seed, cfg.labels_per_class, cfg.label_fraction)
 

@@ -1,0 +1,123 @@
+"""Frozen-feature caching: when the whole backbone stays frozen for a run (linear probe, BN statistics
+fixed) and inputs are not randomly augmented, its features are a fixed function of the images. They are
+computed once per dataset split, stored on disk under a key of everything they depend on, and reused
+across epochs, runs and sweep trials; only the head (and the method's own layers) then train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import uuid
+
+import torch
+from torch import nn
+
+from .adapt import Adapter
+from .backbones import Backbone, Preprocessing
+from .data.base import DomainSplits, TensorImages
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+class TensorFeatures(TensorImages):
+    """Precomputed float features (N×D) with labels; batched like images by the same fast loader."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.images = features
+        self.labels = labels.long()
+
+    def subset(self, indices) -> "TensorFeatures":
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return TensorFeatures(self.images[indices], self.labels[indices])
+
+
+@dataclasses.dataclass(frozen=True)
+class PassThrough(Preprocessing):
+    """Preprocessing of cached features: they are already what the backbone would output."""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+class CachedBackbone(Backbone):
+    """Stands in for a fully frozen backbone whose outputs were cached: identity on features, no stages."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.stage_modules = nn.ModuleList()
+        self.out_features = out_features
+        self.preprocessing = PassThrough(input_size=0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_epochs: int) -> str | None:
+    """None when caching gives the same results as the uncached path; otherwise the reason it would not."""
+    stages = len(backbone.stages())
+    if schedule.always_frozen_prefix(stages, max_epochs) < stages:
+        return "some backbone stages train during the run"
+    if schedule.bn_policy == "train":
+        return "freeze.bn_policy=train lets BatchNorm statistics of frozen stages move"
+    if augment != "none":
+        return f"data.augment={augment} makes inputs differ every epoch"
+    if type(adapter).before_evaluation is not Adapter.before_evaluation:
+        return f"adapt={type(adapter).__name__} changes the backbone before evaluation"
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in backbone.modules()):
+        return "the backbone contains active dropout"
+    return None
+
+
+def backbone_digest(backbone: Backbone) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _compute_features(backbone: Backbone, data: TensorImages, batch_size: int = 256) -> torch.Tensor:
+    usable = hasattr(torch, "accelerator") and torch.accelerator.is_available()
+    device = torch.accelerator.current_accelerator() if usable else torch.device("cpu")
+    backbone = backbone.to(device).eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            images = data.images[start : start + batch_size].to(device)
+            chunks.append(backbone(backbone.preprocessing(images)).float().cpu())
+    return torch.cat(chunks) if chunks else torch.empty(0, backbone.out_features)
+
+
+def featurize_split(backbone: Backbone, data: TensorImages, key: dict) -> TensorFeatures:
+    """Features of one split, from the disk cache when present (atomically written when not)."""
+    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = cache_dir("features") / f"{name}.pt"
+    if path.exists():
+        try:
+            stored = torch.load(path, weights_only=True)
+            return TensorFeatures(stored["features"], stored["labels"])
+        except Exception:  # a corrupt or partial cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    features = _compute_features(backbone, data)
+    tmp = path.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")  # no torch RNG: keep runs' randomness intact
+    torch.save({"features": features, "labels": data.labels}, tmp)
+    tmp.replace(path)
+    return TensorFeatures(features, data.labels)
+
+
+def featurize_domain(backbone: Backbone, domain: DomainSplits, backbone_key: str) -> DomainSplits:
+    splits = {}
+    for split in ("train", "val", "test"):
+        data = getattr(domain, split)
+        if not isinstance(data, TensorImages):
+            raise TypeError(f"feature caching needs in-memory splits; {domain.name}.{split} is {type(data).__name__}")
+        key = {"backbone": backbone_key, "preprocessing": repr(backbone.preprocessing), "domain": domain.name,
+               "fingerprint": domain.fingerprint, "split": split,
+               "labels": hashlib.sha256(data.labels.numpy().tobytes()).hexdigest()}
+        splits[split] = featurize_split(backbone, data, key)
+    return dataclasses.replace(domain, **splits)
