@@ -33,6 +33,7 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     from .runs import load_runs, summary_table
     from .train import train
 
+    quiet_libraries()  # again: Hydra reconfigures logging when a job starts
     run = validate(cfg)
     tags = {}
     if HydraConfig.initialized():
@@ -73,7 +74,19 @@ SUBCOMMANDS = {
 }
 
 
+def quiet_libraries() -> None:
+    """Keep the console to tlbench's own progress: library chatter goes to WARNING."""
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
 def main() -> None:
+    quiet_libraries()
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         import importlib
 

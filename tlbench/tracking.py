@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
-from pytorch_lightning.utilities import rank_zero_only
-
 from .config import RunConfig, TrackingConfig, flatten, to_plain_dict
 from .errors import TlbenchError
 
@@ -175,33 +172,3 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
         raise
     else:
         client.set_terminated(recorder.run_id, "FINISHED")
-
-
-class MlflowMetricLogger(Logger):
-    """Lightning logger that writes metrics into an already-open RunRecorder (we own the run's lifecycle,
-    so Lightning's own MLFlowLogger, which ends runs itself, is not used)."""
-
-    def __init__(self, recorder: RunRecorder):
-        super().__init__()
-        self.recorder = recorder
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self.recorder.run_id
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> RunRecorder:
-        return self.recorder
-
-    @rank_zero_only
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        """Params are recorded from the validated config before training starts."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.recorder.log_metrics({k: v for k, v in metrics.items()}, step or 0)

@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, wh
 from .freeze import SCHEDULES
 from .heads import build_head
 from .module import SELECTION_METRICS, TransferModule
+from .progress import EpochSummary
+from .mlflow_logger import MlflowMetricLogger
 from .tracking import (
-    MlflowMetricLogger,
     config_hash,
     finished_run_with_hash,
     git_commit,
@@ -90,10 +92,10 @@ def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, ca
         deterministic=t.deterministic,
         log_every_n_steps=t.log_every_n_steps,
         fast_dev_run=t.fast_dev_run,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=t.enable_progress_bar and sys.stderr.isatty(),
         gradient_clip_val=t.gradient_clip_val,
         logger=logger,
-        callbacks=([checkpoint] if checkpoint else []) + (callbacks or []),
+        callbacks=([checkpoint] if checkpoint else []) + [EpochSummary()] + (callbacks or []),
         enable_checkpointing=checkpoint is not None,
         enable_model_summary=False,
         num_sanity_val_steps=0,

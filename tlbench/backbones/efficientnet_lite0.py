@@ -64,7 +64,7 @@ def imagenet_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
     if len(source) != len(target):
         raise WeightsError(f"backbone.weights=imagenet: {path} has {len(source)} entries, {ARCH} expects {len(target)}")
     mapped = {}
-    for (key, value), (src_key, src_value) in zip(target.items(), source.items()):
+    for (key, value), (src_key, src_value) in zip(target.items(), source.items(), strict=True):
         if value.shape != src_value.shape:
             raise WeightsError(
                 f"backbone.weights=imagenet: {path} entry {src_key} {tuple(src_value.shape)} "

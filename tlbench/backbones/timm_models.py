@@ -23,6 +23,7 @@ from .weights import (
     IMAGENET,
     ImagenetFile,
     download_to,
+    first_line,
     hub_checkpoint_dir,
     is_checkpoint,
     load_backbone_weights,
@@ -168,8 +169,7 @@ def create_timm_net(model: str, input_size: Optional[int], pretrained_file: Opti
     try:
         return timm.create_model(model, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"backbone.weights=imagenet: cannot load {pretrained_file} into timm {model}: {detail[:200]}") from None
+        raise WeightsError(f"backbone.weights=imagenet: cannot load {pretrained_file} into timm {model}: {first_line(exc)}") from None
 
 
 def wrap_timm_net(

@@ -1,10 +1,10 @@
 """The one place that turns `backbone.weights` into tensors.
 
 `weights` is `none`, `imagenet`, a file path, or `runs:/<run_id>/<artifact path>`. ImageNet files are
-looked up locally first (bundled package, torch hub cache, Hugging Face cache) and downloaded only when
-TLBENCH_OFFLINE is not set and the download address answers a HEAD request within a few seconds, so an offline machine
-fails at once with a WeightsError that names the file to fetch and where to put it. Our own
-checkpoints are a backbone's `state_dict()`, written by `save_backbone`.
+looked up locally first (bundled package, torch hub cache, Hugging Face cache) and downloaded only
+when TLBENCH_OFFLINE is not set and the download address answers a HEAD request within a few seconds,
+so an offline machine fails at once with a WeightsError that names the file to fetch and where to put
+it. Our own checkpoints are a backbone's `state_dict()`, written by `save_backbone`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ RUNS_PREFIX = "runs:/"
 PROBE_TIMEOUT_S = 4.0
 #: Socket timeout while downloading, so a stalled transfer fails instead of hanging.
 DOWNLOAD_TIMEOUT_S = 60.0
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line, for one-line WeightsErrors."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 def is_checkpoint(spec: str) -> bool:
@@ -103,7 +109,7 @@ def resolve_imagenet(spec: ImagenetFile) -> Path:
         try:
             return Path(spec.download())
         except Exception as exc:  # network errors come in many types; all mean the same to the user
-            reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            reason = f"the download failed ({type(exc).__name__}: {first_line(exc)})"
     where = f"fetch {spec.url} and save it as {spec.path}" if spec.url else f"place the file at {spec.path}"
     hint = f"; {spec.hint}" if spec.hint else ""
     raise WeightsError(
@@ -150,8 +156,7 @@ def read_state_dict(path: str | Path, source: Optional[str] = None) -> dict[str,
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"backbone.weights={source}: cannot read {path} as a weights file ({detail[:200]})") from None
+        raise WeightsError(f"backbone.weights={source}: cannot read {path} as a weights file ({first_line(exc)})") from None
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
@@ -171,10 +176,9 @@ def resolve_checkpoint(source: str) -> Path:
         try:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
         except Exception as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(
                 f"backbone.weights={source}: cannot fetch the artifact from MLflow "
-                f"(tracking URI {mlflow.get_tracking_uri()}): {detail[:200]}"
+                f"(tracking URI {mlflow.get_tracking_uri()}): {first_line(exc)}"
             ) from None
     path = Path(source).expanduser()
     if not path.is_file():

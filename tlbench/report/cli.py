@@ -1,0 +1,81 @@
+"""`tlbench report`: MLflow runs → Markdown table on stdout, and with --out the table as .md/.csv/.tex
+plus PNG plots. Mistakes (missing experiment, unknown key, mixed cells) are one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import TlbenchError
+from .errors import ReportError
+from .selection import DEFAULT_RULE, RULES
+
+MAX_LISTED_EXCLUSIONS = 10
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=sys.argv[0] if sys.argv and sys.argv[0].startswith("tlbench") else "tlbench report",
+        description="Tables and plots of recorded runs, one model-selection rule per table.",
+    )
+    parser.add_argument("--uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir)")
+    parser.add_argument("--experiment", default="tlbench", help="MLflow experiment name (default: tlbench)")
+    parser.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.backbone.name = 'resnet50'\"")
+    parser.add_argument("--rows", default="adapt.name", help="config key(s) for table rows, comma-separated (default: adapt.name)")
+    parser.add_argument("--cols", default="data.name", help="config key(s) for table columns; 'task' = source→target (default: data.name)")
+    label_free = [name for name, rule in RULES.items() if not rule.uses_target_labels]
+    parser.add_argument("--rule", default=DEFAULT_RULE, choices=label_free, help=f"selection rule of the main table (default: {DEFAULT_RULE})")
+    parser.add_argument("--oracle", action="store_true", help="add a separate, labelled table of oracle selection (uses target labels)")
+    parser.add_argument("--reference", metavar="FILE", help="YAML/JSON of published numbers, e.g. {dann: 76.66}, shown beside ours")
+    parser.add_argument("--out", metavar="DIR", help="write table.md/.csv/.tex (oracle.* with --oracle), bars.png and budget.png here")
+    parser.add_argument("--budget-lines", default="freeze.name", help="key(s) for the lines of the label-budget plot (default: freeze.name)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return report(args)
+    except TlbenchError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def report(args: argparse.Namespace) -> int:
+    from .collect import collect, exclusion_notes
+    from .tables import load_reference, paper_table
+
+    rules = [args.rule] + (["oracle"] if args.oracle else [])
+    frame = collect(args.uri, args.experiment, args.filter, rules=rules)
+    for name, status, reason in frame.attrs["excluded_runs"][:MAX_LISTED_EXCLUSIONS]:
+        print(f"excluded {status} run {name}" + (f": {reason}" if reason else ""), file=sys.stderr)
+    if frame.empty:
+        where = f" matching --filter {args.filter!r}" if args.filter else ""
+        raise ReportError(" ".join([f"no FINISHED runs in experiment '{args.experiment}'{where}."] + exclusion_notes(frame.attrs)))
+    reference = load_reference(args.reference) if args.reference else None
+    tables = {"table": paper_table(frame, args.rows, args.cols, args.rule, reference)}
+    if args.oracle:
+        tables["oracle"] = paper_table(frame, args.rows, args.cols, "oracle")
+    print("\n".join(table.to_markdown() for table in tables.values()), end="")
+    if args.out:
+        written = [path for stem, table in tables.items() for path in table.write(args.out, stem)]
+        written += write_plots(frame, Path(args.out), args)
+        print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def write_plots(frame, out: Path, args: argparse.Namespace) -> list[Path]:
+    """Bars always; the budget plot when runs span several label budgets (skipped with a note if it cannot be drawn)."""
+    from .plots import BUDGET_KEY, bar_plot, budget_plot
+
+    paths = [bar_plot(frame, out / "bars.png", args.rows, args.cols, args.rule)]
+    if BUDGET_KEY in frame.columns and frame[BUDGET_KEY].nunique() > 1:
+        try:
+            path = budget_plot(frame, out / "budget.png", args.budget_lines, args.cols, args.rule)
+        except ReportError as exc:
+            print(f"budget plot skipped: {exc}", file=sys.stderr)
+        else:
+            paths += [path] if path else []
+    return paths

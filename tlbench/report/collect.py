@@ -1,0 +1,157 @@
+"""Recorded runs → a tidy DataFrame with one row per (run, selection rule).
+
+Only FINISHED runs by default: a FAILED, KILLED or still RUNNING run has a partial history and would
+silently pull a mean down (or up). Excluded runs are counted in `frame.attrs["excluded"]` so every table
+can say how many it left out. The same configuration and seed recorded twice counts once (the newest),
+so `n` is a number of seeds, not of attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .errors import ReportError
+from .selection import HISTORY_METRICS, epoch_table, get_rule
+
+DEFAULT_RULES = ("source_val", "oracle", "target_entropy")
+#: Params that do not make another configuration: the seed (aggregated over), the run's own checkpoint
+#: rule (the per-epoch histories do not depend on it; rules are re-applied here) and data summaries.
+NOT_CONFIG = ("seed", "selection", "data_summary")
+#: Keys in which a transfer run may differ from its from-scratch baseline.
+BASELINE_FREE = ("freeze", "backbone.weights")
+SCRATCH = "scratch"
+RESULT_COLUMNS = [
+    "run_id", "run_name", "status", "start_time", "rule", "uses_target_labels", "target_acc", "source_acc",
+    "selected_step", "selected_epoch", "epochs", "config_id", "baseline_id", "is_scratch", "task",
+]
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _fingerprint(row: pd.Series, keys: list[str]) -> str:
+    values = {k: (None if pd.isna(row[k]) else str(row[k])) for k in keys}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _client(uri: str):
+    """A client for an existing store; a sqlite path that does not exist is an error, not a new empty database."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.exists():
+            raise ReportError(f"no MLflow store at {path} (uri {uri}); train first or pass --uri")
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_experiment(client, uri: str, experiment: str) -> None:
+    if client.get_experiment_by_name(experiment) is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"experiment '{experiment}' not found in {uri}; existing: {', '.join(names) or 'none'}")
+
+
+def collect(
+    uri: str = "",
+    experiment: str = "tlbench",
+    filter_string: str = "",
+    rules: Iterable[str] = DEFAULT_RULES,
+    statuses: Iterable[str] = ("FINISHED",),
+) -> pd.DataFrame:
+    """One row per (run, rule): config columns (flattened keys, e.g. `adapt.name`), `target_acc` (target
+    test accuracy at the rule's epoch), `source_acc` (source val accuracy there), `selected_step/epoch`.
+
+    `attrs`: `config_keys` (params that tell configurations apart), `excluded` {status: count},
+    `excluded_runs` [(name, status, failure_reason)], `duplicates` (older repeats dropped),
+    `missing` [(run_name, rule)] where a run lacks the rule's metric (its accuracies are NaN).
+    """
+    from ..runs import load_runs  # imports Lightning: only when runs are actually read
+    from ..tracking import NON_SEMANTIC_KEYS, resolve_uri
+
+    rule_objects = [get_rule(name) for name in rules]
+    uri = resolve_uri(uri)
+    client = _client(uri)
+    check_experiment(client, uri, experiment)
+    try:
+        runs = load_runs(uri, experiment, filter_string)
+    except Exception as exc:  # MLflow rejects the filter string
+        if not filter_string:
+            raise
+        raise ReportError(f"--filter {filter_string!r}: {str(exc).splitlines()[0]}") from None
+    attrs = {
+        "uri": uri, "experiment": experiment, "filter": filter_string, "config_keys": [],
+        "excluded": {}, "excluded_runs": [], "duplicates": 0, "missing": [],
+    }
+    if runs.empty:
+        return _frame([], [], attrs)
+
+    keep = runs["status"].isin(list(statuses))
+    dropped = runs[~keep]
+    attrs["excluded"] = {str(k): int(v) for k, v in dropped["status"].value_counts().sort_index().items()}
+    attrs["excluded_runs"] = [
+        (r["run_name"], r["status"], r.get("tags.failure_reason") if isinstance(r.get("tags.failure_reason"), str) else "")
+        for _, r in dropped.iterrows()
+    ]
+    params = sorted(c[len("params.") :] for c in runs.columns if c.startswith("params."))
+    runs = runs[keep].rename(columns=lambda c: c[len("params.") :] if c.startswith("params.") else c)
+    if runs.empty:
+        return _frame([], params, attrs)
+    config_keys = [k for k in params if not _under(k, NOT_CONFIG + tuple(NON_SEMANTIC_KEYS))]
+    attrs["config_keys"] = config_keys
+    runs = runs.assign(
+        config_id=runs.apply(_fingerprint, axis=1, keys=config_keys),
+        baseline_id=runs.apply(_fingerprint, axis=1, keys=[k for k in config_keys if not _under(k, BASELINE_FREE)]),
+    )
+    seed = runs["seed"] if "seed" in runs.columns else pd.Series("", index=runs.index)
+    before = len(runs)
+    runs = runs.assign(_seed=seed).sort_values("start_time").drop_duplicates(["config_id", "_seed"], keep="last").drop(columns="_seed")
+    attrs["duplicates"] = before - len(runs)
+
+    rows = []
+    for _, run in runs.iterrows():
+        history = epoch_table({m: client.get_metric_history(run["run_id"], m) for m in HISTORY_METRICS})
+        base = {
+            "run_id": run["run_id"], "run_name": run["run_name"], "status": run["status"], "start_time": run["start_time"],
+            "epochs": len(history), "config_id": run["config_id"], "baseline_id": run["baseline_id"],
+            "is_scratch": run.get("freeze.name") == SCRATCH,
+            "task": f"{run['data.source']}→{run['data.target']}" if {"data.source", "data.target"} <= set(run.index) else None,
+            **{k: run[k] for k in params},
+        }
+        for rule in rule_objects:
+            choice = rule.choose(history)
+            if choice is None:
+                attrs["missing"].append((run["run_name"], rule.name))
+            rows.append({
+                **base, "rule": rule.name, "uses_target_labels": rule.uses_target_labels,
+                "target_acc": choice.target_acc if choice else float("nan"),
+                "source_acc": choice.source_acc if choice else float("nan"),
+                "selected_step": choice.step if choice else None,
+                "selected_epoch": choice.epoch if choice else None,
+            })
+    return _frame(rows, params, attrs)
+
+
+def _frame(rows: list[dict], params: list[str], attrs: dict) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS + [p for p in params if p not in RESULT_COLUMNS])
+    frame.attrs.update(attrs)
+    return frame
+
+
+def exclusion_notes(attrs: dict) -> list[str]:
+    """Human-readable lines on what a table left out, for captions and the CLI."""
+    notes = []
+    if attrs.get("excluded"):
+        total = sum(attrs["excluded"].values())
+        parts = ", ".join(f"{n} {status}" for status, n in attrs["excluded"].items())
+        notes.append(f"Excluded {total} run(s) that did not finish ({parts}).")
+    if attrs.get("duplicates"):
+        notes.append(f"Dropped {attrs['duplicates']} older repeat(s) of the same configuration and seed.")
+    if attrs.get("missing"):
+        notes.append(f"{len(attrs['missing'])} (run, rule) pair(s) had no history for the rule's metric and are left out.")
+    return notes
