@@ -25,13 +25,29 @@ def mlflow_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def compose(overrides: list[str] | None = None):
-    """The root config as `tlbench` would compose it (Hydra's compose API on conf/)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+from tlbench.cli import compose  # noqa: E402  (re-exported for the tests)
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
+#: A seconds-long real run: small CNN on a small synthetic source set.
+TINY = [
+    "backbone=small_cnn",
+    "data=digits",
+    "data.synthetic_size=400",
+    "data.batch_size=32",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def tiny_run(tmp_path, uri: str, extra=()):
+    """A validated RunConfig for TINY + `extra`, recording into `uri`, writing files under tmp_path."""
+    from tlbench.config import validate
+
+    run = validate(compose(TINY + [f"tracking.uri={uri}", *extra]))
+    run.output_dir = str(tmp_path / "out")
+    run.checkpoint_dir = str(tmp_path / "ckpt")
+    return run
 
 
 def group_options(group: str) -> list[str]:

@@ -92,3 +92,25 @@ def test_config_yaml_round_trips():
     run = validate(compose(FAST + ["adapt=dann"]))
     again = validate(OmegaConf.create(to_plain_dict(run)))
     assert again == run
+
+
+@pytest.mark.parametrize("group", ["backbone", "freeze", "adapt"])
+def test_every_group_option_instantiates(group):
+    """Each yaml builds its object (ImageNet weights only for the bundled backbone: no network here)."""
+    from tlbench.adapt import ADAPTERS
+    from tlbench.backbones import BACKBONES, Backbone
+    from tlbench.freeze import SCHEDULES, FreezeSchedule
+
+    for option in group_options(group):
+        overrides = [f"{group}={option}"] + [o for o in FAST if not o.startswith(group + "=")]
+        if group == "backbone" and option != "efficientnet_lite0":
+            overrides += ["backbone.weights=none"]
+        run = validate(compose(overrides))
+        if group == "backbone":
+            built = BACKBONES.build(run.backbone)
+            assert isinstance(built, Backbone) and built.out_features > 0 and built.stages()
+        elif group == "freeze":
+            assert isinstance(SCHEDULES.build(run.freeze), FreezeSchedule)
+        else:
+            adapter = ADAPTERS.build(run.adapt, num_classes=10, feature_dim=32)
+            assert hasattr(adapter, "loss")

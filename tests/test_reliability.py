@@ -13,28 +13,9 @@ import pytest
 import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
-from tlbench.config import validate
 from tlbench.train import train
 
-from conftest import compose
-
-TINY = [
-    "backbone=small_cnn",
-    "data=digits",
-    "data.synthetic_size=400",
-    "data.batch_size=32",
-    "trainer.limit_train_batches=3",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "head.dropout=0.2",
-]
-
-
-def _run(tmp_path, uri, extra=()):
-    run = validate(compose(TINY + [f"tracking.uri={uri}", *extra]))
-    run.output_dir = str(tmp_path / "out")
-    run.checkpoint_dir = str(tmp_path / "ckpt")
-    return run
+from conftest import TINY, tiny_run
 
 
 def _history(client, run_id, name):
@@ -51,28 +32,28 @@ class InterruptAtEpoch(pl.Callback):
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path, mlflow_uri):
-    first = train(_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2", "adapt=dann"]))
-    second = train(_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2", "adapt=dann"]))
+    first = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2", "adapt=dann", "head.dropout=0.2"]))
+    second = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2", "adapt=dann", "head.dropout=0.2"]))
     client = MlflowClient(mlflow_uri)
     assert first["test/target_acc"] == second["test/target_acc"]
     assert _history(client, first["run_id"], "train/loss") == _history(client, second["run_id"], "train/loss")
-    other_seed = train(_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2", "adapt=dann", "seed=1"]))
+    other_seed = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2", "adapt=dann", "head.dropout=0.2", "seed=1"]))
     assert _history(client, other_seed["run_id"], "train/loss") != _history(client, first["run_id"], "train/loss")
 
 
 def test_interrupted_run_is_killed_and_resumes_to_the_uninterrupted_result(tmp_path, mlflow_uri):
-    epochs = ["trainer.max_epochs=3"]
-    reference = train(_run(tmp_path / "ref", mlflow_uri, epochs + ["tracking.experiment=reference"]))
+    epochs = ["trainer.max_epochs=3", "head.dropout=0.2"]
+    reference = train(tiny_run(tmp_path / "ref", mlflow_uri, epochs + ["tracking.experiment=reference"]))
 
     with pytest.raises((KeyboardInterrupt, SystemExit)):
-        train(_run(tmp_path, mlflow_uri, epochs), extra_callbacks=[InterruptAtEpoch(2)])
+        train(tiny_run(tmp_path, mlflow_uri, epochs), extra_callbacks=[InterruptAtEpoch(2)])
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("tlbench").experiment_id
     (killed,) = client.search_runs([experiment])
     assert killed.info.status == "KILLED"
     assert (tmp_path / "ckpt" / killed.data.tags["config_hash"] / "last.ckpt").exists()
 
-    resumed = train(_run(tmp_path, mlflow_uri, epochs + ["resume=true"]))
+    resumed = train(tiny_run(tmp_path, mlflow_uri, epochs + ["resume=true"]))
     assert resumed["run_id"] == killed.info.run_id  # the same MLflow run continues
     assert client.get_run(killed.info.run_id).info.status == "FINISHED"
     for name in ("test/target_acc", "test/source_acc", "selected_epoch"):
@@ -106,13 +87,13 @@ def test_sigterm_marks_the_run_killed(tmp_path, mlflow_uri):
 
 def test_feature_cache_gives_the_uncached_results(tmp_path, mlflow_uri):
     probe = ["freeze=linear_probe", "trainer.max_epochs=2", "head.dropout=0.0", "adapt=dann"]
-    cached = train(_run(tmp_path, mlflow_uri, probe))
-    uncached = train(_run(tmp_path, mlflow_uri, probe + ["trainer.feature_cache=false"]))
+    cached = train(tiny_run(tmp_path, mlflow_uri, probe))
+    uncached = train(tiny_run(tmp_path, mlflow_uri, probe + ["trainer.feature_cache=false"]))
     client = MlflowClient(mlflow_uri)
     assert client.get_run(cached["run_id"]).data.tags["feature_cache"] == "on"
     assert client.get_run(uncached["run_id"]).data.tags["feature_cache"].startswith("off")
     for name in ("test/target_acc", "test/source_acc", "test/target_loss"):
         assert cached[name] == pytest.approx(uncached[name], abs=1e-4), name
     # invalid settings fall back to the uncached path and say why
-    augmented = train(_run(tmp_path, mlflow_uri, probe + ["data.augment=standard"]))
+    augmented = train(tiny_run(tmp_path, mlflow_uri, probe + ["data.augment=standard"]))
     assert "augment" in client.get_run(augmented["run_id"]).data.tags["feature_cache"]

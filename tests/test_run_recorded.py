@@ -10,33 +10,14 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlbench.config import validate
 from tlbench.errors import TrainingError
 from tlbench.train import train
 
-from conftest import compose
-
-TINY = [
-    "backbone=small_cnn",
-    "data=digits",
-    "data.synthetic_size=400",
-    "data.batch_size=32",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=3",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-]
-
-
-def _run_config(tmp_path, uri, extra=()):
-    run = validate(compose(TINY + [f"tracking.uri={uri}", *extra]))
-    run.output_dir = str(tmp_path / "out")
-    run.checkpoint_dir = str(tmp_path / "ckpt")
-    return run
+from conftest import TINY, compose, tiny_run
 
 
 def test_run_records_params_metrics_artifact_and_tags(tmp_path, mlflow_uri):
-    metrics = train(_run_config(tmp_path, mlflow_uri, ["adapt=dann"]))
+    metrics = train(tiny_run(tmp_path, mlflow_uri, ["adapt=dann"]))
     client = MlflowClient(mlflow_uri)
     run = client.get_run(metrics["run_id"])
     assert run.info.status == "FINISHED"
@@ -61,7 +42,7 @@ def test_run_records_params_metrics_artifact_and_tags(tmp_path, mlflow_uri):
 
 def test_nan_loss_marks_run_failed_with_reason(tmp_path, mlflow_uri):
     with pytest.raises(TrainingError, match="non-finite loss"):
-        train(_run_config(tmp_path, mlflow_uri, ["optim.lr=1e30", "optim.name=sgd", "optim.scheduler=constant"]))
+        train(tiny_run(tmp_path, mlflow_uri, ["optim.lr=1e30", "optim.name=sgd", "optim.scheduler=constant"]))
     runs = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("tlbench").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "non-finite loss" in runs[0].data.tags["failure_reason"]
@@ -92,3 +73,23 @@ def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path,
     runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
     statuses = sorted(r.info.status for r in runs)
     assert statuses.count("FAILED") == 1 and statuses.count("FINISHED") == 5
+
+
+def test_two_step_transfer_starts_from_a_recorded_backbone(tmp_path, mlflow_uri):
+    """Source pretraining saves the backbone to MLflow; a later run starts from runs:/<id>/backbone/backbone.pt."""
+    import torch
+
+    from tlbench.backbones import BACKBONES
+    from tlbench.config import validate
+
+    first = train(tiny_run(tmp_path, mlflow_uri, ["tracking.log_model=true"]))
+    assert "backbone" in [f.path for f in MlflowClient(mlflow_uri).list_artifacts(first["run_id"])]
+    source = f"runs:/{first['run_id']}/backbone/backbone.pt"
+    second = tiny_run(tmp_path / "2", mlflow_uri, [f"backbone.weights={source}", "freeze=linear_probe"])
+    mlflow.set_tracking_uri(mlflow_uri)
+    loaded = BACKBONES.build(second.backbone)
+    fresh = BACKBONES.build(validate(compose(["backbone=small_cnn"])).backbone)
+    saved = torch.load(MlflowClient(mlflow_uri).download_artifacts(first["run_id"], "backbone/backbone.pt", str(tmp_path)), weights_only=True)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
+    assert not all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items() if v.is_floating_point())
+    assert train(second)["test/target_acc"] >= 0.0

@@ -23,6 +23,15 @@ log = logging.getLogger("tlbench")
 FAILED_RUNS: list[tuple[int, str]] = []
 
 
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The root config exactly as `tlbench <overrides>` composes it, for Python callers and tests."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [])
+
+
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 

@@ -10,20 +10,43 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+def sweep_size(config: DictConfig) -> int | None:
+    """Number of jobs of a grid sweep: the product of the sweep overrides' lengths (None if unknown)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = list(config.hydra.overrides.task)
+        params = config.hydra.sweeper.get("params") or {}
+        overrides += [f"{key}={value}" for key, value in params.items()]
+        total = 1
+        for override in OverridesParser.create().parse_overrides(overrides):
+            if override.is_sweep_override():
+                total *= len(list(override.sweep_string_iterator()))
+        return total
+    except Exception:  # a sweeper with its own notion of jobs (e.g. a search): no total
+        return None
+
+
 class SweepSummary(Callback):
     def __init__(self) -> None:
         self.started = 0.0
         self.done = 0
+        self.total: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
+        self.total = sweep_size(config)
+
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
         if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
             return
         self.done += 1
         elapsed = time.time() - self.started
-        print(f"[tlbench] sweep: {self.done} run(s) done in {elapsed:.0f}s ({elapsed / self.done:.0f}s per run)", flush=True)
+        per_run = elapsed / self.done
+        total = f"/{self.total}" if self.total else ""
+        eta = f", ETA {per_run * (self.total - self.done):.0f}s" if self.total else ""
+        print(f"[tlbench] sweep: {self.done}{total} run(s) done in {elapsed:.0f}s ({per_run:.0f}s per run{eta})", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from .runs import load_runs, summary_table

@@ -32,6 +32,7 @@ from .tracking import (
     finished_run_with_hash,
     git_commit,
     recorded_run,
+    resolve_uri,
     unfinished_run_with_hash,
 )
 
@@ -155,6 +156,9 @@ def train(run: RunConfig, extra_callbacks: list | None = None, extra_tags: dict[
             log.info("skip_done: config %s already finished as run %s", digest, done)
             return {"skipped": 1.0}
     pl.seed_everything(run.seed, workers=True, verbose=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_uri(run.tracking.uri))  # so weights=runs:/... resolve in this store
     datamodule = DomainDataModule(run.data, run.seed)
     module, datamodule, cache_decision = build_module(run, datamodule)
     checkpoint_dir = Path(run.checkpoint_dir) / digest

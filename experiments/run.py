@@ -1,0 +1,85 @@
+"""Run a reproduction or benchmark described by experiments/<name>/spec.yaml, then write its tables and
+plots to results/<name>/ with `tlbench report`.
+
+    .venv/bin/python experiments/run.py <name> [--check] [--report-only]
+
+The spec names the domains it needs; they are checked first and anything missing is printed with how to
+get it (no training starts). Each run is recorded in the MLflow store `results/<name>/mlflow.db`, and
+`tracking.skip_done=true` makes an interrupted benchmark resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TLBENCH = [sys.executable, "-m", "tlbench"]
+
+
+def missing_data(spec: dict) -> list[str]:
+    """One line per required domain that cannot be built here (DataError message)."""
+    from tlbench.config import DataConfig
+    from tlbench.data import build_domain
+    from tlbench.errors import TlbenchError
+
+    problems = []
+    for domain in spec.get("needs", []):
+        try:
+            build_domain(domain, DataConfig(), seed=0)
+        except TlbenchError as exc:
+            problems.append(f"{domain}: {exc}")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="folder under experiments/ holding spec.yaml")
+    parser.add_argument("--check", action="store_true", help="only check that the data is present")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild tables from recorded runs")
+    args = parser.parse_args()
+
+    folder = ROOT / "experiments" / args.name
+    spec = yaml.safe_load((folder / "spec.yaml").read_text())
+    problems = missing_data(spec)
+    if problems:
+        print(f"{args.name}: cannot run here, data is missing:", *problems, sep="\n  ")
+        return 2
+    if args.check:
+        print(f"{args.name}: all data present")
+        return 0
+    out = ROOT / "results" / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+
+    tracking = [f"tracking.uri={uri}", f"tracking.experiment={args.name}", "tracking.skip_done=true",
+                f"checkpoint_dir={ROOT / 'checkpoints' / args.name}"]
+    commands = []
+    if not args.report_only:
+        for index, sweep in enumerate(spec["sweeps"]):
+            sweep_dir = f"hydra.sweep.dir={ROOT / 'multirun' / args.name / str(index)}"
+            commands.append(TLBENCH + ["-m", *sweep, *tracking, sweep_dir])
+    for index, report in enumerate(spec.get("reports", [])):
+        target = out if index == 0 else out / report.get("name", str(index))
+        extra = ["--reference", str(folder / report["reference"])] if "reference" in report else []
+        commands.append(TLBENCH + ["report", "--uri", uri, "--experiment", args.name, "--out", str(target), *report["args"], *extra])
+
+    started = time.time()
+    for command in commands:
+        print("$", shlex.join(command[2:]), flush=True)
+        result = subprocess.run(command, cwd=ROOT)
+        if result.returncode != 0:
+            print(f"{args.name}: command failed with exit code {result.returncode}; runs recorded so far are kept")
+            return result.returncode
+    print(f"{args.name}: done in {time.time() - started:.0f}s; tables in {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
