@@ -237,3 +237,21 @@ def test_mcc_hand_limits():
     # confident, distinct one-hot predictions: no confusion at all
     confident = torch.tensor([[50.0, 0.0, 0.0], [0.0, 50.0, 0.0], [0.0, 0.0, 50.0]])
     assert class_confusion_loss(confident, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_entropy_weight_ramps_from_zero_unless_disabled():
+    import math
+
+    import torch
+
+    from tlbench.adapt import ADAPTERS
+
+    logits_t = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    p = 1 / (1 + math.exp(-2.0))
+    expected_entropy = (-(p * math.log(p) + (1 - p) * math.log(1 - p)) + math.log(2)) / 2
+    ramped = ADAPTERS.build({"name": "entropy", "trade_off": 0.5}, num_classes=2, feature_dim=4)
+    flat = ADAPTERS.build({"name": "entropy", "trade_off": 0.5, "ramp": False}, num_classes=2, feature_dim=4)
+    args = (None, None, torch.zeros(1, 2), logits_t, torch.zeros(1, dtype=torch.long))
+    assert ramped.loss(*args, progress=0.0).loss.item() == 0.0
+    assert ramped.loss(*args, progress=1.0).loss.item() == pytest.approx(0.5 * 0.9999092 * expected_entropy, rel=1e-5)
+    assert flat.loss(*args, progress=0.0).loss.item() == pytest.approx(0.5 * expected_entropy, rel=1e-5)

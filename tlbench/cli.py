@@ -80,12 +80,15 @@ def _fail(message: str, exit_code: int) -> None:
 
 SUBCOMMANDS = {
     "report": "tlbench.report.cli:main",
+    "search": "tlbench.search.cli:main",
 }
 
 
 def quiet_libraries() -> None:
     """Keep the console to tlbench's own progress: library chatter goes to WARNING."""
     import warnings
+
+    import pytorch_lightning  # noqa: F401  (importing it resets its loggers to INFO: import first)
 
     for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

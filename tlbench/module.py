@@ -7,7 +7,6 @@ can be applied afterwards; checkpoints are chosen by the rule the config names (
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import pytorch_lightning as pl
@@ -18,6 +17,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .adapt import Adapter
+from .adapt.layers import prediction_entropy
 from .backbones import Backbone
 from .config import OptimConfig
 from .errors import TrainingError
@@ -33,12 +33,6 @@ SELECTION_METRICS = {
     "oracle": ("val/target_acc", "max"),
     "target_entropy": ("val/target_entropy", "min"),
 }
-
-
-def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-example entropy of the softmax prediction (nats): low on confident predictions."""
-    log_p = F.log_softmax(logits, dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1)
 
 
 class TransferModule(pl.LightningModule):

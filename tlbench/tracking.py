@@ -166,6 +166,12 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
         client.set_terminated(recorder.run_id, "KILLED")
         raise
     except BaseException as exc:
+        status = getattr(exc, "run_status", None)  # e.g. a pruned search trial closes KILLED, not FAILED
+        if status:
+            for key, value in getattr(exc, "run_tags", {}).items():
+                client.set_tag(recorder.run_id, key, str(value))
+            client.set_terminated(recorder.run_id, status)
+            raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         client.set_tag(recorder.run_id, "failure_reason", f"{type(exc).__name__}: {reason}"[:5000])
         client.set_terminated(recorder.run_id, "FAILED")

@@ -6,9 +6,7 @@ import dataclasses
 import logging
 import re
 import shutil
-import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, wh
 from .freeze import SCHEDULES
 from .heads import build_head
 from .module import SELECTION_METRICS, TransferModule
+from .interrupts import sigterm_as_interrupt
 from .progress import EpochSummary
 from .mlflow_logger import MlflowMetricLogger
 from .tracking import (
@@ -125,23 +124,6 @@ def default_run_name(run: RunConfig) -> str:
 def selected_epoch(checkpoint: ModelCheckpoint) -> int | None:
     match = re.search(r"epoch(\d+)", Path(checkpoint.best_model_path or "").name)
     return int(match.group(1)) if match else None
-
-
-@contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (a scheduler or `kill`) behaves like Ctrl-C: the run is closed as KILLED, checkpoints kept."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def train(run: RunConfig, extra_callbacks: list | None = None, extra_tags: dict[str, Any] | None = None) -> dict[str, float]:

@@ -1,17 +1,23 @@
 """Entropy minimisation on target predictions (Grandvalet & Bengio 2005): pushes target examples
-away from the decision boundary, i.e. the cluster assumption, with no extra parameters."""
+away from the decision boundary, i.e. the cluster assumption, with no extra parameters.
+
+Applied at full weight from the first step it makes a network trained from scratch commit to
+confident but arbitrary target predictions (we measured a collapse to ~13% on the digits task), so by
+default its weight ramps up with Ganin's schedule, like DANN's reversal coefficient."""
 
 from dataclasses import dataclass
 
 from . import ADAPTERS
 from .base import AdaptOutput, Adapter
-from .layers import prediction_entropy
+from .layers import dann_lambda, prediction_entropy
 
 
 @dataclass
 class EntropyConfig:
     name: str = "entropy"
-    trade_off: float = 1.0
+    trade_off: float = 0.1
+    #: Ramp the weight from 0 with 2/(1+exp(-10p))-1 over training progress p.
+    ramp: bool = True
 
 
 class EntropyMinimization(Adapter):
@@ -21,7 +27,8 @@ class EntropyMinimization(Adapter):
 
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
         target_entropy = prediction_entropy(logits_t).mean()
-        return AdaptOutput(loss=self.cfg.trade_off * target_entropy,
+        weight = self.cfg.trade_off * (dann_lambda(progress) if self.cfg.ramp else 1.0)
+        return AdaptOutput(loss=weight * target_entropy,
                            logs={"transfer_loss": target_entropy.detach()})
 
 
