@@ -38,6 +38,21 @@ def missing_data(spec: dict) -> list[str]:
     return problems
 
 
+def write_provenance(out: Path, name: str, spec: dict, commands: list[list[str]]) -> None:
+    """results/<name>/README.md: what was run, on which data, and the commands that made these files."""
+    lines = [f"# {spec['title']}", "", spec.get("protocol", "").strip(), ""]
+    if spec.get("paper"):
+        lines += [f"Paper: {spec['paper']}", ""]
+    lines += [
+        "Regenerate everything here (runs recorded in `mlflow.db` beside this file, finished ones skipped):",
+        "", f"    .venv/bin/python experiments/run.py {name}", "",
+        "which runs:", "", *[f"    tlbench {shlex.join(c)}".replace(str(ROOT) + "/", "") for c in commands], "",
+        "Every table states the model-selection rule that chose its numbers; oracle numbers (target labels) "
+        "appear only in files named `oracle.*`.", "",
+    ]
+    (out / "README.md").write_text("\n".join(lines))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="folder under experiments/ holding spec.yaml")
@@ -60,15 +75,16 @@ def main() -> int:
 
     tracking = [f"tracking.uri={uri}", f"tracking.experiment={args.name}", "tracking.skip_done=true",
                 f"checkpoint_dir={ROOT / 'checkpoints' / args.name}"]
-    commands = []
-    if not args.report_only:
-        for index, sweep in enumerate(spec["sweeps"]):
-            sweep_dir = f"hydra.sweep.dir={ROOT / 'multirun' / args.name / str(index)}"
-            commands.append(TLBENCH + ["-m", *sweep, *tracking, sweep_dir])
+    sweeps = [
+        TLBENCH + ["-m", *sweep, *tracking, f"hydra.sweep.dir={ROOT / 'multirun' / args.name / str(index)}"]
+        for index, sweep in enumerate(spec["sweeps"])
+    ]
+    reports = []
     for index, report in enumerate(spec.get("reports", [])):
         target = out if index == 0 else out / report.get("name", str(index))
         extra = ["--reference", str(folder / report["reference"])] if "reference" in report else []
-        commands.append(TLBENCH + ["report", "--uri", uri, "--experiment", args.name, "--out", str(target), *report["args"], *extra])
+        reports.append(TLBENCH + ["report", "--uri", uri, "--experiment", args.name, "--out", str(target), *report["args"], *extra])
+    commands = reports if args.report_only else sweeps + reports
 
     started = time.time()
     for command in commands:
@@ -77,6 +93,7 @@ def main() -> int:
         if result.returncode != 0:
             print(f"{args.name}: command failed with exit code {result.returncode}; runs recorded so far are kept")
             return result.returncode
+    write_provenance(out, args.name, spec, [c[3:] for c in sweeps + reports])
     print(f"{args.name}: done in {time.time() - started:.0f}s; tables in {out.relative_to(ROOT)}")
     return 0
 

@@ -52,6 +52,8 @@ def test_default_config_is_the_embedded_task():
         ("seed=abc", "seed"),
         ("data.labels_per_class=5 data.label_fraction=0.5", "at most one"),
         ("backbone.name=resnet9000", "backbone"),
+        ("+adapt._target_=os.system", "adapt._target_"),
+        ("+backbone._target_=builtins.eval", "backbone._target_"),
     ],
 )
 def test_bad_config_raises_one_line_error(override, fragment):

@@ -97,3 +97,33 @@ def test_feature_cache_gives_the_uncached_results(tmp_path, mlflow_uri):
     # invalid settings fall back to the uncached path and say why
     augmented = train(tiny_run(tmp_path, mlflow_uri, probe + ["data.augment=standard"]))
     assert "augment" in client.get_run(augmented["run_id"]).data.tags["feature_cache"]
+
+
+def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path):
+    """A tracking URI nobody answers: a clear error well within 30 s, nothing trains."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens on this port now
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", *TINY, f"tracking.uri=http://127.0.0.1:{port}", "tracking.timeout_s=5",
+         f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert time.time() - started < 30
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlbench: error:")]
+    assert len(errors) == 1 and "cannot reach MLflow server" in errors[0]
+
+
+def test_skip_done_reruns_nothing_that_finished(tmp_path, mlflow_uri):
+    """A restarted sweep with tracking.skip_done=true skips finished configs and runs the rest."""
+    first = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1"]))
+    again = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1", "tracking.skip_done=true"]))
+    other = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1", "tracking.skip_done=true", "seed=5"]))
+    assert again == {"skipped": 1.0} and "run_id" in first and "run_id" in other
+    client = MlflowClient(mlflow_uri)
+    assert len(client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])) == 2
