@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import re
 import shutil
@@ -131,6 +132,15 @@ def train(run: RunConfig, extra_callbacks: list | None = None, extra_tags: dict[
 
     With `tracking.skip_done`, a configuration that already has a FINISHED run is not run again.
     """
+    try:
+        return _train(run, extra_callbacks, extra_tags)
+    finally:
+        # Lightning leaves reference cycles around the module and data; in a long multirun sweep they
+        # piled up to several GB before Python's cyclic GC ran (measured: 7 GB after 10 Fashion runs).
+        gc.collect()
+
+
+def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, Any] | None) -> dict[str, float]:
     digest = config_hash(run)
     if run.tracking.skip_done:
         done = finished_run_with_hash(run.tracking, digest)

@@ -65,7 +65,7 @@ def budget_plot(
     rule: str = DEFAULT_RULE, budget: str = BUDGET_KEY,
 ) -> Path | None:
     """Accuracy vs label budget, one line per `lines` value, one panel per `panels` value; None when
-    fewer than two numeric budgets were recorded (runs with all labels, `None`, are not on the axis).
+    fewer than two numeric budgets were recorded (runs with all labels, `None`, are drawn as "all").
     With `panels` equal to the budget key (a table with budgets as columns) there is one panel."""
     if budget not in frame.columns or pd.to_numeric(frame[budget], errors="coerce").nunique() < 2:
         return None
@@ -74,6 +74,9 @@ def budget_plot(
     table = summarize(frame, panel_keys + line_keys + [budget], rule)
     panel = labels(table, panel_keys) if panel_keys else "all runs"
     table = table.assign(x=pd.to_numeric(table[budget], errors="coerce"), line=labels(table, line_keys), panel=panel)
+    all_labels = table[budget].isna() | table[budget].astype(str).isin(["None", "null", ""])
+    all_at = 2 * table["x"].max()  # runs with every label ("all") sit right of the largest budget
+    table.loc[all_labels, "x"] = all_at
     table = table.dropna(subset=["x"])
     panel_names = sort_labels(table["panel"])
     plt = _pyplot()
@@ -84,7 +87,7 @@ def budget_plot(
             ax.errorbar(points["x"], points["mean"], yerr=points["std"].fillna(0.0), marker="o", capsize=3, label=line)
         budgets = sorted(table.loc[table["panel"] == panel, "x"].unique())
         ax.set_xscale("log")
-        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.set_xticks(budgets, ["all" if b == all_at else f"{b:g}" for b in budgets])
         ax.minorticks_off()
         ax.set_xlabel(budget)
         ax.set_title(f"{panel} — {_title(rule)}" if panel_keys else _title(rule), fontsize="small")
