@@ -109,10 +109,22 @@ class TransferModule(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         return min(1.0, self.global_step / total)
 
+    @property
+    def _channels_last(self) -> bool:
+        # NHWC convolutions are faster on CUDA (tensor cores); on CPU the default layout is kept.
+        return self.device.type == "cuda"
+
+    def on_fit_start(self) -> None:
+        if self._channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+
     def _prepare(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         if train and self.augment is not None:
             images = self.augment(images)
-        return self.preprocess(images)
+        images = self.preprocess(images)
+        if self._channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def training_step(self, batch, batch_idx):
         images_s, labels_s = batch["source"]
