@@ -97,6 +97,8 @@ def test_feature_cache_gives_the_uncached_results(tmp_path, mlflow_uri):
     # invalid settings fall back to the uncached path and say why
     augmented = train(tiny_run(tmp_path, mlflow_uri, probe + ["data.augment=standard"]))
     assert "augment" in client.get_run(augmented["run_id"]).data.tags["feature_cache"]
+    adabn = train(tiny_run(tmp_path, mlflow_uri, ["freeze=linear_probe", "trainer.max_epochs=1", "adapt=adabn"]))
+    assert "changes the backbone before evaluation" in client.get_run(adabn["run_id"]).data.tags["feature_cache"]
 
 
 def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path):

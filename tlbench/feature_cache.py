@@ -16,7 +16,6 @@ import uuid
 import torch
 from torch import nn
 
-from .adapt import Adapter
 from .backbones import Backbone, Preprocessing
 from .data.base import DomainSplits, TensorImages
 from .paths import cache_dir
@@ -66,7 +65,7 @@ def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_e
         return "freeze.bn_policy=train lets BatchNorm statistics of frozen stages move"
     if augment != "none":
         return f"data.augment={augment} makes inputs differ every epoch"
-    if type(adapter).before_evaluation is not Adapter.before_evaluation:
+    if adapter.changes_backbone_before_evaluation:
         return f"adapt={type(adapter).__name__} changes the backbone before evaluation"
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in backbone.modules()):
         return "the backbone contains active dropout"

@@ -158,7 +158,7 @@ class TransferModule(pl.LightningModule):
     # ------------------------------------------------------------ evaluation
     def _adapt_before_evaluation(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or type(self.adapter).before_evaluation is Adapter.before_evaluation:
+        if datamodule is None or not self.adapter.changes_backbone_before_evaluation:
             return
         batches = (self.preprocess(images.to(self.device)) for images in datamodule.target_train_dataloader())
         self.adapter.before_evaluation(self.backbone, batches)

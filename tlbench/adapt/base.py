@@ -38,5 +38,11 @@ class Adapter(nn.Module):
         """`progress` ∈ [0, 1] is the fraction of training done (drives schedules such as DANN's λ)."""
         raise NotImplementedError
 
+    @property
+    def changes_backbone_before_evaluation(self) -> bool:
+        """True for methods that override `before_evaluation` (so evaluations need target batches, and
+        cached backbone features would be stale)."""
+        return type(self).before_evaluation is not Adapter.before_evaluation
+
     def before_evaluation(self, module: nn.Module, target_batches) -> None:
         """Hook run before each evaluation (AdaBN re-estimates BatchNorm statistics here). Default: nothing."""
