@@ -15,7 +15,6 @@ official val. Digit sets (mnist, usps, svhn) all use classes "0".."9", so any pa
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import threading
 from pathlib import Path
@@ -31,6 +30,7 @@ from . import register_domain
 from .base import DomainSplits, TensorImages, fingerprint_tensors, stratified_split
 from .idx import find_idx_set, read_idx_set
 from .image_folder import ROOT_HINT, ImageFiles, check_splits, fingerprint_files
+from .safe_pickle import load_data_pickle
 
 DIGITS = [str(d) for d in range(10)]
 VAL_FRACTION = 0.1
@@ -238,11 +238,11 @@ def svhn(argument: str, cfg, seed: int) -> DomainSplits:
 
 
 def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            return pickle.load(handle, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError) as exc:
-        raise DataError(f"{path}: not a readable CIFAR python batch ({exc})") from None
+    """A CIFAR python batch, read with the restricted unpickler: a batch file cannot run code."""
+    batch = load_data_pickle(path, "CIFAR python batch")
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: not a CIFAR python batch (expected a dict, found {type(batch).__name__})")
+    return batch
 
 
 def _cifar_batches(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarray]:
