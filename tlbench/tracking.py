@@ -18,6 +18,8 @@ from .config import RunConfig, TrackingConfig, flatten, to_plain_dict
 from .errors import TlbenchError
 
 MAX_PARAM_LENGTH = 6000
+#: Longest wait for another process that is creating the same SQLite store (a migration takes seconds).
+STORE_LOCK_TIMEOUT_S = 120
 #: Config keys that do not change what is computed, left out of the config hash.
 NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
 
@@ -60,10 +62,43 @@ def git_commit() -> str:
         return "unknown"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI; None for other stores and in-memory databases."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def store_creation_lock(uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """One process at a time opens a SQLite store for the first time: MLflow creates and migrates a new
+    store's schema without coordination, so processes starting together on a fresh path fail with
+    "table already exists" or leave half-migrated tables. Keyed by the database path (`<db>.lock`)."""
+    from filelock import FileLock, Timeout
+
+    path = sqlite_path(uri)
+    lock = FileLock(f"{path}.lock") if path is not None else None
+    try:
+        if lock is not None:
+            lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise TrackingError(f"tracking.uri: another process has held {path}.lock for {timeout_s:.0f}s while creating the MLflow store {uri}") from None
+    except OSError:  # e.g. a read-only folder: no lock, but then no schema can be created there either
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _client(uri: str):
+    """A client whose store is ready: the first touch (which creates a new SQLite store) holds the lock."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    with store_creation_lock(uri):
+        return MlflowClient(tracking_uri=uri)  # builds the store: creates and migrates a new SQLite file
 
 
 def experiment_id(client, name: str) -> str:
