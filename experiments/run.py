@@ -11,6 +11,7 @@ get it (no training starts). Each run is recorded in the MLflow store `results/<
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -58,6 +59,10 @@ def main() -> int:
     parser.add_argument("name", help="folder under experiments/ holding spec.yaml")
     parser.add_argument("--check", action="store_true", help="only check that the data is present")
     parser.add_argument("--report-only", action="store_true", help="only rebuild tables from recorded runs")
+    parser.add_argument("--sweeps", metavar="I,J", help="run only these sweeps of the spec (0-based) and no reports: "
+                        "split a benchmark over several processes, then rerun without --sweeps to finish")
+    parser.add_argument("--threads", type=int, metavar="N", help="intra-op threads per run (OMP_NUM_THREADS); 1 with "
+                        "one process per core is faster than 2 threads for small networks")
     args = parser.parse_args()
 
     folder = ROOT / "experiments" / args.name
@@ -85,14 +90,20 @@ def main() -> int:
         extra = ["--reference", str(folder / report["reference"])] if "reference" in report else []
         reports.append(TLBENCH + ["report", "--uri", uri, "--experiment", args.name, "--out", str(target), *report["args"], *extra])
     commands = reports if args.report_only else sweeps + reports
+    if args.sweeps:
+        commands = [sweeps[int(i)] for i in args.sweeps.split(",")]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
 
     started = time.time()
     for command in commands:
         print("$", shlex.join(command[2:]), flush=True)
-        result = subprocess.run(command, cwd=ROOT)
+        result = subprocess.run(command, cwd=ROOT, env=env)
         if result.returncode != 0:
             print(f"{args.name}: command failed with exit code {result.returncode}; runs recorded so far are kept")
             return result.returncode
+    if args.sweeps:
+        print(f"{args.name}: sweeps {args.sweeps} done in {time.time() - started:.0f}s")
+        return 0
     write_provenance(out, args.name, spec, [c[3:] for c in sweeps + reports])
     print(f"{args.name}: done in {time.time() - started:.0f}s; tables in {out.relative_to(ROOT)}")
     return 0

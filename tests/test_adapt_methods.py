@@ -18,6 +18,10 @@ from tlbench.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "adapt"
 YAMLS = sorted(CONF_DIR.glob("*.yaml"))
+#: Method yamls are named after the method and hold its defaults; recipe variants (`<method>_<recipe>`,
+#: e.g. dann_paper_digits) hold a published recipe's values for the same method.
+METHOD_YAMLS = [p for p in YAMLS if p.stem == OmegaConf.load(p).name]
+RECIPE_YAMLS = [p for p in YAMLS if p not in METHOD_YAMLS]
 NUM_CLASSES, FEATURE_DIM = 3, 4
 
 
@@ -40,12 +44,19 @@ def load(path: Path):
 
 
 def test_every_registered_method_has_a_yaml_named_after_it():
-    assert sorted(p.stem for p in YAMLS) == ADAPTERS.choices()
-    for path in YAMLS:
-        assert load(path).name == path.stem
+    assert sorted(p.stem for p in METHOD_YAMLS) == ADAPTERS.choices()
 
 
-@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", RECIPE_YAMLS, ids=lambda p: p.stem)
+def test_recipe_yaml_is_a_variant_of_a_registered_method(path):
+    node = load(path)
+    assert path.stem.startswith(node.name + "_")
+    ADAPTERS.validate(node)  # every key is one of the method's hyperparameters
+    schema_defaults = OmegaConf.to_container(OmegaConf.structured(ADAPTERS.entry(node.name).schema))
+    assert OmegaConf.to_container(node) != schema_defaults, "a recipe that changes nothing is a duplicate"
+
+
+@pytest.mark.parametrize("path", METHOD_YAMLS, ids=lambda p: p.stem)
 def test_yaml_lists_every_hyperparameter_with_its_default(path):
     node = load(path)
     schema = ADAPTERS.entry(node.name).schema
@@ -66,7 +77,8 @@ def _train_step(node, progress: float = 0.5):
     else:
         features_s, features_t = backbone(images_s), None
         logits_s, logits_t = head(features_s), None
-    out = adapter.loss(features_s, features_t, logits_s, logits_t, labels_s, progress)
+    # step: halfway through a 1,000-step run, so ramps in absolute steps (TLlib recipes) are past 0 too
+    out = adapter.loss(features_s, features_t, logits_s, logits_t, labels_s, progress, step=int(progress * 1000))
     return backbone, head, adapter, F.cross_entropy(logits_s, labels_s), out
 
 

@@ -18,6 +18,12 @@ from .errors import ConfigError
 from .registry import describe_omegaconf_error
 
 SELECTION_RULES = ("source_val", "oracle", "target_entropy")
+#: How source and target images reach the backbone's BatchNorm layers in a training step:
+#: joint = one concatenated batch (statistics over both domains), separate = one forward pass per domain
+#: (each normalised by its own statistics), source = the target is never forwarded (only for methods
+#: that do not use it). A baseline must use the same composition as the method it is compared with.
+BATCH_COMPOSITIONS = ("joint", "separate", "source")
+SCHEDULERS = ("constant", "cosine", "dann", "inv")
 
 
 @dataclass
@@ -47,8 +53,19 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    #: Learning-rate schedule over the run: constant | cosine | dann (Ganin's annealing).
+    #: SGD only: Nesterov momentum (TLlib) or plain heavy-ball momentum (the DANN paper).
+    nesterov: bool = True
+    #: Learning-rate schedule: constant | cosine | dann (Ganin: (1+10p)^-0.75 over progress p) |
+    #: inv (TLlib: (1 + inv_gamma·step)^-inv_power over absolute optimizer steps).
     scheduler: str = "cosine"
+    inv_gamma: float = 0.001
+    inv_power: float = 0.75
+    #: Multipliers on lr for the backbone (on top of the freezing schedule's per-stage scales), the new
+    #: layers (bottleneck + classifier) and the method's own layers (e.g. the domain discriminator).
+    #: TLlib's recipe: backbone 0.1, new layers 1.0.
+    backbone_lr_scale: float = 1.0
+    head_lr_scale: float = 1.0
+    adapter_lr_scale: float = 1.0
 
 
 @dataclass
@@ -56,11 +73,18 @@ class HeadConfig:
     #: Hidden sizes of an MLP head; empty for a linear head.
     hidden: list[int] = field(default_factory=list)
     dropout: float = 0.0
+    #: TLlib's bottleneck Linear→bottleneck→BN→ReLU between backbone and classifier; when set, the
+    #: adaptation loss sees the bottleneck's output instead of the backbone's.
+    bottleneck: Optional[int] = None
 
 
 @dataclass
 class TrainerConfig:
     max_epochs: int = 5
+    #: Optimizer steps per epoch, independent of dataset size and label budget (both training streams
+    #: cycle, reshuffled each pass); null = one pass over the larger stream. Total steps are then
+    #: max_epochs × steps_per_epoch for every method and label budget.
+    steps_per_epoch: Optional[int] = None
     #: Fraction (≤1.0) or number (>1) of training batches per epoch.
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
@@ -106,6 +130,8 @@ class RunConfig:
     #: Which metric chooses the checkpoint: source_val (default, honest) | oracle (target labels) |
     #: target_entropy (label-free).
     selection: str = "source_val"
+    #: BatchNorm batch composition of a training step (see BATCH_COMPOSITIONS); recorded with every run.
+    batch_composition: str = "joint"
     #: Where checkpoints and per-run files go; Hydra sets it to the job's output dir.
     output_dir: str = "outputs"
     #: Checkpoints go to <checkpoint_dir>/<config hash>/, so `resume=true` with the same config finds them.
@@ -145,7 +171,7 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
         optim=_typed("optim", OptimConfig, container.get("optim", {})),
         trainer=_typed("trainer", TrainerConfig, container.get("trainer", {})),
         tracking=_typed("tracking", TrackingConfig, container.get("tracking", {})),
-        **{k: container[k] for k in ("seed", "selection", "output_dir", "checkpoint_dir", "resume") if k in container},
+        **{k: container[k] for k in ("seed", "selection", "batch_composition", "output_dir", "checkpoint_dir", "resume") if k in container},
     )
     _check_values(run)
     return run
@@ -160,7 +186,15 @@ def _check_values(run: RunConfig) -> None:
         raise ConfigError(f"seed: expected an integer, got {run.seed!r}")
     choice("selection", run.selection, SELECTION_RULES)
     choice("optim.name", run.optim.name, ("adamw", "sgd"))
-    choice("optim.scheduler", run.optim.scheduler, ("constant", "cosine", "dann"))
+    choice("optim.scheduler", run.optim.scheduler, SCHEDULERS)
+    choice("batch_composition", run.batch_composition, BATCH_COMPOSITIONS)
+    for key in ("backbone_lr_scale", "head_lr_scale", "adapter_lr_scale", "inv_gamma", "inv_power"):
+        if getattr(run.optim, key) < 0:
+            raise ConfigError(f"optim.{key}: must be ≥ 0, got {getattr(run.optim, key)}")
+    if run.trainer.steps_per_epoch is not None and run.trainer.steps_per_epoch < 1:
+        raise ConfigError(f"trainer.steps_per_epoch: must be ≥ 1 or null, got {run.trainer.steps_per_epoch}")
+    if run.head.bottleneck is not None and run.head.bottleneck < 1:
+        raise ConfigError(f"head.bottleneck: must be ≥ 1 or null, got {run.head.bottleneck}")
     choice("data.augment", run.data.augment, ("none", "standard", "strong"))
     if run.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be positive, got {run.optim.lr}")

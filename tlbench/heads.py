@@ -15,3 +15,10 @@ def build_head(in_features: int, num_classes: int, hidden: list[int], dropout: f
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def build_bottleneck(in_features: int, width: int | None) -> nn.Module:
+    """TLlib's bottleneck Linear→width→BN→ReLU (the features the adaptation loss aligns), or identity."""
+    if width is None:
+        return nn.Identity()
+    return nn.Sequential(nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.ReLU())

@@ -1,4 +1,8 @@
-"""TransferModule: backbone → head, trained with source cross-entropy plus the adaptation method's loss.
+"""TransferModule: backbone → bottleneck → head, trained with source cross-entropy plus the adaptation
+method's loss on the bottleneck's features (identity when there is no bottleneck).
+
+How source and target share BatchNorm batches (`batch_composition`) is the module's job and the same
+for every method, so a baseline differs from a method only by the method's loss.
 
 The module owns the wiring only: the backbone, schedule, method and data are built elsewhere and
 passed in. Per epoch it evaluates source val, target val and target test so that any selection rule
@@ -46,10 +50,14 @@ class TransferModule(pl.LightningModule):
         num_classes: int,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
+        bottleneck: nn.Module | None = None,
+        batch_composition: str = "joint",
     ):
         super().__init__()
         self.backbone = backbone
+        self.bottleneck = bottleneck if bottleneck is not None else nn.Identity()
         self.head = head
+        self.batch_composition = batch_composition
         self.adapter = adapter
         self.schedule = schedule
         schedule.regularizer(backbone)  # L2-SP anchors at the starting weights now, before any checkpoint restore
@@ -67,8 +75,9 @@ class TransferModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- model
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features of already-preprocessed images."""
-        return self.backbone(images)
+        """Features the classifier and the adaptation loss see (backbone, then bottleneck), of
+        already-preprocessed images."""
+        return self.bottleneck(self.backbone(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw (uint8 or [0,1]) images → logits; what inference users call."""
@@ -126,21 +135,32 @@ class TransferModule(pl.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def _forward_domains(self, images_s: torch.Tensor, images_t: torch.Tensor | None):
+        """(features_s, logits_s, features_t, logits_t) under the configured batch composition.
+
+        joint: one batch, so BatchNorm normalises both domains with their pooled statistics;
+        separate: one pass per domain, each normalised by its own batch statistics;
+        source: the target is not forwarded (features_t, logits_t are None).
+        A method that ignores the target (source_only) still forwards it under joint/separate, so its
+        BatchNorm sees exactly what the method's does."""
+        inputs_s = self._prepare(images_s, train=True)
+        if images_t is None or self.batch_composition == "source":
+            features_s = self.features(inputs_s)
+            return features_s, self.head(features_s), None, None
+        inputs_t = self._prepare(images_t, train=True)
+        if self.batch_composition == "joint":
+            features = self.features(torch.cat([inputs_s, inputs_t]))
+            features_s, features_t = features[: len(inputs_s)], features[len(inputs_s) :]
+        else:
+            features_s, features_t = self.features(inputs_s), self.features(inputs_t)
+        return features_s, self.head(features_s), features_t, self.head(features_t)
+
     def training_step(self, batch, batch_idx):
         images_s, labels_s = batch["source"]
-        images_t = batch.get("target") if self.adapter.needs_target else None
-        inputs = self._prepare(images_s, train=True)
-        if images_t is not None:
-            inputs = torch.cat([inputs, self._prepare(images_t, train=True)])
-        features = self.features(inputs)
-        logits = self.head(features)
+        features_s, logits_s, features_t, logits_t = self._forward_domains(images_s, batch.get("target"))
         n_s = images_s.shape[0]
-        features_s, logits_s = features[:n_s], logits[:n_s]
-        features_t = features[n_s:] if images_t is not None else None
-        logits_t = logits[n_s:] if images_t is not None else None
-
         ce = F.cross_entropy(logits_s, labels_s)
-        adapted = self.adapter.loss(features_s, features_t, logits_s, logits_t, labels_s, self.progress)
+        adapted = self.adapter.loss(features_s, features_t, logits_s, logits_t, labels_s, self.progress, step=self.global_step)
         loss = ce + adapted.loss
         regularizer = self.schedule.regularizer(self.backbone)
         if regularizer is not None:
@@ -152,7 +172,12 @@ class TransferModule(pl.LightningModule):
             )
         logs = {"train/loss": loss, "train/source_ce": ce, "train/source_acc": (logits_s.argmax(1) == labels_s).float().mean()}
         logs.update({f"train/{k}": v for k, v in adapted.logs.items()})
+        if self._trainer is not None and self.trainer.optimizers:
+            logs["train/head_lr"] = loss.new_tensor(self._group_lr("head"))
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n_s)
+        # Epoch means too: the learning curves (loss, domain accuracy, λ) drawn per reproduction.
+        epoch_logs = {k.replace("train/", "train_epoch/"): v.detach() for k, v in logs.items()}
+        self.log_dict(epoch_logs, on_step=False, on_epoch=True, batch_size=n_s)
         return loss
 
     # ------------------------------------------------------------ evaluation
@@ -191,14 +216,20 @@ class TransferModule(pl.LightningModule):
         self._evaluate(TEST_SPLITS[dataloader_idx], batch)
 
     # ------------------------------------------------------------- optimizer
+    def _group_lr(self, name: str) -> float:
+        groups = self.trainer.optimizers[0].param_groups
+        return next((g["lr"] for g in groups if g.get("name") == name), groups[0]["lr"])
+
     def configure_optimizers(self):
         stages = self.backbone.stage_parameters()
+        cfg = self.optim_cfg
+        new_layers = list(self.bottleneck.parameters()) + list(self.head.parameters())
         groups = param_groups(
             stages,
-            self.schedule.stage_lr_scales(len(stages)),
-            {"head": list(self.head.parameters()), "adapter": list(self.adapter.parameters())},
-            self.optim_cfg.lr,
+            [scale * cfg.backbone_lr_scale for scale in self.schedule.stage_lr_scales(len(stages))],
+            {"head": (new_layers, cfg.head_lr_scale), "adapter": (list(self.adapter.parameters()), cfg.adapter_lr_scale)},
+            cfg.lr,
         )
-        optimizer = build_optimizer(self.optim_cfg, groups)
-        scheduler = build_scheduler(self.optim_cfg.scheduler, optimizer, int(self.trainer.estimated_stepping_batches))
+        optimizer = build_optimizer(cfg, groups)
+        scheduler = build_scheduler(cfg, optimizer, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

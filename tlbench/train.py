@@ -22,7 +22,8 @@ from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
 from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, why_not_cacheable
 from .freeze import SCHEDULES
-from .heads import build_head
+from .errors import ConfigError
+from .heads import build_bottleneck, build_head
 from .module import SELECTION_METRICS, TransferModule
 from .interrupts import sigterm_as_interrupt
 from .progress import EpochSummary
@@ -48,6 +49,18 @@ def build_augmentation_for(run: RunConfig, datamodule: DomainDataModule):
     return build_augmentation(run.data.augment, datamodule.source.hflip_ok and datamodule.target.hflip_ok)
 
 
+def effective_batch_composition(run: RunConfig, adapter, datamodule: DomainDataModule) -> str:
+    """The batch composition a run trains with. An in-domain run has no second domain, so a method that
+    ignores the target forwards only the source (a second source batch would just change batch size)."""
+    if run.batch_composition == "source" and adapter.needs_target:
+        raise ConfigError(
+            f"batch_composition=source: adapt={run.adapt.name} needs target batches; use joint or separate"
+        )
+    if datamodule.in_domain and not adapter.needs_target:
+        return "source"
+    return run.batch_composition
+
+
 def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[TransferModule, DomainDataModule, str]:
     """Assemble the module; with a fully frozen backbone, swap images for cached features.
 
@@ -56,7 +69,9 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
     schedule = SCHEDULES.build(run.freeze)
     backbone_cfg = run.backbone if schedule.uses_pretrained else dataclasses.replace(run.backbone, weights="none")
     backbone = BACKBONES.build(backbone_cfg)
-    adapter = ADAPTERS.build(run.adapt, num_classes=datamodule.num_classes, feature_dim=backbone.out_features)
+    feature_dim = run.head.bottleneck or backbone.out_features
+    adapter = ADAPTERS.build(run.adapt, num_classes=datamodule.num_classes, feature_dim=feature_dim)
+    composition = effective_batch_composition(run, adapter, datamodule)
     reason = why_not_cacheable(schedule, backbone, adapter, run.data.augment, run.trainer.max_epochs)
     if not run.trainer.feature_cache:
         reason = "trainer.feature_cache=false"
@@ -65,15 +80,16 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
             key = backbone_digest(backbone)
             source = featurize_domain(backbone, datamodule.source, key)
             target = source if datamodule.in_domain else featurize_domain(backbone, datamodule.target, key)
-            datamodule = DomainDataModule(run.data, run.seed, source, target)
+            datamodule = DomainDataModule(run.data, run.seed, source, target, run.trainer.steps_per_epoch)
             backbone = CachedBackbone(backbone.out_features)
         except TypeError as exc:  # e.g. a streaming folder dataset
             reason = str(exc)
     log.info("feature cache: %s", "on" if reason is None else f"off ({reason})")
-    head = build_head(backbone.out_features, datamodule.num_classes, run.head.hidden, run.head.dropout)
+    head = build_head(feature_dim, datamodule.num_classes, run.head.hidden, run.head.dropout)
     module = TransferModule(
         backbone, head, adapter, schedule, run.optim, datamodule.num_classes,
         build_augmentation_for(run, datamodule), seed=run.seed,
+        bottleneck=build_bottleneck(backbone.out_features, run.head.bottleneck), batch_composition=composition,
     )
     return module, datamodule, "on" if reason is None else f"off: {reason}"
 
@@ -119,7 +135,8 @@ def run_tags(run: RunConfig, datamodule: DomainDataModule, digest: str) -> dict[
 
 
 def default_run_name(run: RunConfig) -> str:
-    return run.tracking.run_name or f"{run.data.name}-{run.backbone.name}-{run.freeze.name}-{run.adapt.name}-s{run.seed}"
+    composition = "" if run.batch_composition == "joint" else f"-{run.batch_composition}"
+    return run.tracking.run_name or f"{run.data.name}-{run.backbone.name}-{run.freeze.name}-{run.adapt.name}{composition}-s{run.seed}"
 
 
 def selected_epoch(checkpoint: ModelCheckpoint) -> int | None:
@@ -151,14 +168,15 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
     import mlflow
 
     mlflow.set_tracking_uri(resolve_uri(run.tracking.uri))  # so weights=runs:/... resolve in this store
-    datamodule = DomainDataModule(run.data, run.seed)
+    datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
     module, datamodule, cache_decision = build_module(run, datamodule)
     checkpoint_dir = Path(run.checkpoint_dir) / digest
     last = checkpoint_dir / "last.ckpt"
     resume_run_id = unfinished_run_with_hash(run.tracking, digest) if run.resume and last.exists() else None
     if not resume_run_id:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
-    tags = {**run_tags(run, datamodule, digest), "feature_cache": cache_decision, **(extra_tags or {})}
+    tags = {**run_tags(run, datamodule, digest), "feature_cache": cache_decision,
+            "batch_composition": module.batch_composition, **(extra_tags or {})}
     with sigterm_as_interrupt(), recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
         if not resume_run_id:
             plain = to_plain_dict(run)

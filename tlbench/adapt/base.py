@@ -14,6 +14,17 @@ import torch
 from torch import nn
 
 
+#: Loss scales of methods whose published implementations differ by a constant factor.
+NORMALISATIONS = ("paper", "tllib")
+
+
+def check_normalisation(value: str) -> None:
+    if value not in NORMALISATIONS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"adapt.normalisation: '{value}' is not allowed; choose one of: {', '.join(NORMALISATIONS)}")
+
+
 @dataclass
 class AdaptOutput:
     """The weighted loss to add to source cross-entropy, plus scalars worth logging (under train/)."""
@@ -34,8 +45,10 @@ class Adapter(nn.Module):
         logits_t: torch.Tensor | None,
         labels_s: torch.Tensor,
         progress: float,
+        step: int = 0,
     ) -> AdaptOutput:
-        """`progress` ∈ [0, 1] is the fraction of training done (drives schedules such as DANN's λ)."""
+        """`progress` ∈ [0, 1] is the fraction of training done (drives schedules such as DANN's λ);
+        `step` the optimizer step, for schedules in absolute iterations (TLlib's λ warm-up)."""
         raise NotImplementedError
 
     @property

@@ -12,7 +12,7 @@ from torch import nn
 
 from . import ADAPTERS
 from .base import AdaptOutput, Adapter
-from .layers import DomainDiscriminator, dann_lambda, domain_adversarial_loss, prediction_entropy
+from .layers import DomainDiscriminator, dann_lambda, ramp_position, domain_adversarial_loss, prediction_entropy
 
 #: Above this many map entries (feature_dim × num_classes) the full map is replaced by the
 #: randomized one, as in the paper.
@@ -24,10 +24,14 @@ class CDANConfig:
     name: str = "cdan"
     trade_off: float = 1.0
     hidden: int = 1024
+    #: Hidden layers of the discriminator (TLlib 2; the DANN paper's digit model 1 of 100 units).
+    depth: int = 2
     dropout: float = 0.5
     batch_norm: bool = False
     gamma: float = 10.0
     max_lambda: float = 1.0
+    #: null: the ramp runs over training progress p (paper); N: over optimizer steps, p = step / N (TLlib).
+    ramp_steps: Optional[int] = None
     #: null = automatic (randomized when feature_dim·num_classes > 4096); true/false forces it.
     randomized: Optional[bool] = None
     #: Output size of the randomized multilinear map.
@@ -76,7 +80,7 @@ class CDAN(Adapter):
         if randomized:
             self.random_map = RandomizedMultilinearMap(feature_dim, num_classes, cfg.randomized_dim)
         map_dim = cfg.randomized_dim if randomized else feature_dim * num_classes
-        self.discriminator = DomainDiscriminator(map_dim, cfg.hidden, cfg.dropout, cfg.batch_norm)
+        self.discriminator = DomainDiscriminator(map_dim, cfg.hidden, cfg.dropout, cfg.batch_norm, cfg.depth)
 
     def conditioned(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         # Predictions are detached as in the reference implementation: the adversarial gradient
@@ -86,8 +90,8 @@ class CDAN(Adapter):
             return self.random_map(features, probs)
         return multilinear_map(features, probs)
 
-    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
-        coeff = dann_lambda(progress, self.cfg.gamma, self.cfg.max_lambda)
+    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
+        coeff = dann_lambda(ramp_position(progress, step, self.cfg.ramp_steps), self.cfg.gamma, self.cfg.max_lambda)
         weights_s = weights_t = None
         if self.entropy_conditioning:
             weights_s, weights_t = certainty_weights(logits_s.detach()), certainty_weights(logits_t.detach())

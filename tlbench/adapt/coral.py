@@ -6,13 +6,16 @@ from dataclasses import dataclass
 import torch
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import AdaptOutput, Adapter, check_normalisation
 
 
 @dataclass
 class CORALConfig:
     name: str = "coral"
     trade_off: float = 1.0
+    #: paper: ‖C_s − C_t‖²_F / (4d²). tllib: mean of (C_s − C_t)² plus mean of (μ_s − μ_t)², i.e. ≈ 4×
+    #: the paper's value plus a mean term (TLlib/DomainBed); pick it to compare trade-offs with theirs.
+    normalisation: str = "paper"
 
 
 def covariance(x: torch.Tensor) -> torch.Tensor:
@@ -21,9 +24,12 @@ def covariance(x: torch.Tensor) -> torch.Tensor:
     return centered.T @ centered / max(len(x) - 1, 1)
 
 
-def coral_loss(features_s: torch.Tensor, features_t: torch.Tensor) -> torch.Tensor:
+def coral_loss(features_s: torch.Tensor, features_t: torch.Tensor, normalisation: str = "paper") -> torch.Tensor:
+    covariance_gap = (covariance(features_s) - covariance(features_t)).pow(2)
+    if normalisation == "tllib":
+        return covariance_gap.mean() + (features_s.mean(0) - features_t.mean(0)).pow(2).mean()
     d = features_s.shape[1]
-    return (covariance(features_s) - covariance(features_t)).pow(2).sum() / (4.0 * d * d)
+    return covariance_gap.sum() / (4.0 * d * d)
 
 
 class CORAL(Adapter):
@@ -31,11 +37,12 @@ class CORAL(Adapter):
         super().__init__()
         self.cfg = cfg
 
-    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
-        transfer = coral_loss(features_s, features_t)
+    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
+        transfer = coral_loss(features_s, features_t, self.cfg.normalisation)
         return AdaptOutput(loss=self.cfg.trade_off * transfer, logs={"transfer_loss": transfer.detach()})
 
 
 @ADAPTERS.register("coral", CORALConfig)
 def build_coral(cfg: CORALConfig, num_classes: int, feature_dim: int) -> Adapter:
+    check_normalisation(cfg.normalisation)
     return CORAL(cfg)

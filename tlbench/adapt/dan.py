@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import AdaptOutput, Adapter, check_normalisation
 from .layers import mk_mmd2
 
 
@@ -19,6 +19,9 @@ class DANConfig:
     #: Gaussian bandwidths as multiples of the batch's mean squared pairwise distance.
     kernel_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     unbiased: bool = False
+    #: paper: the kernels' uniform mixture (mean over kernels). tllib: their sum, as TLlib's MK-MMD
+    #: (≈ K× larger, K = number of kernels); pick it to compare trade-offs with TLlib's.
+    normalisation: str = "paper"
 
 
 class DAN(Adapter):
@@ -26,8 +29,10 @@ class DAN(Adapter):
         super().__init__()
         self.cfg = cfg
 
-    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
+    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         mmd2 = mk_mmd2(features_s, features_t, self.cfg.kernel_multipliers, self.cfg.unbiased)
+        if self.cfg.normalisation == "tllib":
+            mmd2 = mmd2 * len(self.cfg.kernel_multipliers)
         return AdaptOutput(loss=self.cfg.trade_off * mmd2, logs={"transfer_loss": mmd2.detach()})
 
 
@@ -35,4 +40,5 @@ class DAN(Adapter):
 def build_dan(cfg: DANConfig, num_classes: int, feature_dim: int) -> Adapter:
     if not cfg.kernel_multipliers or min(cfg.kernel_multipliers) <= 0:
         raise ConfigError("adapt.kernel_multipliers: needs at least one positive multiplier")
+    check_normalisation(cfg.normalisation)
     return DAN(cfg)

@@ -25,7 +25,7 @@ class EntropyMinimization(Adapter):
         super().__init__()
         self.cfg = cfg
 
-    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
+    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         target_entropy = prediction_entropy(logits_t).mean()
         weight = self.cfg.trade_off * (dann_lambda(progress) if self.cfg.ramp else 1.0)
         return AdaptOutput(loss=weight * target_entropy,

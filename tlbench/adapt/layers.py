@@ -54,13 +54,20 @@ def dann_lambda(progress: float, gamma: float = 10.0, max_value: float = 1.0) ->
     return max_value * (2.0 / (1.0 + math.exp(-gamma * float(progress))) - 1.0)
 
 
-class DomainDiscriminator(nn.Module):
-    """MLP in → hidden → hidden → 1 logit ("is this example from the source domain?")."""
+def ramp_position(progress: float, step: int, ramp_steps: int | None) -> float:
+    """Where the λ ramp is: the fraction of training done (the DANN paper), or, with `ramp_steps`,
+    optimizer steps / ramp_steps (TLlib: γ = 1, 1,000 steps), which does not depend on the run's length."""
+    return progress if ramp_steps is None else step / ramp_steps
 
-    def __init__(self, in_features: int, hidden: int = 1024, dropout: float = 0.5, batch_norm: bool = False):
+
+class DomainDiscriminator(nn.Module):
+    """MLP in → hidden (× `depth`) → 1 logit ("is this example from the source domain?").
+    TLlib: 1024-1024 (depth 2); the DANN paper's MNIST model: one layer of 100 (depth 1)."""
+
+    def __init__(self, in_features: int, hidden: int = 1024, dropout: float = 0.5, batch_norm: bool = False, depth: int = 2):
         super().__init__()
         layers: list[nn.Module] = []
-        for width_in in (in_features, hidden):
+        for width_in in [in_features] + [hidden] * (depth - 1):
             layers.append(nn.Linear(width_in, hidden))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(hidden))

@@ -40,7 +40,7 @@ class MCC(Adapter):
         super().__init__()
         self.cfg = cfg
 
-    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
+    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         transfer = class_confusion_loss(logits_t, self.cfg.temperature)
         return AdaptOutput(loss=self.cfg.trade_off * transfer, logs={"transfer_loss": transfer.detach()})
 

@@ -16,7 +16,7 @@ class SourceOnlyConfig:
 class SourceOnly(Adapter):
     needs_target = False
 
-    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress):
+    def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         return AdaptOutput(loss=torch.zeros((), device=logits_s.device))
 
 

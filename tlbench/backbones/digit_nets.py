@@ -75,6 +75,23 @@ def dtn(input_size: int = 32) -> SequentialBackbone:
     )
 
 
+def dann_mnist(input_size: int = 28) -> SequentialBackbone:
+    """The DANN paper's MNIST → MNIST-M feature extractor (Ganin et al. 2016, Fig. 4): conv 5x5 32 →
+    max-pool → conv 5x5 48 → max-pool, ReLU, no BatchNorm; 768 features at 28 px. Its label predictor is
+    a head of 100-100 (`head.hidden=[100,100]`), its domain classifier one layer of 100 (`adapt.depth=1`)."""
+    side = ((input_size - 4) // 2 - 4) // 2
+    if side < 1:
+        raise ConfigError(f"backbone.input_size: dann_mnist needs at least 16 px, got {input_size}")
+    return SequentialBackbone(
+        [
+            nn.Sequential(nn.Conv2d(3, 32, 5), nn.ReLU(), nn.MaxPool2d(2)),
+            nn.Sequential(nn.Conv2d(32, 48, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()),
+        ],
+        out_features=48 * side * side,
+        preprocessing=Preprocessing(input_size=input_size, in_chans=3, **_rgb_or_grey(3)),
+    )
+
+
 def small_cnn(input_size: int = 32, width: int = 18) -> SequentialBackbone:
     """Three conv-BN-ReLU stages (width, 2x, 4x channels; ~30k parameters at width 18) and global
     average pooling: trains in seconds on CPU and works at any input size."""
@@ -111,6 +128,14 @@ class DTNConfig:
 
 
 @dataclass
+class DANNMnistConfig:
+    name: str = "dann_mnist"
+    weights: str = "none"
+    #: None = 28 (the paper's MNIST-M size).
+    input_size: Optional[int] = None
+
+
+@dataclass
 class SmallCNNConfig:
     name: str = "small_cnn"
     weights: str = "none"
@@ -140,3 +165,8 @@ def build_dtn(cfg: DTNConfig) -> Backbone:
 @BACKBONES.register("small_cnn", SmallCNNConfig)
 def build_small_cnn(cfg: SmallCNNConfig) -> Backbone:
     return _finish(small_cnn(cfg.input_size or 32, cfg.width), cfg.name, cfg.weights)
+
+
+@BACKBONES.register("dann_mnist", DANNMnistConfig)
+def build_dann_mnist(cfg: DANNMnistConfig) -> Backbone:
+    return _finish(dann_mnist(cfg.input_size or 28), cfg.name, cfg.weights)

@@ -13,7 +13,7 @@ from ..config import DataConfig
 from . import build_domain
 from .base import DomainSplits
 from .budget import apply_label_budget
-from .loaders import make_loader
+from .loaders import FixedLengthLoader, make_loader
 
 EVAL_SPLITS = ("val/source", "val/target", "test/target")
 
@@ -35,11 +35,20 @@ class UnlabelledLoader:
 
 
 class DomainDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, seed: int, source: DomainSplits | None = None, target: DomainSplits | None = None):
-        """Builds the configured domains, or uses already-built ones (e.g. their cached features)."""
+    def __init__(
+        self,
+        cfg: DataConfig,
+        seed: int,
+        source: DomainSplits | None = None,
+        target: DomainSplits | None = None,
+        steps_per_epoch: int | None = None,
+    ):
+        """Builds the configured domains, or uses already-built ones (e.g. their cached features).
+        With `steps_per_epoch`, both training streams cycle to exactly that many batches per epoch."""
         super().__init__()
         self.cfg = cfg
         self.seed = seed
+        self.steps_per_epoch = steps_per_epoch
         self.source = source or build_domain(cfg.source, cfg, seed)
         if target is not None:
             self.target = target
@@ -75,7 +84,8 @@ class DomainDataModule(pl.LightningDataModule):
         }
 
     def _loader(self, data, train: bool, seed_offset: int = 0):
-        return make_loader(data, self.cfg.batch_size, train, self.seed + seed_offset, self.cfg.num_workers)
+        loader = make_loader(data, self.cfg.batch_size, train, self.seed + seed_offset, self.cfg.num_workers)
+        return FixedLengthLoader(loader, self.steps_per_epoch) if train and self.steps_per_epoch else loader
 
     def train_dataloader(self):
         # In-domain runs have no separate unlabelled stream; the source stream stands in as "target".

@@ -71,3 +71,41 @@ def make_loader(data: Dataset, batch_size: int, train: bool, seed: int, num_work
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed) if train else None,
     )
+
+
+class FixedLengthLoader:
+    """Exactly `length` batches per epoch from `loader`, starting it again (reshuffled) whenever it runs
+    out: training length in optimizer steps, independent of dataset size and label budget.
+
+    Lightning calls `sampler.set_epoch(e)` before each epoch; pass k of epoch e shuffles like epoch
+    e·10,007 + k of the wrapped loader, so a resumed run repeats an uninterrupted one."""
+
+    def __init__(self, loader, length: int):
+        self.loader = loader
+        self.length = length
+        self.sampler = self
+        self.batch_sampler = None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        produced, epoch_pass = 0, 0
+        while produced < self.length:
+            inner = getattr(self.loader, "sampler", None)
+            if hasattr(inner, "set_epoch"):
+                inner.set_epoch(self.epoch * 10_007 + epoch_pass)
+            empty = True
+            for batch in self.loader:
+                empty = False
+                yield batch
+                produced += 1
+                if produced == self.length:
+                    return
+            if empty:
+                raise ValueError("FixedLengthLoader: the wrapped loader yields no batches")
+            epoch_pass += 1
