@@ -8,10 +8,11 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 from .config import RunConfig, TrackingConfig, flatten, to_plain_dict
@@ -20,6 +21,9 @@ from .errors import TlbenchError
 MAX_PARAM_LENGTH = 6000
 #: Longest wait for another process that is creating the same SQLite store (a migration takes seconds).
 STORE_LOCK_TIMEOUT_S = 120
+#: Seconds a call to a remote tracking server may take, until tracking.timeout_s or `report --timeout` says.
+DEFAULT_TIMEOUT_S = 20
+T = TypeVar("T")
 #: Config keys that do not change what is computed, left out of the config hash.
 NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
 
@@ -34,17 +38,76 @@ def resolve_uri(configured: str) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def is_remote(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
+
+
+def within(timeout_s: float, call: Callable[[], T], uri: str, what: str) -> T:
+    """`call()` in a daemon thread, given up after `timeout_s`: name resolution, a silent server or
+    MLflow's own retries (minutes in all) cannot hold the run longer. A call given up on is left to end
+    on its own (each request is bounded too, see `bound_http_requests`)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"mlflow {what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TrackingError(f"tracking.uri: MLflow server {uri} did not answer ({what}) within {timeout_s:g}s; check the server or use a sqlite:/// URI")
+    if "error" in outcome:
+        raise server_error(outcome["error"], uri, what) or outcome["error"]
+    return outcome["value"]
+
+
+def server_error(exc: BaseException, uri: str, what: str) -> TrackingError | None:
+    """One line for a request that never got an answer (refused, reset, timed out); None for answers
+    such as "no such run", which are the caller's business."""
+    message = str(exc)
+    if not message.startswith("API request to ") and not isinstance(exc, OSError):
+        return None
+    reason = message.split(" failed with exception ", 1)[-1].splitlines()[0][:200]
+    return TrackingError(f"tracking.uri: MLflow server {uri} failed ({what}): {reason}")
+
+
+_timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+def bound_http_requests(timeout_s: float) -> None:
+    """From now on in this process, each MLflow HTTP request gives up after `timeout_s`, without retries
+    (MLflow's defaults, 120 s and 7 retries with backoff, add up to minutes per call); `_client` calls
+    that name no timeout use it too."""
+    global _timeout_s
+    _timeout_s = timeout_s
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_s)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+
+
 def check_reachable(uri: str, timeout_s: float) -> None:
     """Fail fast with one line instead of hanging on an unreachable tracking server."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
+    if not is_remote(uri):
         return
+    parsed = urlparse(uri)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise TrackingError(f"tracking.uri: cannot reach MLflow server {uri} within {timeout_s:.0f}s ({exc}); start it or use a sqlite:/// URI") from None
+
+    def connect() -> None:
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+        except OSError as exc:
+            raise TrackingError(f"tracking.uri: cannot reach MLflow server {uri} ({exc}); start it or use a sqlite:/// URI") from None
+
+    within(timeout_s, connect, uri, "connect")
+
+
+def check_server(uri: str, timeout_s: float) -> None:
+    """The server accepts a connection and answers one request, both within `timeout_s`; nothing for a
+    local store. Also bounds every later HTTP request of this process."""
+    if is_remote(uri):
+        _client(uri, timeout_s).search_experiments(max_results=1)
 
 
 def config_hash(run: RunConfig) -> str:
@@ -93,10 +156,34 @@ def store_creation_lock(uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S) -> It
             lock.release()
 
 
-def _client(uri: str):
-    """A client whose store is ready: the first touch (which creates a new SQLite store) holds the lock."""
+class BoundedClient:
+    """An MlflowClient for a remote server whose every call answers, fails or is given up within
+    `timeout_s`, with one line naming the server. Artifact uploads and downloads may legitimately take
+    longer: they are bounded per request only."""
+
+    PER_REQUEST_ONLY = frozenset({"log_artifact", "log_artifacts", "download_artifacts"})
+
+    def __init__(self, client, uri: str, timeout_s: float):
+        self._client, self.uri, self.timeout_s = client, uri, timeout_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name in self.PER_REQUEST_ONLY:
+            return attr
+        return lambda *args, **kwargs: within(self.timeout_s, lambda: attr(*args, **kwargs), self.uri, name)
+
+
+def _client(uri: str, timeout_s: float | None = None):
+    """A client whose store is ready. Remote: reachable now, every call bounded by `timeout_s` (default:
+    the last bound set in this process). SQLite: the first touch, which creates and migrates a new file,
+    holds the store's lock."""
     from mlflow.tracking import MlflowClient
 
+    if is_remote(uri):
+        timeout_s = timeout_s or _timeout_s
+        bound_http_requests(timeout_s)
+        check_reachable(uri, timeout_s)
+        return BoundedClient(MlflowClient(tracking_uri=uri), uri, timeout_s)
     with store_creation_lock(uri):
         return MlflowClient(tracking_uri=uri)  # builds the store: creates and migrates a new SQLite file
 
@@ -109,6 +196,8 @@ def experiment_id(client, name: str) -> str:
             return found.experiment_id
         try:
             return client.create_experiment(name)
+        except TlbenchError:  # the server did not answer: already one line
+            raise
         except Exception:  # created concurrently by another worker: look it up again
             time.sleep(0.2)
     raise TrackingError(f"tracking.experiment: could not create or find MLflow experiment '{name}'")
@@ -117,7 +206,7 @@ def experiment_id(client, name: str) -> str:
 def finished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
     """Run id of a FINISHED run with this config hash in the experiment, if any (for skip_done)."""
     uri = resolve_uri(tracking.uri)
-    client = _client(uri)
+    client = _client(uri, tracking.timeout_s)
     found = client.get_experiment_by_name(tracking.experiment)
     if found is None:
         return None
@@ -164,7 +253,7 @@ class RunRecorder:
 
 def unfinished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
     """Newest KILLED or FAILED run with this config hash: the run that `resume=true` continues."""
-    client = _client(resolve_uri(tracking.uri))
+    client = _client(resolve_uri(tracking.uri), tracking.timeout_s)
     found = client.get_experiment_by_name(tracking.experiment)
     if found is None:
         return None
@@ -180,8 +269,7 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
     """Create (or, with `resume_run_id`, reopen) an MLflow run and always close it: FINISHED on success,
     KILLED on interrupt (SIGINT/SIGTERM), FAILED with a `failure_reason` tag on any error (re-raised)."""
     uri = resolve_uri(tracking.uri)
-    check_reachable(uri, tracking.timeout_s)
-    client = _client(uri)
+    client = _client(uri, tracking.timeout_s)
     try:
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")

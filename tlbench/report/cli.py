@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import TlbenchError
+from ..tracking import DEFAULT_TIMEOUT_S, check_server, resolve_uri, server_error
 from .errors import ReportError
 from .selection import DEFAULT_RULE, RULES
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oracle", action="store_true", help="add a separate, labelled table of oracle selection (uses target labels)")
     parser.add_argument("--reference", metavar="FILE", help="YAML/JSON of published numbers, e.g. {dann: 76.66}, shown beside ours")
     parser.add_argument("--out", metavar="DIR", help="write table.md/.csv/.tex (oracle.* with --oracle), bars.png and budget.png here")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help=f"seconds to wait for a remote tracking server per request (default: {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--budget-lines", default="freeze.name", help="key(s) for the lines of the label-budget plot (default: freeze.name)")
     return parser
 
@@ -47,8 +49,18 @@ def report(args: argparse.Namespace) -> int:
     from .collect import collect, exclusion_notes
     from .tables import load_reference, paper_table
 
+    if args.timeout <= 0:
+        raise ReportError(f"--timeout: must be a positive number of seconds, got {args.timeout:g}")
     rules = [args.rule] + (["oracle"] if args.oracle else [])
-    frame = collect(args.uri, args.experiment, args.filter, rules=rules)
+    uri = resolve_uri(args.uri)
+    check_server(uri, args.timeout)  # a sick server: one line within --timeout, not minutes of retries
+    try:
+        frame = collect(args.uri, args.experiment, args.filter, rules=rules)
+    except Exception as exc:
+        error = server_error(exc, uri, "reading runs")
+        if error is None:
+            raise
+        raise error from None
     for name, status, reason in frame.attrs["excluded_runs"][:MAX_LISTED_EXCLUSIONS]:
         print(f"excluded {status} run {name}" + (f": {reason}" if reason else ""), file=sys.stderr)
     if frame.empty:
