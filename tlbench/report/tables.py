@@ -3,8 +3,8 @@
 A table cell is exactly one configuration aggregated over its seeds; if two configurations land in the
 same cell (say two learning rates), that is an error naming the keys that differ, never a silent average.
 From-scratch runs (`freeze.name=scratch`) are baselines: unless the table's keys include `freeze.name`
-they are not rows, and each other configuration with a matching scratch configuration (same config
-apart from the freezing schedule and backbone weights) gets a transfer gain = ours − scratch.
+they are not rows. Every configuration with a matching scratch or source-only configuration gets a gain
+over it, paired across seeds with a test of whether it is noise (see `compare`), shown in its own table.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from .collect import RESULT_COLUMNS, exclusion_notes
+from .compare import ALPHA, BASELINES, SCRATCH_BASELINE, Baseline, compare, config_keys
 from .errors import ReportError
 from .selection import DEFAULT_RULE, Rule, get_rule
 
 AVG = "Avg"
 STAT_COLUMNS = ["mean", "std", "n"]
-GAIN_COLUMNS = ["scratch_mean", "scratch_std", "scratch_n", "gain", "negative_transfer", "beyond_std"]
+#: Per baseline (source_only_*, scratch_*): its mean/std/n, and gain, gain_std, p_value, n_pairs, verdict.
+GAIN_COLUMNS = [c for b in BASELINES for c in b.columns()] + ["negative_transfer"]
 
 
 def parse_keys(keys: str | Iterable[str]) -> list[str]:
@@ -47,16 +49,21 @@ def sort_labels(values: Iterable[str]) -> list[str]:
     return sorted(set(values), key=key)
 
 
-def per_config(frame: pd.DataFrame, rule: str | Rule) -> pd.DataFrame:
-    """One row per configuration under `rule`: mean/std/n of target accuracy over seeds, in percent."""
+def rule_runs(frame: pd.DataFrame, rule: str | Rule) -> pd.DataFrame:
+    """The runs with a result under `rule`, with `acc` = target test accuracy in percent."""
     rule = rule if isinstance(rule, Rule) else get_rule(rule)
     chosen = frame[(frame["rule"] == rule.name) & frame["target_acc"].notna()]
     if chosen.empty:
         raise ReportError(f"no finished runs with a '{rule.name}' result to tabulate")
-    grouped = chosen.groupby("config_id", sort=False)
-    stats = grouped["target_acc"].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
-    stats[["mean", "std"]] *= 100.0
-    first = grouped.first().drop(columns=["target_acc", "source_acc", "run_id", "run_name", "start_time"])
+    return chosen.assign(acc=chosen["target_acc"] * 100.0)
+
+
+def per_config(frame: pd.DataFrame, rule: str | Rule) -> pd.DataFrame:
+    """One row per configuration under `rule`: mean/std/n of target accuracy over seeds, in percent."""
+    grouped = rule_runs(frame, rule).groupby("config_id", sort=False)
+    stats = grouped["acc"].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
+    per_run = ["acc", "target_acc", "source_acc", "run_id", "run_name", "start_time"]
+    first = grouped.first().drop(columns=per_run, errors="ignore")
     return stats.join(first).reset_index()
 
 
@@ -77,7 +84,7 @@ def _restrict(frame: pd.DataFrame, configs: pd.DataFrame, keys: list[str]) -> pd
     if "freeze.name" not in keys and configs["is_scratch"].any() and not configs["is_scratch"].all():
         configs = configs[~configs["is_scratch"]]
     configs = configs.assign(**{f"label:{k}": configs[k].astype(str) for k in keys})
-    _check_one_config_per_cell(configs, keys, frame.attrs.get("config_keys") or [c for c in frame.columns if c not in RESULT_COLUMNS])
+    _check_one_config_per_cell(configs, keys, config_keys(frame))
     return configs.reset_index(drop=True)
 
 
@@ -97,31 +104,24 @@ def _check_one_config_per_cell(configs: pd.DataFrame, keys: list[str], config_ke
         )
 
 
-def _gains(table: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
-    """Attach the matching scratch baseline's stats and gain = ours − scratch (percentage points).
-
-    `beyond_std`: |gain| larger than the larger of the two seed stds, i.e. not explained by seed noise
-    (undefined with a single seed)."""
-    scratch = configs[configs["is_scratch"]]
-    scratch = scratch.drop_duplicates("baseline_id", keep=False)  # two scratch candidates: no single baseline
-    base = scratch.set_index("baseline_id")[STAT_COLUMNS].rename(columns=lambda c: f"scratch_{c}")
-    merged = table.join(base, on="baseline_id")
-    merged.loc[merged["is_scratch"], ["scratch_mean", "scratch_std", "scratch_n"]] = float("nan")
-    merged["gain"] = merged["mean"] - merged["scratch_mean"]
-    merged["negative_transfer"] = (merged["gain"] < 0).where(merged["gain"].notna())
-    noise = merged[["std", "scratch_std"]].max(axis=1, skipna=False)
-    merged["beyond_std"] = (merged["gain"].abs() > noise).where(noise.notna() & merged["gain"].notna())
-    return merged
+def _gains(table: pd.DataFrame, configs: pd.DataFrame, runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Attach every baseline's comparison (`compare`) to the table's configurations, and
+    `negative_transfer` = the gain over scratch is below zero (whether that is noise: `scratch_verdict`)."""
+    for baseline in BASELINES:
+        table = table.join(compare(runs, configs, baseline, keys), on="config_id")
+    gain = table[f"{SCRATCH_BASELINE.name}_gain"]
+    table["negative_transfer"] = (gain < 0).astype(object).where(gain.notna())
+    return table
 
 
 @dataclass
 class PaperTable:
-    """Rows × columns of one rule's results, plus gains over scratch and published reference numbers."""
+    """Rows × columns of one rule's results, plus paired gains over baselines and published reference numbers."""
 
     rule: Rule
     rows: list[str]
     cols: list[str]
-    #: Long form: row, col, mean, std, n, best, and the gain columns (NaN where no scratch baseline).
+    #: Long form: row, col, mean, std, n, best, and the gain columns per baseline (NaN where there is none).
     cells: pd.DataFrame
     row_order: list[str]
     col_order: list[str]
@@ -131,8 +131,9 @@ class PaperTable:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def has_gains(self) -> bool:
-        return bool(self.cells["scratch_mean"].notna().any())
+    def compared(self) -> list[Baseline]:
+        """The baselines some cell of this table is compared with (each gets its own gain table)."""
+        return [b for b in BASELINES if self.cells[f"{b.name}_verdict"].notna().any()]
 
     @property
     def caption(self) -> str:
@@ -146,13 +147,19 @@ class PaperTable:
             text = "ORACLE selection — uses target labels; an upper bound, not comparable to label-free results. " + text
         return text
 
-    @property
-    def gain_caption(self) -> str:
-        return (
-            f"Transfer gain over training from scratch (percentage points, rule '{self.rule.name}'): ours − scratch "
-            "for the same configuration apart from freezing schedule and backbone weights. 'negative' marks negative "
-            "transfer; 'beyond std' when |gain| exceeds the larger of the two seed stds."
+    def gain_caption(self, baseline: Baseline) -> str:
+        """What the gain table against `baseline` shows, without its title (markdown bolds the title, LaTeX prefixes it)."""
+        axis = ", ".join(a if "." in a else f"{a}.*" for a in baseline.axis)
+        text = (
+            f"Percentage points, numbers selected by rule '{self.rule.name}' ({self.rule.description}): mean over seeds "
+            f"of ours − {baseline.value}, each run against the {baseline.value} run of the same seed and the same "
+            f"configuration apart from {axis}; ± std of these differences. Verdict: paired t-test across seeds, "
+            f"two-sided, significance level {ALPHA:g}: 'better'/'worse' when p < {ALPHA:g}, else 'within noise'; "
+            "n = paired seeds (a seed without a partner run is left out, never paired with another seed); one pair: no test."
         )
+        if baseline is SCRATCH_BASELINE:
+            text += " A gain below zero is negative transfer, real only where the verdict says 'worse'."
+        return text
 
     # ----------------------------------------------------------- formatting
     def _text(self, cell: pd.Series) -> str:
@@ -190,29 +197,33 @@ class PaperTable:
         keys = {k for r in self.row_order for k in self.reference.get(r, {})}
         return [f"{self.reference_label} {c}" for c in self.col_order if c in keys] + ([self.reference_label] if AVG in keys else [])
 
-    def gain_grid(self, escape=lambda s: s) -> pd.DataFrame:
+    def gain_grid(self, baseline: Baseline = SCRATCH_BASELINE, escape=lambda s: s) -> pd.DataFrame:
+        """Gain ± std and verdict against `baseline` per cell; rows without any (the baseline itself) are left out."""
         index_name = escape(" / ".join(self.rows))
         out = pd.DataFrame(index=pd.Index([escape(r) for r in self.row_order], name=index_name))
         lookup = self.cells.set_index(["row", "col"])
+        p = baseline.name
         for col in self.col_order:
             values = []
             for row in self.row_order:
                 cell = lookup.loc[(row, col)] if (row, col) in lookup.index else None
-                if cell is None or pd.isna(cell["gain"]):
+                if cell is None or pd.isna(cell[f"{p}_verdict"]):
                     values.append(escape("–"))
-                    continue
-                text = f"{cell['gain']:+.2f}"
-                if cell["negative_transfer"]:
-                    spread = {True: "beyond std", False: "within std"}.get(cell["beyond_std"], "std n/a")
-                    text += f" (negative, {spread})"
-                values.append(escape(text))
+                elif pd.isna(cell[f"{p}_gain"]):
+                    values.append(escape(cell[f"{p}_verdict"]))
+                else:
+                    spread = "" if pd.isna(cell[f"{p}_gain_std"]) else f" ± {cell[f'{p}_gain_std']:.2f}"
+                    values.append(escape(f"{cell[f'{p}_gain']:+.2f}{spread}, {cell[f'{p}_verdict']}"))
             out[escape(col)] = values
-        return out[(out != escape("–")).any(axis=1)]  # rows without a baseline anywhere (e.g. scratch itself) say nothing
+        return out[(out != escape("–")).any(axis=1)]
 
     def to_markdown(self) -> str:
         parts = [f"**Rule `{self.rule.name}`.** {self.caption}", "", self.grid(bold=lambda s: f"**{s}**").to_markdown(disable_numparse=True)]
-        if self.has_gains:
-            parts += ["", f"**Transfer gain, rule `{self.rule.name}`.** {self.gain_caption}", "", self.gain_grid().to_markdown(disable_numparse=True)]
+        for baseline in self.compared:
+            parts += [
+                "", f"**{baseline.title} (`{baseline.value}`), rule `{self.rule.name}`.** {self.gain_caption(baseline)}", "",
+                self.gain_grid(baseline).to_markdown(disable_numparse=True),
+            ]
         if self.notes:
             parts += [""] + [f"> {note}" for note in self.notes]
         return "\n".join(parts) + "\n"
@@ -220,17 +231,20 @@ class PaperTable:
     def to_latex(self) -> str:
         """booktabs tables (\\usepackage{booktabs}); the caption names the rule."""
         blocks = [_latex_table(self.grid(bold=lambda s: f"\\textbf{{{s}}}", escape=latex_escape), self.caption, self.notes)]
-        if self.has_gains:
-            blocks.append(_latex_table(self.gain_grid(escape=latex_escape), self.gain_caption, []))
+        for baseline in self.compared:
+            caption = f"{baseline.title}, rule '{self.rule.name}'. {self.gain_caption(baseline)}"
+            blocks.append(_latex_table(self.gain_grid(baseline, escape=latex_escape), caption, []))
         return f"% tlbench report, rule: {self.rule.name}\n" + "\n".join(blocks)
 
     def to_frame(self) -> pd.DataFrame:
-        """Numbers for machines: one line per cell (and per row's Avg), with the rule on every line."""
+        """Numbers for machines: one line per cell (and per row's Avg), with the rule on every line and, per
+        baseline, `<baseline>_mean/std/n` and the paired `<baseline>_gain/gain_std/p_value/n_pairs/verdict`."""
         frame = self.cells.assign(rule=self.rule.name, uses_target_labels=self.rule.uses_target_labels)
         frame["reference"] = [self.reference.get(r, {}).get(c, float("nan")) for r, c in zip(frame["row"], frame["col"])]
         frame = frame[["rule", "uses_target_labels", "row", "col"] + STAT_COLUMNS + ["best", "reference"] + GAIN_COLUMNS]
-        frame = frame.astype({"n": "Int64", "scratch_n": "Int64"})
-        return frame.round({c: 4 for c in ("mean", "std", "reference", "scratch_mean", "scratch_std", "gain")})
+        frame = frame.astype({"n": "Int64", **{f"{b.name}_{c}": "Int64" for b in BASELINES for c in ("n", "n_pairs")}})
+        points = ["mean", "std", "reference"] + [f"{b.name}_{c}" for b in BASELINES for c in ("mean", "std", "gain", "gain_std")]
+        return frame.round({**{c: 4 for c in points}, **{f"{b.name}_p_value": 6 for b in BASELINES}})
 
     def write(self, out_dir: str | Path, stem: str = "table") -> list[Path]:
         """`stem`.md, .csv and .tex in `out_dir`."""
@@ -245,7 +259,7 @@ class PaperTable:
 
 LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "→": r"$\to$", "–": "--", "—": "---", "−": "$-$", "|": r"$|$",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "→": r"$\to$", "–": "--", "—": "---", "−": "$-$", "|": r"$|$", "<": r"$<$", ">": r"$>$",
 }
 
 
@@ -311,8 +325,9 @@ def paper_table(
     """The table of `rule`'s numbers from `collect`'s frame (other rules' rows are ignored)."""
     rule_obj = get_rule(rule)
     row_keys, col_keys = parse_keys(rows), parse_keys(cols)
-    configs = per_config(frame, rule_obj)
-    table = _gains(_restrict(frame, configs, row_keys + col_keys), configs)
+    runs = rule_runs(frame, rule_obj)
+    configs = per_config(runs, rule_obj)
+    table = _gains(_restrict(frame, configs, row_keys + col_keys), configs, runs, config_keys(frame))
     table["row"], table["col"] = labels(table, row_keys), labels(table, col_keys)
     row_order, col_order = sort_labels(table["row"]), sort_labels(table["col"])
     cells = table[["row", "col"] + STAT_COLUMNS + GAIN_COLUMNS]
@@ -329,7 +344,7 @@ def paper_table(
         notes.append(f"{AVG} only for rows with every column ({int((~complete).sum())} row(s) incomplete).")
     set_aside = int(configs["is_scratch"].sum() - table["is_scratch"].sum())
     if set_aside:
-        notes.append(f"{set_aside} from-scratch configuration(s) serve as baselines for the gain table, not as rows.")
+        notes.append(f"{set_aside} from-scratch configuration(s) serve as baselines for the gain over scratch, not as rows.")
     unmatched = sorted(set(ref) - set(row_order))
     if unmatched:
         notes.append(f"Reference numbers without runs of ours: {', '.join(unmatched)}.")
