@@ -39,6 +39,12 @@ def missing_data(spec: dict) -> list[str]:
     return problems
 
 
+def display(command: list[str]) -> str:
+    """A command as a user would type it: `tlbench ...` for the CLI, paths relative to the checkout."""
+    shown = ["tlbench", *command[3:]] if command[1:3] == ["-m", "tlbench"] else [".venv/bin/python", *command[1:]]
+    return shlex.join(shown).replace(str(ROOT) + "/", "")
+
+
 def write_provenance(out: Path, name: str, spec: dict, commands: list[list[str]]) -> None:
     """results/<name>/README.md: what was run, on which data, and the commands that made these files."""
     lines = [f"# {spec['title']}", "", spec.get("protocol", "").strip(), ""]
@@ -47,9 +53,10 @@ def write_provenance(out: Path, name: str, spec: dict, commands: list[list[str]]
     lines += [
         "Regenerate everything here (runs recorded in `mlflow.db` beside this file, finished ones skipped):",
         "", f"    .venv/bin/python experiments/run.py {name}", "",
-        "which runs:", "", *[f"    tlbench {shlex.join(c)}".replace(str(ROOT) + "/", "") for c in commands], "",
+        "which runs:", "", *[f"    {display(c)}" for c in commands], "",
         "Every table states the model-selection rule that chose its numbers; oracle numbers (target labels) "
-        "appear only in files named `oracle.*`.", "",
+        "appear only in files named `oracle.*`. Learning curves per configuration (mean ± std over seeds, per "
+        "optimizer step): `curves.png` / `curves.csv`; wall seconds per run and total CPU time: `cost.md`.", "",
     ]
     (out / "README.md").write_text("\n".join(lines))
 
@@ -89,6 +96,11 @@ def main() -> int:
         target = out if index == 0 else out / report.get("name", str(index))
         extra = ["--reference", str(folder / report["reference"])] if "reference" in report else []
         reports.append(TLBENCH + ["report", "--uri", uri, "--experiment", args.name, "--out", str(target), *report["args"], *extra])
+    first = spec.get("reports", [{}])[0].get("args", [])
+    curve_rows = first[first.index("--rows") + 1] if "--rows" in first else "adapt.name"
+    # Learning curves and per-run cost: the evidence that the runs trained to convergence.
+    reports.append([sys.executable, "-m", "tlbench.report.curves", "--uri", uri, "--experiment", args.name,
+                    "--rows", curve_rows, "--out", str(out)])
     commands = reports if args.report_only else sweeps + reports
     if args.sweeps:
         commands = [sweeps[int(i)] for i in args.sweeps.split(",")]
@@ -96,7 +108,7 @@ def main() -> int:
 
     started = time.time()
     for command in commands:
-        print("$", shlex.join(command[2:]), flush=True)
+        print("$", display(command), flush=True)
         result = subprocess.run(command, cwd=ROOT, env=env)
         if result.returncode != 0:
             print(f"{args.name}: command failed with exit code {result.returncode}; runs recorded so far are kept")
@@ -104,7 +116,7 @@ def main() -> int:
     if args.sweeps:
         print(f"{args.name}: sweeps {args.sweeps} done in {time.time() - started:.0f}s")
         return 0
-    write_provenance(out, args.name, spec, [c[3:] for c in sweeps + reports])
+    write_provenance(out, args.name, spec, sweeps + reports)
     print(f"{args.name}: done in {time.time() - started:.0f}s; tables in {out.relative_to(ROOT)}")
     return 0
 

@@ -1,0 +1,115 @@
+"""Learning curves and run costs of a reproduction: the evidence that its runs trained to convergence.
+
+Per configuration (rows of the paper table, averaged over seeds) and per epoch: source validation
+accuracy (what selects checkpoints), target test accuracy (shown, never used to select), the domain
+discriminator's accuracy and the λ it trained with, and the source loss. Written as curves.png and
+curves.csv; per-run wall seconds and the total CPU time go to cost.md.
+
+    python -m tlbench.report.curves --uri sqlite:///results/x/mlflow.db --experiment x --rows adapt.name --out results/x
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from .collect import collect
+from .plots import _pyplot
+from .tables import parse_keys
+
+#: (metric, panel title); missing metrics (e.g. domain accuracy of methods without a discriminator) are skipped.
+CURVES = (
+    ("val/source_acc", "source val accuracy (selects)"),
+    ("eval/target_test_acc", "target test accuracy (never selects)"),
+    ("train_epoch/source_ce", "source cross-entropy (train, epoch mean)"),
+    ("train_epoch/domain_acc", "domain discriminator accuracy (train)"),
+    ("train_epoch/dann_lambda", "λ (gradient reversal)"),
+    ("train_epoch/transfer_loss", "adaptation loss (train)"),
+)
+
+
+def curve_frame(uri: str, experiment: str, rows: str, filter_string: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves: one row per run × metric × step, runs: one row per FINISHED run with its label and seconds)."""
+    from .collect import _client
+
+    frame = collect(uri, experiment, filter_string, rules=("source_val",))
+    if frame.empty:
+        return pd.DataFrame(columns=["label", "run_id", "metric", "step", "value"]), frame
+    keys = parse_keys(rows)
+    frame = frame.assign(label=frame[keys].astype(str).agg(" / ".join, axis=1))
+    client = _client(frame.attrs["uri"])
+    records, seconds = [], []
+    for _, run in frame.iterrows():
+        info = client.get_run(run["run_id"]).info
+        seconds.append((info.end_time - info.start_time) / 1000.0 if info.end_time else float("nan"))
+        for metric, _ in CURVES:
+            for point in client.get_metric_history(run["run_id"], metric):
+                records.append({"label": run["label"], "run_id": run["run_id"], "metric": metric, "step": point.step, "value": point.value})
+    return pd.DataFrame(records), frame.assign(seconds=seconds)
+
+
+def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
+    """One panel per metric, one line per configuration: mean over seeds, band = ± std."""
+    plt = _pyplot()
+    present = [(m, title) for m, title in CURVES if m in set(curves["metric"])]
+    columns = min(3, len(present))
+    rows = -(-len(present) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(present):]:
+        ax.axis("off")
+    for ax, (metric, title) in zip(axes.flat, present):
+        stats = curves[curves["metric"] == metric].groupby(["label", "step"])["value"].agg(["mean", "std"]).reset_index()
+        for label, line in stats.groupby("label"):
+            ax.plot(line["step"], line["mean"], label=label, lw=1.4)
+            ax.fill_between(line["step"], line["mean"] - line["std"].fillna(0), line["mean"] + line["std"].fillna(0), alpha=0.15)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cost_markdown(runs: pd.DataFrame) -> str:
+    """Per-configuration wall seconds per run and the total, so a reader knows what a rerun costs."""
+    per = runs.groupby("label")["seconds"].agg(["count", "mean", "min", "max"])
+    lines = ["| configuration | runs | mean s/run | min | max |", "|:--|--:|--:|--:|--:|"]
+    lines += [f"| {label} | {int(r['count'])} | {r['mean']:.0f} | {r['min']:.0f} | {r['max']:.0f} |" for label, r in per.iterrows()]
+    total = runs["seconds"].sum()
+    lines += ["", f"Total: {len(runs)} runs, {total:.0f} s wall = {total / 3600:.2f} h of one process "
+              "(each run used one intra-op thread, so this is also its CPU time in core-hours)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_curves(uri: str, experiment: str, rows: str, out: Path, filter_string: str = "") -> list[Path]:
+    curves, runs = curve_frame(uri, experiment, rows, filter_string)
+    out.mkdir(parents=True, exist_ok=True)
+    if curves.empty:
+        return []
+    csv = out / "curves.csv"
+    (curves.groupby(["label", "metric", "step"])["value"].agg(["mean", "std", "count"]).reset_index()
+     .round(5).to_csv(csv, index=False))
+    cost = out / "cost.md"
+    cost.write_text(cost_markdown(runs))
+    return [plot_curves(curves, out / "curves.png"), csv, cost]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--uri", default="")
+    parser.add_argument("--experiment", default="tlbench")
+    parser.add_argument("--rows", default="adapt.name", help="config key(s) naming a curve, comma-separated")
+    parser.add_argument("--filter", default="")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    for path in write_curves(args.uri, args.experiment, args.rows, Path(args.out), args.filter):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
