@@ -1,27 +1,51 @@
-"""Learning curves and run costs of recorded runs (the convergence evidence beside every results table)."""
+"""What a reader gets beside the runs: learning curves and run costs (convergence evidence), and the
+sweep's seed-averaged table with paired gains printed at the end of a multirun."""
 
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from conftest import tiny_run
+from tlbench.hydra_callbacks import seed_averaged_table
 from tlbench.report.curves import write_curves
 from tlbench.train import train
 
+SWEEP = "/sweeps/test"
 
-def test_curves_have_one_point_per_epoch_per_configuration_and_costs(tmp_path, mlflow_uri):
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Four tiny runs: source_only and dann × seeds 0, 1, tagged as one sweep."""
+    tmp = tmp_path_factory.mktemp("curves")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
     for adapt in ("source_only", "dann"):
-        train(tiny_run(tmp_path, mlflow_uri, [f"adapt={adapt}", "trainer.steps_per_epoch=3"]))
-    paths = write_curves(mlflow_uri, "tlbench", "adapt.name,batch_composition", tmp_path / "out")
+        for seed in (0, 1):
+            train(tiny_run(tmp, uri, [f"adapt={adapt}", f"seed={seed}", "trainer.steps_per_epoch=3"]), extra_tags={"sweep_dir": SWEEP})
+    return tmp, uri
+
+
+def test_curves_have_one_point_per_epoch_per_configuration_and_costs(store):
+    tmp, uri = store
+    paths = write_curves(uri, "tlbench", "adapt.name,batch_composition", tmp / "out")
     assert sorted(p.name for p in paths) == ["cost.md", "curves.csv", "curves.png"]
-    curves = pd.read_csv(tmp_path / "out" / "curves.csv")
+    curves = pd.read_csv(tmp / "out" / "curves.csv")
     source_val = curves[curves["metric"] == "val/source_acc"]
-    # 2 epochs × 3 steps: points at the end of each epoch, for both configurations, labelled with the composition
+    # 2 epochs × 3 steps: points at the end of each epoch, for both configurations, over both seeds
     assert sorted(source_val["label"].unique()) == ["dann / joint", "source_only / joint"]
     assert sorted(source_val["step"].unique()) == [2, 5]
+    assert set(source_val["count"]) == {2}
     # only DANN has a discriminator: its accuracy and λ are curves, source_only has none
     assert set(curves.loc[curves["metric"] == "train_epoch/domain_acc", "label"]) == {"dann / joint"}
     lam = curves[curves["metric"] == "train_epoch/dann_lambda"].sort_values("step")["mean"].tolist()
     assert lam == sorted(lam) and 0 < lam[0] < lam[-1] <= 1  # the ramp grows
-    cost = (tmp_path / "out" / "cost.md").read_text()
-    assert "| dann / joint | 1 |" in cost and "Total: 2 runs" in cost
+    cost = (tmp / "out" / "cost.md").read_text()
+    assert "| dann / joint | 2 |" in cost and "Total: 4 runs" in cost
+
+
+def test_sweep_summary_averages_seeds_and_pairs_the_gain_over_source_only(store):
+    _, uri = store
+    text = seed_averaged_table(uri, "tlbench", SWEEP, "source_val")
+    assert "n = 2" in text and "| dann " in text and "| source_only " in text
+    assert "Gain over source-only" in text and "n=2)" in text
+    assert seed_averaged_table(uri, "tlbench", "/sweeps/other", "source_val") is None  # nothing recorded there

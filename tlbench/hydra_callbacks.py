@@ -27,6 +27,19 @@ def sweep_size(config: DictConfig) -> int | None:
         return None
 
 
+def seed_averaged_table(uri: str, experiment: str, sweep_dir: str, rule: str) -> str | None:
+    """The sweep as a paper table (rows = the config keys the sweep varies, seeds averaged, gains over a
+    source-only/scratch baseline with a paired test), when some configuration has at least two seeds."""
+    from .report.collect import collect
+    from .report.tables import paper_table
+
+    frame = collect(uri, experiment, f"tags.sweep_dir = '{sweep_dir}'", rules=(rule,))
+    if frame.empty or "seed" not in frame.columns or frame.groupby("config_id")["seed"].nunique().max() < 2:
+        return None
+    varying = [k for k in frame.attrs["config_keys"] if frame[k].astype(str).nunique() > 1]
+    return paper_table(frame, varying or ["adapt.name"], "data.name", rule).to_markdown()
+
+
 class SweepSummary(Callback):
     def __init__(self) -> None:
         self.started = 0.0
@@ -57,4 +70,7 @@ class SweepSummary(Callback):
         runs = load_runs(uri, config.tracking.experiment, f"tags.sweep_dir = '{sweep_dir}'")
         print(f"\n[tlbench] {len(runs)} run(s) of this sweep (test accuracies of the checkpoint chosen by 'selection'):")
         print(summary_table(runs))
+        averaged = seed_averaged_table(uri, config.tracking.experiment, sweep_dir, str(config.selection))
+        if averaged:
+            print("\n[tlbench] mean ± std over seeds, and each gain over its baseline paired on seed:\n" + averaged)
         print(f"\nOpen them in the MLflow UI:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
