@@ -22,3 +22,22 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done (closing a run: a second Ctrl-C there left it
+    RUNNING), then act as usual. Only in the main thread; elsewhere signals cannot arrive anyway."""
+    pending: list[int] = []
+    try:
+        previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if pending:
+            raise KeyboardInterrupt(f"signal {pending[0]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -17,7 +18,10 @@ from urllib.parse import urlparse
 
 from .config import RunConfig, TrackingConfig, flatten, to_plain_dict
 from .errors import TlbenchError
+from .interrupts import signals_held
+from .processes import PROCESS_TAG, process_state, this_process
 
+log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
 #: Longest wait for another process that is creating the same SQLite store (a migration takes seconds).
 STORE_LOCK_TIMEOUT_S = 120
@@ -251,32 +255,56 @@ class RunRecorder:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
 
 
+def close_dead_runs(client, experiment: str, digest: str) -> list[str]:
+    """RUNNING runs of this config whose process is gone (kill -9, power loss, a second Ctrl-C) are
+    marked KILLED, so that they can be resumed and are never mistaken for running ones."""
+    closed = []
+    for run in client.search_runs([experiment], f"tags.config_hash = '{digest}' and attributes.status = 'RUNNING'"):
+        owner = run.data.tags.get(PROCESS_TAG, "")
+        if process_state(owner) == "gone":
+            client.set_tag(run.info.run_id, "failure_reason", f"its process ({owner}) ended without closing the run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("run %s was left RUNNING by process %s, which is gone: marked KILLED", run.info.run_id, owner)
+            closed.append(run.info.run_id)
+    return closed
+
+
 def unfinished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
-    """Newest KILLED or FAILED run with this config hash: the run that `resume=true` continues."""
+    """Newest run with this config hash that ended unfinished (KILLED, FAILED, or RUNNING with its process
+    gone): the run that `resume=true` continues. A run whose process is alive is not taken over."""
     client = _client(resolve_uri(tracking.uri), tracking.timeout_s)
     found = client.get_experiment_by_name(tracking.experiment)
     if found is None:
         return None
+    close_dead_runs(client, found.experiment_id, digest)
     runs = client.search_runs(
         [found.experiment_id], f"tags.config_hash = '{digest}' and attributes.status != 'FINISHED'",
-        max_results=1, order_by=["attributes.start_time DESC"],
+        max_results=20, order_by=["attributes.start_time DESC"],
     )
+    runs = [r for r in runs if r.info.status != "RUNNING" or process_state(r.data.tags.get(PROCESS_TAG, "")) != "alive"]
     return runs[0].info.run_id if runs else None
 
 
 @contextmanager
 def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], resume_run_id: str | None = None) -> Iterator[RunRecorder]:
     """Create (or, with `resume_run_id`, reopen) an MLflow run and always close it: FINISHED on success,
-    KILLED on interrupt (SIGINT/SIGTERM), FAILED with a `failure_reason` tag on any error (re-raised)."""
+    KILLED on interrupt (SIGINT/SIGTERM), FAILED with a `failure_reason` tag on any error (re-raised).
+    The run is tagged with its process; earlier runs of the config left RUNNING by a dead process are
+    closed as KILLED first. A Ctrl-C while the run is being closed waits until it is closed."""
     uri = resolve_uri(tracking.uri)
     client = _client(uri, tracking.timeout_s)
+    owner = {PROCESS_TAG: this_process()}
     try:
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
+            client.set_tag(resume_run_id, PROCESS_TAG, owner[PROCESS_TAG])
             run_id = resume_run_id
         else:
             exp_id = experiment_id(client, tracking.experiment)
-            run_id = client.create_run(exp_id, run_name=run_name or None, tags={**tracking.tags, **{k: str(v) for k, v in tags.items()}}).info.run_id
+            if "config_hash" in tags:
+                close_dead_runs(client, exp_id, str(tags["config_hash"]))
+            all_tags = {**tracking.tags, **{k: str(v) for k, v in tags.items()}, **owner}
+            run_id = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info.run_id
     except TlbenchError:
         raise
     except Exception as exc:
@@ -285,19 +313,23 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
     try:
         yield recorder
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1) after cleaning up
-        client.set_tag(recorder.run_id, "failure_reason", "interrupted")
-        client.set_terminated(recorder.run_id, "KILLED")
+        with signals_held():
+            client.set_tag(recorder.run_id, "failure_reason", "interrupted")
+            client.set_terminated(recorder.run_id, "KILLED")
+        log.warning("run %s marked KILLED; the same command with resume=true continues it from its last checkpoint", run_id)
         raise
     except BaseException as exc:
-        status = getattr(exc, "run_status", None)  # e.g. a pruned search trial closes KILLED, not FAILED
-        if status:
-            for key, value in getattr(exc, "run_tags", {}).items():
-                client.set_tag(recorder.run_id, key, str(value))
-            client.set_terminated(recorder.run_id, status)
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        client.set_tag(recorder.run_id, "failure_reason", f"{type(exc).__name__}: {reason}"[:5000])
-        client.set_terminated(recorder.run_id, "FAILED")
+        with signals_held():
+            status = getattr(exc, "run_status", None)  # e.g. a pruned search trial closes KILLED, not FAILED
+            if status:
+                for key, value in getattr(exc, "run_tags", {}).items():
+                    client.set_tag(recorder.run_id, key, str(value))
+                client.set_terminated(recorder.run_id, status)
+            else:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                client.set_tag(recorder.run_id, "failure_reason", f"{type(exc).__name__}: {reason}"[:5000])
+                client.set_terminated(recorder.run_id, "FAILED")
         raise
     else:
-        client.set_terminated(recorder.run_id, "FINISHED")
+        with signals_held():
+            client.set_terminated(recorder.run_id, "FINISHED")

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from . import __version__
 from .adapt import ADAPTERS
 from .backbones import BACKBONES
+from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
 from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, why_not_cacheable
@@ -117,6 +118,7 @@ def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, ca
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=run.output_dir,
+        plugins=[AtomicCheckpointIO()],  # checkpoints complete or absent; an unreadable one is one line
     )
 
 
