@@ -41,6 +41,7 @@ def test_curves_have_one_point_per_epoch_per_configuration_and_costs(store):
     assert lam == sorted(lam) and 0 < lam[0] < lam[-1] <= 1  # the ramp grows
     cost = (tmp / "out" / "cost.md").read_text()
     assert "| dann / joint | 2 |" in cost and "Total: 4 runs" in cost
+    assert "| dann / joint | 6 |" in cost  # plateau table: 6 steps, the last quarter compared
 
 
 def test_sweep_summary_averages_seeds_and_pairs_the_gain_over_source_only(store):

@@ -3,7 +3,8 @@
 Per configuration (rows of the paper table, averaged over seeds) and per epoch: source validation
 accuracy (what selects checkpoints), target test accuracy (shown, never used to select), the domain
 discriminator's accuracy and the λ it trained with, and the source loss. Written as curves.png and
-curves.csv; per-run wall seconds and the total CPU time go to cost.md.
+curves.csv; cost.md holds the plateau check (how much source validation accuracy still moved over the
+last quarter of training), per-run wall seconds and the total CPU time.
 
     python -m tlbench.report.curves --uri sqlite:///results/x/mlflow.db --experiment x --rows adapt.name --out results/x
 """
@@ -74,14 +75,31 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def plateau_markdown(curves: pd.DataFrame, metric: str = "val/source_acc") -> str:
+    """Did training converge? Per configuration: the seed-mean of `metric` at the last evaluation, its
+    change over the last quarter of the steps, and the best value seen; a small change says more steps
+    would not have moved the selection metric."""
+    stats = curves[curves["metric"] == metric].groupby(["label", "step"])["value"].mean().reset_index()
+    lines = [f"| configuration | steps | {metric} at the end | change over the last quarter (points) | best |",
+             "|:--|--:|--:|--:|--:|"]
+    for label, line in stats.groupby("label"):
+        line = line.sort_values("step")
+        last = line.iloc[-1]
+        quarter = line[line["step"] <= 0.75 * last["step"]]
+        before = quarter.iloc[-1]["value"] if not quarter.empty else float("nan")
+        lines.append(f"| {label} | {int(last['step']) + 1} | {100 * last['value']:.2f} | "
+                     f"{100 * (last['value'] - before):+.2f} | {100 * line['value'].max():.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def cost_markdown(runs: pd.DataFrame) -> str:
     """Per-configuration wall seconds per run and the total, so a reader knows what a rerun costs."""
     per = runs.groupby("label")["seconds"].agg(["count", "mean", "min", "max"])
     lines = ["| configuration | runs | mean s/run | min | max |", "|:--|--:|--:|--:|--:|"]
     lines += [f"| {label} | {int(r['count'])} | {r['mean']:.0f} | {r['min']:.0f} | {r['max']:.0f} |" for label, r in per.iterrows()]
     total = runs["seconds"].sum()
-    lines += ["", f"Total: {len(runs)} runs, {total:.0f} s wall = {total / 3600:.2f} h of one process "
-              "(each run used one intra-op thread, so this is also its CPU time in core-hours)."]
+    lines += ["", f"Total: {len(runs)} runs, {total:.0f} s of run wall time = {total / 3600:.2f} h "
+              "(core-hours = this × the intra-op threads each run used; the benchmarks here ran with one)."]
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +112,7 @@ def write_curves(uri: str, experiment: str, rows: str, out: Path, filter_string:
     (curves.groupby(["label", "metric", "step"])["value"].agg(["mean", "std", "count"]).reset_index()
      .round(5).to_csv(csv, index=False))
     cost = out / "cost.md"
-    cost.write_text(cost_markdown(runs))
+    cost.write_text("## Convergence (seed means)\n\n" + plateau_markdown(curves) + "\n## Cost\n\n" + cost_markdown(runs))
     return [plot_curves(curves, out / "curves.png"), csv, cost]
 
 
