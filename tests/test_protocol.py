@@ -208,3 +208,42 @@ def test_tllib_presets_compose_with_bottleneck_and_inv_schedule(preset):
     run = validate(compose([f"experiment={preset}", "adapt=dann_tllib"]))
     assert run.head.bottleneck == 256 and run.optim.scheduler == "inv" and run.optim.nesterov
     assert run.adapt.ramp_steps == 1000 and run.adapt.batch_norm
+
+
+# -------------------------------------------------------- domain-specific BN
+def test_domain_bn_normalises_each_domain_with_its_own_copy(tmp_path, mlflow_uri):
+    from tlbench.domain_bn import DomainSpecificBatchNorm, batchnorm_domain
+
+    module = _module(tmp_path, mlflow_uri, "adapt=dann", "batch_composition=domain_bn")
+    norms = [m for m in module.backbone.modules() if isinstance(m, DomainSpecificBatchNorm)]
+    assert len(norms) == 3  # small_cnn has one BatchNorm per stage
+    module.train()
+    images_s, images_t = torch.rand(8, 1, 8, 8), torch.rand(8, 1, 8, 8) * 0.1 + 0.9
+    module._forward_domains(images_s, images_t)
+    first = norms[0]
+    # the source copy saw only source images, the target copy only target images
+    assert not torch.allclose(first.source.running_mean, first.target.running_mean)
+    only_source = _module(tmp_path, mlflow_uri, "adapt=dann", "batch_composition=domain_bn")
+    only_source.load_state_dict(module.state_dict())
+    with batchnorm_domain(only_source, "source"):
+        only_source.eval()
+        out_source = only_source.features(only_source.preprocess(images_t))
+    with batchnorm_domain(only_source, "target"):
+        out_target = only_source.features(only_source.preprocess(images_t))
+    assert not torch.allclose(out_source, out_target)
+
+
+def test_domain_bn_with_adabn_is_a_config_error(tmp_path, mlflow_uri):
+    with pytest.raises(ConfigError, match="domain_bn"):
+        _module(tmp_path, mlflow_uri, "adapt=adabn", "batch_composition=domain_bn")
+
+
+def test_domain_bn_run_trains_and_records_its_composition(tmp_path, mlflow_uri):
+    from tlbench.runs import load_runs
+    from tlbench.train import train
+
+    train(tiny_run(tmp_path, mlflow_uri, ["adapt=coral", "batch_composition=domain_bn"]))
+    runs = load_runs(mlflow_uri)
+    assert runs["status"].tolist() == ["FINISHED"]
+    assert runs["tags.batch_composition"].tolist() == ["domain_bn"] and runs["params.batch_composition"].tolist() == ["domain_bn"]
+    assert runs["run_name"].iloc[0].endswith("-domain_bn-s0")

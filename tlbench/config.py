@@ -20,9 +20,10 @@ from .registry import describe_omegaconf_error
 SELECTION_RULES = ("source_val", "oracle", "target_entropy")
 #: How source and target images reach the backbone's BatchNorm layers in a training step:
 #: joint = one concatenated batch (statistics over both domains), separate = one forward pass per domain
-#: (each normalised by its own statistics), source = the target is never forwarded (only for methods
-#: that do not use it). A baseline must use the same composition as the method it is compared with.
-BATCH_COMPOSITIONS = ("joint", "separate", "source")
+#: (each normalised by its own statistics), domain_bn = separate passes through domain-specific BatchNorm
+#: copies (DSBN), source = the target is never forwarded (only for methods that do not use it). A
+#: baseline must use the same composition as the method it is compared with.
+BATCH_COMPOSITIONS = ("joint", "separate", "domain_bn", "source")
 SCHEDULERS = ("constant", "cosine", "dann", "inv")
 
 

@@ -24,6 +24,7 @@ from .adapt import Adapter
 from .adapt.layers import prediction_entropy
 from .backbones import Backbone
 from .config import OptimConfig
+from .domain_bn import batchnorm_domain, split_batchnorm
 from .errors import TrainingError
 from .freeze import FreezeSchedule
 from .optim import build_optimizer, build_scheduler, param_groups
@@ -58,6 +59,9 @@ class TransferModule(pl.LightningModule):
         self.bottleneck = bottleneck if bottleneck is not None else nn.Identity()
         self.head = head
         self.batch_composition = batch_composition
+        if batch_composition == "domain_bn":
+            split_batchnorm(self.backbone)
+            split_batchnorm(self.bottleneck)
         self.adapter = adapter
         self.schedule = schedule
         schedule.regularizer(backbone)  # L2-SP anchors at the starting weights now, before any checkpoint restore
@@ -140,6 +144,7 @@ class TransferModule(pl.LightningModule):
 
         joint: one batch, so BatchNorm normalises both domains with their pooled statistics;
         separate: one pass per domain, each normalised by its own batch statistics;
+        domain_bn: one pass per domain through that domain's BatchNorm copies;
         source: the target is not forwarded (features_t, logits_t are None).
         A method that ignores the target (source_only) still forwards it under joint/separate, so its
         BatchNorm sees exactly what the method's does."""
@@ -152,7 +157,10 @@ class TransferModule(pl.LightningModule):
             features = self.features(torch.cat([inputs_s, inputs_t]))
             features_s, features_t = features[: len(inputs_s)], features[len(inputs_s) :]
         else:
-            features_s, features_t = self.features(inputs_s), self.features(inputs_t)
+            with batchnorm_domain(self, "source"):
+                features_s = self.features(inputs_s)
+            with batchnorm_domain(self, "target"):
+                features_t = self.features(inputs_t)
         return features_s, self.head(features_s), features_t, self.head(features_t)
 
     def training_step(self, batch, batch_idx):
@@ -197,7 +205,8 @@ class TransferModule(pl.LightningModule):
     def _evaluate(self, split: str, batch) -> None:
         """Update and log accuracy, prediction entropy (label-free) and loss of one evaluation split."""
         images, labels = batch
-        logits = self.head(self.features(self.preprocess(images)))
+        with batchnorm_domain(self, "source" if "source" in split else "target"):
+            logits = self.head(self.features(self.preprocess(images)))
         key = split.replace("/", "_")
         updates = {
             "acc": (logits, labels),

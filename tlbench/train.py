@@ -57,6 +57,8 @@ def effective_batch_composition(run: RunConfig, adapter, datamodule: DomainDataM
         raise ConfigError(
             f"batch_composition=source: adapt={run.adapt.name} needs target batches; use joint or separate"
         )
+    if run.batch_composition == "domain_bn" and adapter.changes_backbone_before_evaluation:
+        raise ConfigError(f"batch_composition=domain_bn: adapt={run.adapt.name} re-estimates BatchNorm itself; use joint or separate")
     if datamodule.in_domain and not adapter.needs_target:
         return "source"
     return run.batch_composition
