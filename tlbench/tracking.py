@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -87,7 +88,8 @@ def bound_http_requests(timeout_s: float) -> None:
     that name no timeout use it too."""
     global _timeout_s
     _timeout_s = timeout_s
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_s)))
+    # a second more than the per-call deadline of `within`, which then speaks first with the clearer line
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(math.ceil(timeout_s) + 1)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
 
 
