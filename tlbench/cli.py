@@ -84,11 +84,15 @@ SUBCOMMANDS = {
 }
 
 
-def quiet_libraries() -> None:
-    """Keep the console to tlbench's own progress: library chatter goes to WARNING."""
+def quiet_libraries(import_lightning: bool = True) -> None:
+    """Keep the console to tlbench's own progress: library chatter goes to WARNING.
+
+    Importing Lightning resets its loggers to INFO, so a run imports it first; `main()` passes
+    import_lightning=False because that import alone takes seconds, which `--help` must not pay."""
     import warnings
 
-    import pytorch_lightning  # noqa: F401  (importing it resets its loggers to INFO: import first)
+    if import_lightning:
+        import pytorch_lightning  # noqa: F401
 
     for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -98,7 +102,7 @@ def quiet_libraries() -> None:
 
 
 def main() -> None:
-    quiet_libraries()
+    quiet_libraries(import_lightning=False)  # runs quiet Lightning themselves once they import it
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         import importlib
 

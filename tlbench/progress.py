@@ -13,6 +13,24 @@ SHOWN = ("val/source_acc", "val/target_entropy", "train/loss")
 
 
 class EpochSummary(pl.Callback):
+    """Logs `epoch k/N` (1-based, as `selected epoch` in the summary table) after each validation.
+
+    With a progress bar on screen the line is written above the bar instead of into it, and the bar
+    does not show `v_num` (the tail of the MLflow run id, which says nothing about progress)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        bar = trainer.progress_bar_callback
+        if bar is not None and not getattr(bar, "_tlbench_without_version", False):
+            shown = bar.get_metrics
+
+            def without_version(trainer, pl_module):
+                metrics = shown(trainer, pl_module)
+                metrics.pop("v_num", None)
+                return metrics
+
+            bar.get_metrics = without_version
+            bar._tlbench_without_version = True
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.started = time.time()
 
@@ -21,4 +39,11 @@ class EpochSummary(pl.Callback):
             return
         metrics = trainer.callback_metrics
         shown = "  ".join(f"{name}={float(metrics[name]):.4f}" for name in SHOWN if name in metrics)
-        log.info("epoch %d/%d  %s  (%.0fs)", trainer.current_epoch + 1, trainer.max_epochs, shown, time.time() - self.started)
+        args = ("epoch %d/%d  %s  (%.0fs)", trainer.current_epoch + 1, trainer.max_epochs, shown, time.time() - self.started)
+        if not getattr(trainer.progress_bar_callback, "is_enabled", False):
+            log.info(*args)
+            return
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm([logging.root, log]):  # console handlers print through tqdm.write
+            log.info(*args)

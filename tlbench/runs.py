@@ -32,24 +32,44 @@ def load_runs(uri: str = "", experiment: str = "tlbench", filter_string: str = "
     return frame.sort_values("start_time").reset_index(drop=True) if not frame.empty else frame
 
 
-SUMMARY_COLUMNS = {
-    "run_name": "run",
-    "status": "status",
-    "params.backbone.name": "backbone",
-    "params.freeze.name": "freeze",
-    "params.adapt.name": "adapt",
-    "params.seed": "seed",
-    "metrics.val/source_acc": "val source acc (last)",
-    "metrics.test/source_acc": "test source acc",
+#: Widest line of `summary_table`: a terminal's width; run names are cut to fit, the rest is in MLflow.
+SUMMARY_WIDTH = 120
+#: Metric → column header (test numbers are from the checkpoint chosen by `selection`).
+SUMMARY_METRICS = {
     "metrics.test/target_acc": "test target acc",
-    "metrics.selected_epoch": "selected epoch",
+    "metrics.test/source_acc": "test source acc",
+    "metrics.val/source_acc": "val source acc (last)",
 }
 
 
-def summary_table(runs: pd.DataFrame) -> str:
-    """A Markdown table of the runs' main results; test numbers are from the checkpoint chosen by `selection`."""
+def epoch_number(selected_epoch: float) -> str:
+    """The recorded `selected_epoch` (Lightning's 0-based epoch) as the progress log counts it: epoch 1/N."""
+    return "" if pd.isna(selected_epoch) else str(int(selected_epoch) + 1)
+
+
+def summary_table(runs: pd.DataFrame, width: int = SUMMARY_WIDTH) -> str:
+    """A Markdown table of the runs' main results, at most `width` characters wide: the run name (which
+    says what varies), status, test accuracies of the checkpoint chosen by `selection`, and its epoch."""
     if runs.empty:
         return "(no runs)"
-    present = [c for c in SUMMARY_COLUMNS if c in runs.columns]
-    table = runs[present].rename(columns=SUMMARY_COLUMNS)
-    return table.to_markdown(index=False, floatfmt=".4f")
+    columns = {"status": runs["status"].astype(str).tolist()}
+    for key, header in SUMMARY_METRICS.items():
+        if key in runs.columns:
+            columns[header] = ["" if pd.isna(v) else f"{v:.4f}" for v in runs[key]]
+    if "metrics.selected_epoch" in runs.columns:
+        columns["selected epoch"] = [epoch_number(v) for v in runs["metrics.selected_epoch"]]
+    widths = {h: max(len(h), *(len(v) for v in values)) for h, values in columns.items()}
+    room = max(width - sum(w + 3 for w in widths.values()) - 4, len("run"))  # "| name |" + " value |" each
+    names = [n if len(n) <= room else n[: room - 1] + "…" for n in runs["run_name"].fillna("").astype(str)]
+    widths = {"run": max(len("run"), *(len(n) for n in names)), **widths}
+    columns = {"run": names, **columns}
+    numeric = set(SUMMARY_METRICS.values()) | {"selected epoch"}
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    return "\n".join([
+        line([h.ljust(w) for h, w in widths.items()]),
+        line([("-" * (w - 1) + ":") if h in numeric else (":" + "-" * (w - 1)) for h, w in widths.items()]),
+        *(line([v.rjust(widths[h]) if h in numeric else v.ljust(widths[h]) for h, v in zip(columns, row)]) for row in zip(*columns.values())),
+    ])

@@ -1,0 +1,46 @@
+"""`tlbench --help` and the subcommands' help answer at once: no deep-learning library is imported
+before a run starts (Lightning and torch alone took 7-11 s to import here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TLBENCH = Path(sys.executable).parent / "tlbench"
+HEAVY = ("torch", "pytorch_lightning", "mlflow", "optuna", "timm")
+#: Generous: the target is 1.5 s on an idle machine; tests run beside training jobs.
+LIMIT_S = 3.0
+
+
+@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["search", "--help"]])
+def test_help_is_fast(args):
+    started = time.perf_counter()
+    result = subprocess.run([str(TLBENCH), *args], capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert "tlbench" in result.stdout
+    assert elapsed < LIMIT_S, f"tlbench {' '.join(args)} took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["search", "--help"]])
+def test_help_imports_no_heavy_library(args):
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['tlbench', *{args!r}]\n"
+        "from tlbench.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print('IMPORTED', [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "IMPORTED []" in result.stdout, result.stdout[-300:] + result.stderr[-1000:]
+
+
+def test_import_tlbench_is_light():
+    """`import tlbench` (the Python API's entry) loads its heavy parts on first use only."""
+    probe = f"import sys, tlbench; print('IMPORTED', [m for m in {HEAVY!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "IMPORTED []" in result.stdout, result.stderr[-1000:]

@@ -1,0 +1,65 @@
+"""What a run prints: the end-of-sweep table fits a 120-column terminal, its `selected epoch` counts
+like the per-epoch log line (epoch 1/N), and the progress bar carries no `v_num`."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pandas as pd
+
+from tlbench.runs import SUMMARY_WIDTH, load_runs, summary_table
+from tlbench.train import train
+
+from conftest import tiny_run
+
+
+def test_summary_table_fits_the_width_and_cuts_long_names():
+    runs = pd.DataFrame({
+        "run_name": ["dann s0 · small_cnn · digits", "x" * 300],
+        "status": ["FINISHED", "FAILED"],
+        "metrics.test/target_acc": [0.51234, float("nan")],
+        "metrics.test/source_acc": [0.9, float("nan")],
+        "metrics.val/source_acc": [0.8765, 0.1],
+        "metrics.selected_epoch": [0.0, float("nan")],
+    })
+    lines = summary_table(runs).splitlines()
+    assert max(len(line) for line in lines) <= SUMMARY_WIDTH
+    assert "dann s0 · small_cnn · digits" in lines[2] and "…" in lines[3]
+    assert "0.5123" in lines[2] and "0.9000" in lines[2]
+    assert re.search(r"\|\s+1 \|$", lines[2]), lines[2]  # epoch 0 recorded = "epoch 1/N" in the log
+    assert "nan" not in lines[3]
+
+
+def test_selected_epoch_is_the_logged_epoch_with_the_best_validation(tmp_path, mlflow_uri, caplog):
+    """The table's epoch is the 1-based epoch whose logged val/source_acc selected the checkpoint."""
+    caplog.set_level(logging.INFO, logger="tlbench")
+    train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2"]))
+    logged = {
+        int(m.group(1)): float(m.group(2))
+        for m in (re.search(r"epoch (\d+)/2 .*val/source_acc=([\d.]+)", r.getMessage()) for r in caplog.records) if m
+    }
+    assert sorted(logged) == [1, 2]
+    best = min(epoch for epoch, acc in logged.items() if acc == max(logged.values()))  # ties: the first best
+    row = summary_table(load_runs(mlflow_uri)).splitlines()[2]
+    assert row.rstrip("| ").split("|")[-1].strip() == str(best), (row, logged)
+
+
+def test_progress_bar_shows_no_run_version():
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers.logger import DummyLogger
+
+    from tlbench.progress import EpochSummary
+
+    class Versioned(DummyLogger):
+        @property
+        def version(self):
+            return "6f3e0c4aa95e"
+
+    summary = EpochSummary()
+    trainer = pl.Trainer(logger=Versioned(), callbacks=[summary], enable_progress_bar=True, enable_checkpointing=False)
+    module = pl.LightningModule()
+    bar = trainer.progress_bar_callback
+    assert "v_num" in bar.get_metrics(trainer, module)  # what Lightning shows by default
+    summary.setup(trainer, module, "fit")
+    assert "v_num" not in bar.get_metrics(trainer, module)
