@@ -7,6 +7,7 @@ recorded as FAILED and the sweep goes on, and the command exits 1 at the end if 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -48,8 +49,9 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         run.output_dir = hc.runtime.output_dir
+        tags["overrides"] = shlex.join(hc.overrides.task)  # `tlbench <this>` composes the run's config again
         if _in_multirun():
-            tags = {"sweep_dir": str(Path(hc.sweep.dir).resolve()), "sweep_job": hc.job.num}
+            tags.update(sweep_dir=str(Path(hc.sweep.dir).resolve()), sweep_job=hc.job.num)
     metrics = train(run, extra_tags=tags)
     if not _in_multirun() and "run_id" in metrics:
         runs = load_runs(run.tracking.uri, run.tracking.experiment, f"attributes.run_id = '{metrics['run_id']}'")

@@ -131,6 +131,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def standard_tags() -> dict[str, str]:
+    """MLflow's own tags, which fill the UI's "User", "Source" and "Version" columns of a run."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name, e.g. a container user without a passwd entry
+        user = "unknown"
+    tags = {"mlflow.source.name": "tlbench", "mlflow.source.type": "LOCAL", "mlflow.user": user}
+    commit = git_commit()
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI; None for other stores and in-memory databases."""
     if not uri.startswith("sqlite:///"):
@@ -305,7 +320,7 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
             exp_id = experiment_id(client, tracking.experiment)
             if "config_hash" in tags:
                 close_dead_runs(client, exp_id, str(tags["config_hash"]))
-            all_tags = {**tracking.tags, **{k: str(v) for k, v in tags.items()}, **owner}
+            all_tags = {**standard_tags(), **tracking.tags, **{k: str(v) for k, v in tags.items()}, **owner}
             run_id = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info.run_id
     except TlbenchError:
         raise

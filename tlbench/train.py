@@ -139,8 +139,21 @@ def run_tags(run: RunConfig, datamodule: DomainDataModule, digest: str) -> dict[
 
 
 def default_run_name(run: RunConfig) -> str:
-    composition = "" if run.batch_composition == "joint" else f"-{run.batch_composition}"
-    return run.tracking.run_name or f"{run.data.name}-{run.backbone.name}-{run.freeze.name}-{run.adapt.name}{composition}-s{run.seed}"
+    """tracking.run_name, else what varies most first so that names cut to ~24 characters (the MLflow
+    runs table, chart legends) still differ: `dann s0 · linear_probe · small_cnn · digits`. Defaults
+    (freeze=full, batch_composition=joint, all source labels) are left out."""
+    if run.tracking.run_name:
+        return run.tracking.run_name
+    parts = [f"{run.adapt.name} s{run.seed}"]
+    if run.data.labels_per_class is not None:
+        parts.append(f"{run.data.labels_per_class}/class")
+    if run.data.label_fraction is not None:
+        parts.append(f"{run.data.label_fraction * 100:g}% labels")
+    if run.freeze.name != "full":
+        parts.append(run.freeze.name)
+    if run.batch_composition != "joint":
+        parts.append(run.batch_composition)
+    return " · ".join([*parts, run.backbone.name, run.data.name])
 
 
 def selected_epoch(checkpoint: ModelCheckpoint) -> int | None:
