@@ -60,15 +60,20 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(present):]:
         ax.axis("off")
+    # one colour per configuration in every panel (a panel may lack some, e.g. no discriminator)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {label: palette[i % len(palette)] for i, label in enumerate(sorted(curves["label"].unique()))}
     for ax, (metric, title) in zip(axes.flat, present):
         stats = curves[curves["metric"] == metric].groupby(["label", "step"])["value"].agg(["mean", "std"]).reset_index()
         for label, line in stats.groupby("label"):
-            ax.plot(line["step"], line["mean"], label=label, lw=1.4)
-            ax.fill_between(line["step"], line["mean"] - line["std"].fillna(0), line["mean"] + line["std"].fillna(0), alpha=0.15)
+            ax.plot(line["step"], line["mean"], label=label, lw=1.4, color=colour[label])
+            ax.fill_between(line["step"], line["mean"] - line["std"].fillna(0), line["mean"] + line["std"].fillna(0),
+                            alpha=0.15, color=colour[label])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles = [plt.Line2D([], [], color=c, label=label) for label, c in colour.items()]
+    axes.flat[0].legend(handles=handles, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
