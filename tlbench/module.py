@@ -70,6 +70,8 @@ class TransferModule(pl.LightningModule):
         self.augment = augment
         self.seed = seed
         self.preprocess = backbone.preprocessing
+        #: The run config as a plain dict, when the builder sets it (tlbench.build): saved in checkpoints.
+        self.run_config: dict | None = None
         self.metrics = nn.ModuleDict()
         for split in VAL_SPLITS + TEST_SPLITS:
             key = split.replace("/", "_")
@@ -86,6 +88,21 @@ class TransferModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw (uint8 or [0,1]) images → logits; what inference users call."""
         return self.head(self.features(self.preprocess(images)))
+
+    # ----------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:  # what load_from_checkpoint rebuilds the model from
+            from .api import CHECKPOINT_KEY
+
+            checkpoint[CHECKPOINT_KEY] = {"run": self.run_config, "batch_composition": self.batch_composition}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location="cpu", run_config=None) -> "TransferModule":  # type: ignore[override]
+        """The model rebuilt from the run config in the checkpoint (or `run_config`) with its weights, in
+        eval mode. (Lightning's version would call __init__ with saved arguments; ours are built objects.)"""
+        from .api import module_from_checkpoint
+
+        return module_from_checkpoint(checkpoint_path, run_config, map_location)
 
     # -------------------------------------------------------------- freezing
     def apply_freezing(self, epoch: int) -> None:

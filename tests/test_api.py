@@ -1,0 +1,66 @@
+"""The Python API: the documented example runs as written, a loaded run predicts exactly as it was
+tested, and TransferModule.load_from_checkpoint rebuilds a model from a checkpoint."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import tlbench
+from tlbench import api
+from tlbench.errors import TlbenchError
+from tlbench.module import TransferModule
+
+from conftest import TINY, tiny_run
+
+
+def example_code() -> str:
+    """The indented code block of tlbench/api.py's docstring (the README example)."""
+    lines = api.__doc__.split("\n\n", 1)[1].split("\n`TransferModule")[0].splitlines()
+    return textwrap.dedent("\n".join(line for line in lines if line.startswith("    ") or not line.strip()))
+
+
+def test_documented_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # its mlflow.db and checkpoints/ go here
+    exec(compile(example_code(), "api-example", "exec"), {})
+    out = capsys.readouterr().out
+    assert "target batch accuracy:" in out and "MLflow run" in out and "its predictions on the batch:" in out
+    assert (tmp_path / "mlflow.db").exists()
+
+
+def test_load_run_predicts_as_the_run_was_tested(tmp_path, mlflow_uri):
+    from tlbench.data.datamodule import DomainDataModule
+    from tlbench.train import train
+
+    run = tiny_run(tmp_path, mlflow_uri, ["adapt=dann"])
+    metrics = train(run)
+    module = tlbench.load_run(metrics["run_id"], uri=mlflow_uri)
+    assert not module.training
+    test = DomainDataModule(run.data, run.seed).target.test
+    images, labels = zip(*(test[i] for i in range(len(test))))
+    scores = tlbench.predict(module, torch.stack(images))
+    assert scores.shape == (len(test), 10) and torch.allclose(scores.sum(1), torch.ones(len(test)))
+    accuracy = (scores.argmax(1) == torch.as_tensor(labels)).float().mean().item()
+    assert accuracy == pytest.approx(metrics["test/target_acc"], abs=1e-6)
+
+
+def test_load_from_checkpoint_rebuilds_the_model(tmp_path):
+    run = tlbench.compose([*TINY, "trainer.max_epochs=1"])
+    module, data = tlbench.build(run)
+    saving = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="model")
+    tlbench.fit(module, data, callbacks=[saving], enable_checkpointing=True, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False)
+    images = next(iter(data.test_dataloader()[1]))[0]
+    loaded = TransferModule.load_from_checkpoint(tmp_path / "model.ckpt")
+    assert torch.allclose(tlbench.predict(loaded, images), tlbench.predict(module, images), atol=1e-6)
+
+    # a checkpoint written without the config (e.g. by the `tlbench` command) needs it given
+    bare = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    del bare[api.CHECKPOINT_KEY]
+    torch.save(bare, tmp_path / "bare.ckpt")
+    with pytest.raises(TlbenchError, match="run_config"):
+        TransferModule.load_from_checkpoint(tmp_path / "bare.ckpt")
+    given = TransferModule.load_from_checkpoint(tmp_path / "bare.ckpt", run_config=run)
+    assert torch.allclose(tlbench.predict(given, images), tlbench.predict(module, images), atol=1e-6)
