@@ -45,5 +45,7 @@ class EpochSummary(pl.Callback):
             return
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm([logging.root, log]):  # console handlers print through tqdm.write
+        # console handlers print through tqdm.write; a logger without one would gain one (a second copy)
+        consoles = [lg for lg in (logging.root, log) if any(type(h) is logging.StreamHandler for h in lg.handlers)]
+        with logging_redirect_tqdm(consoles):
             log.info(*args)

@@ -34,11 +34,11 @@ def load_runs(uri: str = "", experiment: str = "tlbench", filter_string: str = "
 
 #: Widest line of `summary_table`: a terminal's width; run names are cut to fit, the rest is in MLflow.
 SUMMARY_WIDTH = 120
-#: Metric → column header (test numbers are from the checkpoint chosen by `selection`).
+#: Metric → column header: test numbers of the checkpoint chosen by `selection` (per-epoch validation
+#: numbers are in the epoch log lines and in MLflow).
 SUMMARY_METRICS = {
     "metrics.test/target_acc": "test target acc",
     "metrics.test/source_acc": "test source acc",
-    "metrics.val/source_acc": "val source acc (last)",
 }
 
 
