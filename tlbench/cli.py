@@ -7,6 +7,7 @@ recorded as FAILED and the sweep goes on, and the command exits 1 at the end if 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .errors import TlbenchError
+from .user_errors import describe_os_error
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("tlbench")
@@ -65,6 +67,11 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         return run_from_hydra(cfg)
     except TlbenchError as exc:
         return _fail(str(exc), exc.exit_code)
+    except OSError as exc:  # the file system refused (read-only folder, full disk): one line, no traceback
+        line = describe_os_error(exc)
+        if line is None:
+            raise
+        return _fail(line, 1)
     except Exception as exc:  # a bug or library error: keep the traceback in the job log, one line on screen
         if not _in_multirun():
             raise
@@ -103,6 +110,28 @@ def quiet_libraries(import_lightning: bool = True) -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
+def _hydra_main() -> None:
+    """hydra_entry(), with Hydra's own errors (misspelled key, unknown option, bad override, a folder it
+    cannot create) as one line instead of its multi-line text. HYDRA_FULL_ERROR=1 makes Hydra raise
+    them to us rather than print them; a user who sets it gets Hydra's full output as before."""
+    from .user_errors import describe
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        hydra_entry()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_entry()
+    except Exception as exc:
+        line = describe(exc, sys.argv[1:])
+        if line is None:
+            raise
+        print(f"tlbench: error: {line}", file=sys.stderr)
+        raise SystemExit(2 if describe_os_error(exc) is None else 1) from None
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
 def main() -> None:
     quiet_libraries(import_lightning=False)  # runs quiet Lightning themselves once they import it
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
@@ -112,7 +141,7 @@ def main() -> None:
         command = sys.argv.pop(1)
         sys.argv[0] = f"tlbench {command}"
         raise SystemExit(getattr(importlib.import_module(module_name), func)())
-    hydra_entry()
+    _hydra_main()
     if FAILED_RUNS:
         print(f"tlbench: {len(FAILED_RUNS)} run(s) failed: " + "; ".join(f"job {n}: {m}" for n, m in FAILED_RUNS), file=sys.stderr)
         raise SystemExit(1)

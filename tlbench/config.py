@@ -152,6 +152,7 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     """Check a composed config completely before anything trains; return it typed."""
     from .adapt import ADAPTERS
     from .backbones import BACKBONES
+    from .config_rules import unknown_key
     from .freeze import SCHEDULES
 
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -159,7 +160,7 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     known = {f.name for f in dataclasses.fields(RunConfig)}
     for key in container:
         if key not in known:
-            raise ConfigError(f"{key}: unknown top-level key; allowed: {', '.join(sorted(known))}")
+            raise ConfigError(unknown_key(key, known, "the top level"))
     for group in ("backbone", "freeze", "adapt"):
         if container.get(group) is None:
             raise ConfigError(f"{group}: missing; choose one with {group}=<option>")
@@ -179,36 +180,15 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
 
 
 def _check_values(run: RunConfig) -> None:
-    def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{key}: '{value}' is not allowed; choose one of: {', '.join(allowed)}")
+    """Every field against its rule in config_rules (ranges, choices, finite floats), then the rules
+    that involve more than one field."""
+    from .config_rules import check_values
 
     if not isinstance(run.seed, int) or isinstance(run.seed, bool):
         raise ConfigError(f"seed: expected an integer, got {run.seed!r}")
-    choice("selection", run.selection, SELECTION_RULES)
-    choice("optim.name", run.optim.name, ("adamw", "sgd"))
-    choice("optim.scheduler", run.optim.scheduler, SCHEDULERS)
-    choice("batch_composition", run.batch_composition, BATCH_COMPOSITIONS)
-    for key in ("backbone_lr_scale", "head_lr_scale", "adapter_lr_scale", "inv_gamma", "inv_power"):
-        if getattr(run.optim, key) < 0:
-            raise ConfigError(f"optim.{key}: must be ≥ 0, got {getattr(run.optim, key)}")
-    if run.trainer.steps_per_epoch is not None and run.trainer.steps_per_epoch < 1:
-        raise ConfigError(f"trainer.steps_per_epoch: must be ≥ 1 or null, got {run.trainer.steps_per_epoch}")
-    if run.head.bottleneck is not None and run.head.bottleneck < 1:
-        raise ConfigError(f"head.bottleneck: must be ≥ 1 or null, got {run.head.bottleneck}")
-    choice("data.augment", run.data.augment, ("none", "standard", "strong"))
-    if run.optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be positive, got {run.optim.lr}")
-    if run.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size: must be ≥ 1, got {run.data.batch_size}")
+    check_values(run)
     if run.data.labels_per_class is not None and run.data.label_fraction is not None:
         raise ConfigError("data: set at most one of labels_per_class and label_fraction")
-    if run.data.label_fraction is not None and not 0 < run.data.label_fraction <= 1:
-        raise ConfigError(f"data.label_fraction: must be in (0, 1], got {run.data.label_fraction}")
-    if run.data.labels_per_class is not None and run.data.labels_per_class < 1:
-        raise ConfigError(f"data.labels_per_class: must be ≥ 1, got {run.data.labels_per_class}")
-    if run.trainer.max_epochs < 1:
-        raise ConfigError(f"trainer.max_epochs: must be ≥ 1, got {run.trainer.max_epochs}")
 
 
 def to_plain_dict(run: RunConfig) -> dict[str, Any]:

@@ -93,5 +93,8 @@ def describe_omegaconf_error(group: str, schema: type, exc: OmegaConfBaseExcepti
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
     reason = str(exc).splitlines()[0]
     if "not in struct" in reason or "Key '" in reason and "not" in reason:
-        return f"{group}.{key}: unknown key for {group} '{getattr(schema, '__name__', schema)}'; allowed keys: {allowed_keys(schema)}"
+        from .config_rules import unknown_key
+
+        names = [f.name for f in dataclasses.fields(schema)]
+        return unknown_key(f"{group}.{key}", names, f"{group} '{getattr(schema, '__name__', schema)}'")
     return f"{group}.{key}: {reason}"

@@ -177,6 +177,60 @@ def store_creation_lock(uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S) -> It
             lock.release()
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: Stores larger than this skip the page-by-page integrity check (it reads the whole file).
+QUICK_CHECK_MAX_BYTES = 512 * 1024 * 1024
+_checked_stores: set[Path] = set()
+
+
+def check_sqlite_store(uri: str, timeout_s: float) -> None:
+    """Before MLflow touches a SQLite store: its folder can be written, the file (if any) is an intact
+    SQLite database, and its write lock can be taken within `timeout_s` (another process may hold it;
+    SQLite's busy handler waits, bounded). Each failure is one TrackingError line naming the file;
+    without this, MLflow retried a read-only or damaged store for two minutes and then raised a
+    traceback. Checked once per store and process."""
+    import sqlite3
+
+    path = sqlite_path(uri)
+    if path is None or path in _checked_stores:
+        return
+    folder = path.parent
+    where = f"tracking.uri: MLflow store {path}"
+    if not path.exists():
+        if folder.exists() and not os.access(folder, os.W_OK):
+            raise TrackingError(f"{where} cannot be created: folder {folder} is not writable (read-only); set tracking.uri to a writable place")
+        return  # created (and migrated) by MLflow under store_creation_lock
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise TrackingError(f"{where} cannot be read: {exc.strerror}") from None
+    if header and header != SQLITE_HEADER:
+        raise TrackingError(f"{where} is not an SQLite database (damaged, or another file); move it away to start a new store, or set tracking.uri")
+    if not (os.access(path, os.W_OK) and os.access(folder, os.W_OK)):
+        raise TrackingError(f"{where} is read-only (SQLite also needs to write beside it in {folder}); set tracking.uri to a writable place")
+    started = time.monotonic()
+    try:
+        connection = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")  # the write lock: waits up to timeout_s for another writer
+            connection.execute("ROLLBACK")
+            if path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
+                verdict = connection.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check: {verdict}")
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise TrackingError(f"{where} stayed locked by another process for {time.monotonic() - started:.0f}s "
+                                "(tracking.timeout_s); try again when it is done") from None
+        raise TrackingError(f"{where} cannot be used: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise TrackingError(f"{where} is damaged ({exc}); move it away to start a new store, or set tracking.uri") from None
+    _checked_stores.add(path)
+
+
 class BoundedClient:
     """An MlflowClient for a remote server whose every call answers, fails or is given up within
     `timeout_s`, with one line naming the server. Artifact uploads and downloads may legitimately take
@@ -206,6 +260,7 @@ def _client(uri: str, timeout_s: float | None = None):
         check_reachable(uri, timeout_s)
         return BoundedClient(MlflowClient(tracking_uri=uri), uri, timeout_s)
     with store_creation_lock(uri):
+        check_sqlite_store(uri, timeout_s or _timeout_s)
         return MlflowClient(tracking_uri=uri)  # builds the store: creates and migrates a new SQLite file
 
 
