@@ -25,6 +25,7 @@ def example_code() -> str:
 
 def test_documented_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # its mlflow.db and checkpoints/ go here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # an earlier run's mlflow.set_tracking_uri sets it
     exec(compile(example_code(), "api-example", "exec"), {})
     out = capsys.readouterr().out
     assert "target batch accuracy:" in out and "MLflow run" in out and "its predictions on the batch:" in out
