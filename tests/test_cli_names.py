@@ -41,6 +41,7 @@ def test_cli_run_has_standard_tags_and_its_overrides(tmp_path, mlflow_uri):
                  f"hydra.run.dir={tmp_path}/out"]
     result = subprocess.run([sys.executable, "-m", "tlbench", *overrides], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "INFO mlflow" not in result.stdout + result.stderr  # no store-creation chatter from MLflow
     client = MlflowClient(mlflow_uri)
     [run] = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
     tags = run.data.tags

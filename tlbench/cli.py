@@ -93,14 +93,15 @@ SUBCOMMANDS = {
 }
 
 
-def quiet_libraries(import_lightning: bool = True) -> None:
+def quiet_libraries(import_libraries: bool = True) -> None:
     """Keep the console to tlbench's own progress: library chatter goes to WARNING.
 
-    Importing Lightning resets its loggers to INFO, so a run imports it first; `main()` passes
-    import_lightning=False because that import alone takes seconds, which `--help` must not pay."""
+    Importing Lightning or MLflow resets their loggers to INFO, so a run imports them first; `main()`
+    passes import_libraries=False because those imports take seconds, which `--help` must not pay."""
     import warnings
 
-    if import_lightning:
+    if import_libraries:
+        import mlflow  # noqa: F401
         import pytorch_lightning  # noqa: F401
 
     for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
@@ -133,7 +134,7 @@ def _hydra_main() -> None:
 
 
 def main() -> None:
-    quiet_libraries(import_lightning=False)  # runs quiet Lightning themselves once they import it
+    quiet_libraries(import_libraries=False)  # a run quiets Lightning and MLflow again once it imports them
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         import importlib
 
