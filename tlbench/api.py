@@ -77,6 +77,8 @@ def fit(module: "TransferModule", datamodule: "DomainDataModule", trainer: "pl.T
     with the run's epochs and no logger or checkpoints of its own. Returns the trainer."""
     import pytorch_lightning as pl
 
+    if trainer is not None and trainer_args:
+        raise TypeError(f"fit: pass a trainer or trainer arguments, not both (got {', '.join(trainer_args)})")
     if trainer is None:
         max_epochs = (module.run_config or {}).get("trainer", {}).get("max_epochs", 1)
         defaults = {"max_epochs": max_epochs, "logger": False, "enable_checkpointing": False, "enable_model_summary": False}
