@@ -20,8 +20,8 @@ with its selected weights, and predict. (tests/test_api.py runs this example.)
     loaded = tlbench.load_run(result["run_id"])          # weights of the checkpoint its selection rule chose
     print("its predictions on the batch:", tlbench.predict(loaded, images).argmax(1)[:10].tolist())
 
-`TransferModule.load_from_checkpoint(path)` works for checkpoints that carry their run config (those of
-modules made by `build`); others need `run_config=` (see `module_from_checkpoint`).
+`TransferModule.load_from_checkpoint(path)` works for every checkpoint tlbench writes (they carry their run
+config); checkpoints from before that need `run_config=` (see `module_from_checkpoint`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ def build(run: RunConfig, feature_cache: bool = False) -> tuple["TransferModule"
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
     module, datamodule, _ = build_module(run, datamodule)
-    module.run_config = to_plain_dict(run)
     return module, datamodule
 
 

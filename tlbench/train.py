@@ -94,6 +94,7 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
         build_augmentation_for(run, datamodule), seed=run.seed,
         bottleneck=build_bottleneck(backbone.out_features, run.head.bottleneck), batch_composition=composition,
     )
+    module.run_config = to_plain_dict(run)  # stored in checkpoints: TransferModule.load_from_checkpoint(path) rebuilds it
     return module, datamodule, "on" if reason is None else f"off: {reason}"
 
 
