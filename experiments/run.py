@@ -97,7 +97,7 @@ def main() -> int:
         extra = ["--reference", str(folder / report["reference"])] if "reference" in report else []
         reports.append(TLBENCH + ["report", "--uri", uri, "--experiment", args.name, "--out", str(target), *report["args"], *extra])
     first = spec.get("reports", [{}])[0].get("args", [])
-    curve_rows = first[first.index("--rows") + 1] if "--rows" in first else "adapt.name"
+    curve_rows = spec.get("curves_rows") or (first[first.index("--rows") + 1] if "--rows" in first else "adapt.name")
     # Learning curves and per-run cost: the evidence that the runs trained to convergence.
     reports.append([sys.executable, "-m", "tlbench.report.curves", "--uri", uri, "--experiment", args.name,
                     "--rows", curve_rows, "--out", str(out)])
