@@ -44,6 +44,8 @@ log = logging.getLogger("tlbench.search")
 #: Study user attrs written by tlbench.
 ATTR_N_TRIALS = "tlbench.n_trials"
 ATTR_PARENT = "tlbench.mlflow_parent_run_id"
+#: Longest wait of a process joining a study for the MLflow parent run its creator opens.
+PARENT_WAIT_S = 60
 #: Set by the Hydra sweeper in its own process: compose through the running app's config loader.
 _IN_PROCESS_COMPOSER: Optional[Callable[[list[str]], Any]] = None
 
@@ -243,8 +245,9 @@ class Heartbeat:
         self._thread.join()
 
 
-def claim_waiting_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> Optional[tuple[optuna.Trial, int]]:
-    """Take a WAITING trial from the queue (WAITING → RUNNING is atomic in the storage): (trial, trial id) or None."""
+def claim_waiting_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, job: SearchJob) -> Optional[tuple[optuna.Trial, int]]:
+    """Take a WAITING trial from the queue (WAITING → RUNNING is atomic in the storage): (trial, trial id) or None.
+    The sampler is reseeded for the claimed trial's number (see `trial_seed`) before it draws anything."""
     study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
@@ -254,23 +257,28 @@ def claim_waiting_trial(study: optuna.Study, storage: optuna.storages.RDBStorage
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         storage.record_heartbeat(trial_id)  # at once: a worker killed now still leaves a stale-able trial
+        if not isinstance(study.sampler, optuna.samplers.GridSampler):  # grid: point = trial number, see trial_seed
+            study.sampler = build_sampler(job.space.study, job.space.params, trial_seed(job, frozen.number))
         return optuna.Trial(study, trial_id), trial_id
     return None
 
 
-def worker_seed(job: SearchJob, worker_index: int, finished: int) -> int:
-    """Distinct per worker and per restart, so parallel or resumed workers do not redraw the same points;
-    a fresh single-worker study uses the space's seed as is (reproducible)."""
-    return job.space.study.seed + 7919 * worker_index + 104729 * finished
+def trial_seed(job: SearchJob, number: int) -> int:
+    """The sampler's seed for trial `number`. Trial numbers are handed out by the storage, so they differ
+    between every worker of the study, whether a process of `--workers`, another `tlbench search` in
+    another shell or on another machine, or a resumed run: with one seed per process, processes that
+    see the same history drew the same points (6 trials, 3 distinct). A study is still reproducible:
+    the same space seed gives the same seed to each trial number. The grid sampler is the exception: it
+    shuffles the grid with its seed and gives trial n the n-th point, so every process must keep the
+    study's own seed (per-process seeds shuffled differently and could repeat points)."""
+    return (job.space.study.seed * 1_000_003 + 7_919 * number) % 2**32
 
 
-def open_study(job: SearchJob, worker_index: int = 0) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+def open_study(job: SearchJob) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     storage = make_storage(job)
-    finished = len(optuna.load_study(study_name=job.study_name, storage=storage).get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
     study = optuna.load_study(
         study_name=job.study_name, storage=storage,
-        sampler=build_sampler(job.space.study, job.space.params, worker_seed(job, worker_index, finished)),
+        sampler=build_sampler(job.space.study, job.space.params, job.space.study.seed),  # reseeded per trial
         pruner=build_pruner(job.space.study, job.max_epochs),
     )
     return study, storage
@@ -284,14 +292,14 @@ def work(job: SearchJob, worker_index: int = 0) -> int:
 
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, storage = open_study(job, worker_index)
+    study, storage = open_study(job)
     ran = 0
     with sigterm_as_interrupt():
         while True:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # lost trials → FAIL + queued again
-            claimed = claim_waiting_trial(study, storage)
+            claimed = claim_waiting_trial(study, storage, job)
             if claimed is None:
                 if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     return ran
@@ -504,10 +512,20 @@ def _parent_tags(job: SearchJob) -> dict[str, Any]:
     }
 
 
-def _existing_parent(study: optuna.Study, job: SearchJob) -> Optional[str]:
-    run_id = study.user_attrs.get(ATTR_PARENT)
-    if not run_id:
+def shared_parent(study: optuna.Study, job: SearchJob, created: bool) -> Optional[str]:
+    """The MLflow parent run that every process of the study records its trials under, or None when this
+    process is to open it. The process that created the study opens it; a process joining the study
+    (another shell or machine, or a resume) waits for its id in the study, bounded by PARENT_WAIT_S,
+    instead of opening a second parent. A parent in another tracking store is not reused."""
+    if created:
         return None
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while not (run_id := study.user_attrs.get(ATTR_PARENT)):
+        if time.monotonic() > deadline:
+            print(f"[tlbench search] study '{job.study_name}' has no MLflow parent run after {PARENT_WAIT_S}s "
+                  "(its creator stopped early?): opening one", flush=True)
+            return None
+        time.sleep(0.5)
     try:
         _mlflow(job).get_run(run_id)
         return run_id
@@ -525,7 +543,7 @@ def run_search(job: SearchJob, workers: int = 1) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, created = create_or_load_study(job)
     tracking = TrackingConfig(uri=job.tracking_uri, experiment=job.experiment, tags=dict(job.tracking_tags))
-    parent_id = None if created else _existing_parent(study, job)
+    parent_id = shared_parent(study, job, created)
     with recorded_run(tracking, job.study_name, _parent_tags(job), resume_run_id=parent_id) as parent:
         if parent_id is None:
             parent.log_params({
