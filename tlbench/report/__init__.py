@@ -7,20 +7,14 @@
 Each table holds one rule's numbers; oracle numbers (target labels) only ever get their own table.
 """
 
-# Names are imported on first use (PEP 562) so that `tlbench report --help` does not pay for pandas,
-# scipy and matplotlib.
-_WHERE = {
-    "collect": "collect", "exclusion_notes": "collect", "ReportError": "errors", "bar_plot": "plots",
-    "budget_plot": "plots", "RULES": "selection", "Choice": "selection", "Rule": "selection",
-    "epoch_table": "selection", "get_rule": "selection", "PaperTable": "tables", "load_reference": "tables",
-    "paper_table": "tables", "per_config": "tables", "summarize": "tables",
-}
-__all__ = list(_WHERE)
+# Imported eagerly: a lazy `collect` would be shadowed by the submodule of the same name once it is imported.
+from .collect import collect, exclusion_notes
+from .errors import ReportError
+from .plots import bar_plot, budget_plot
+from .selection import RULES, Choice, Rule, epoch_table, get_rule
+from .tables import PaperTable, load_reference, paper_table, per_config, summarize
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+__all__ = [
+    "collect", "exclusion_notes", "ReportError", "bar_plot", "budget_plot", "RULES", "Choice", "Rule",
+    "epoch_table", "get_rule", "PaperTable", "load_reference", "paper_table", "per_config", "summarize",
+]
