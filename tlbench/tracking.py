@@ -327,6 +327,39 @@ class RunRecorder:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
 
 
+def process_rank() -> int:
+    """This process's rank in a multi-process (DDP) run; 0 for the process the user started. Lightning's
+    launcher and torchrun set these variables in the processes they start, before those run any code."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        value = os.environ.get(name, "0")
+        if value.isdigit() and int(value) != 0:
+            return int(value)
+    return 0
+
+
+class SilentRecorder(RunRecorder):
+    """The recorder of a rank other than 0: the run belongs to rank 0, so nothing is created or written
+    (before: every rank created its own run, 7 FAILED runs for trainer.devices=7)."""
+
+    def __init__(self, uri: str):
+        super().__init__(client=None, run_id="", uri=uri)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_text(self, text: str, path: str) -> None:
+        pass
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+
 def close_dead_runs(client, experiment: str, digest: str) -> list[str]:
     """RUNNING runs of this config whose process is gone (kill -9, power loss, a second Ctrl-C) are
     marked KILLED, so that they can be resumed and are never mistaken for running ones."""
@@ -364,6 +397,9 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
     The run is tagged with its process; earlier runs of the config left RUNNING by a dead process are
     closed as KILLED first. A Ctrl-C while the run is being closed waits until it is closed."""
     uri = resolve_uri(tracking.uri)
+    if process_rank() != 0:
+        yield SilentRecorder(uri)
+        return
     client = _client(uri, tracking.timeout_s)
     owner = {PROCESS_TAG: this_process()}
     try:
