@@ -215,3 +215,23 @@ def test_store_in_a_read_only_folder_is_one_line(tmp_path):
     with read_only_folder(tmp_path) as folder:
         with pytest.raises(TrackingError, match="not writable"):
             check_sqlite_store(f"sqlite:///{folder}/mlflow.db", 2)
+
+
+def test_disk_full_during_a_checkpoint_write_is_one_line_and_the_run_failed(tmp_path):
+    """torch.save on a full disk raises RuntimeError('unexpected pos'), not ENOSPC: the CLI names the
+    full disk instead of printing ~90 lines of traceback; no partial checkpoint is left."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        result = _cli(tmp_path, *FAST, "data.synthetic_size=300", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                      "trainer.enable_progress_bar=false", f"checkpoint_dir={small}", f"tracking.uri=sqlite:///{tmp_path}/m.db")
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("tlbench: error:")]
+        assert len(errors) == 1 and "is full" in errors[0] and "Traceback" not in result.stderr, result.stderr
+        assert not [p for p in small.rglob("*") if p.is_file()]
+        statuses = sqlite3.connect(tmp_path / "m.db").execute("select status from runs").fetchall()
+        assert statuses == [("FAILED",)]
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)

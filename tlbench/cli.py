@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .errors import TlbenchError
-from .user_errors import describe_os_error
+from .user_errors import describe_os_error, full_disk
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("tlbench")
@@ -55,7 +55,7 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
         if _in_multirun():
             tags.update(sweep_dir=str(Path(hc.sweep.dir).resolve()), sweep_job=hc.job.num)
     metrics = train(run, extra_tags=tags)
-    if not _in_multirun() and "run_id" in metrics:
+    if not _in_multirun() and metrics.get("run_id"):  # "" on DDP ranks other than 0, which record nothing
         runs = load_runs(run.tracking.uri, run.tracking.experiment, f"attributes.run_id = '{metrics['run_id']}'")
         print(summary_table(runs))
     return metrics.get("test/target_acc")
@@ -73,6 +73,11 @@ def hydra_entry(cfg: DictConfig) -> float | None:
             raise
         return _fail(line, 1)
     except Exception as exc:  # a bug or library error: keep the traceback in the job log, one line on screen
+        full = full_disk([cfg.get("checkpoint_dir"), HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None, "."])
+        if full:  # e.g. torch.save's "unexpected pos" on a full disk: the disk, not a bug
+            log.debug("run failed on a full disk", exc_info=True)
+            return _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} — the disk holding {full} is full; "
+                         "free space, or point checkpoint_dir/hydra.run.dir to another disk", 1)
         if not _in_multirun():
             raise
         log.exception("run failed")
@@ -109,6 +114,8 @@ def quiet_libraries(import_libraries: bool = True) -> None:
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # checkpoints live in <checkpoint_dir>/<config hash>/: a rerun or resume=true finds them there on purpose
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 def _hydra_main() -> None:
@@ -142,7 +149,11 @@ def main() -> None:
         command = sys.argv.pop(1)
         sys.argv[0] = f"tlbench {command}"
         raise SystemExit(getattr(importlib.import_module(module_name), func)())
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown: the run is already closed KILLED (logged above)
+        print("tlbench: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     if FAILED_RUNS:
         print(f"tlbench: {len(FAILED_RUNS)} run(s) failed: " + "; ".join(f"job {n}: {m}" for n, m in FAILED_RUNS), file=sys.stderr)
         raise SystemExit(1)

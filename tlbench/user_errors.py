@@ -31,6 +31,31 @@ def describe_os_error(exc: BaseException) -> Optional[str]:
     return f"cannot write {where!s}: {exc.strerror}; {_ENVIRONMENT_ERRNOS[exc.errno]}".replace("cannot write : ", "cannot write: ")
 
 
+#: Less free space than this on a run's disk counts as full.
+FULL_DISK_BYTES = 1 << 20
+
+
+def full_disk(paths) -> Optional[str]:
+    """The first of `paths` whose file system is (nearly) full, else None. Libraries do not always say
+    ENOSPC: torch.save on a full disk raises RuntimeError("unexpected pos ...") from its zip writer."""
+    import os
+    from pathlib import Path
+
+    for path in paths:
+        if not path:
+            continue
+        probe = Path(path).absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            stat = os.statvfs(probe)
+        except OSError:
+            continue
+        if stat.f_bavail * stat.f_frsize < FULL_DISK_BYTES:
+            return str(path)
+    return None
+
+
 def _schema_fields(group: str, node: Any) -> list[str]:
     """Field names the group accepts: its dataclass, or the chosen implementation's for registry groups."""
     from . import config
