@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -140,6 +141,18 @@ def _hydra_main() -> None:
         os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
+def _first_interrupt(signum, frame) -> None:
+    """Ctrl-C raises KeyboardInterrupt once; later ones are ignored, as are any after the run was closed
+    KILLED (a Ctrl-C that arrived while a checkpoint was written is re-raised by signals_held, not here).
+    A second Ctrl-C used to land inside the shutdown, e.g. in a garbage-collector callback, and print a
+    KeyboardInterrupt traceback. Lightning's own handler likewise ignores SIGINT after the first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tracking = sys.modules.get("tlbench.tracking")
+    if tracking is not None and tracking.interrupted:  # the run is closed already: let the process end
+        return
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     quiet_libraries(import_libraries=False)  # a run quiets Lightning and MLflow again once it imports them
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
@@ -149,6 +162,8 @@ def main() -> None:
         command = sys.argv.pop(1)
         sys.argv[0] = f"tlbench {command}"
         raise SystemExit(getattr(importlib.import_module(module_name), func)())
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _first_interrupt)
     try:
         _hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown: the run is already closed KILLED (logged above)

@@ -33,6 +33,10 @@ T = TypeVar("T")
 NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
 
 
+#: Set once a run of this process was closed as KILLED by an interrupt (the CLI then ignores more Ctrl-C).
+interrupted = False
+
+
 class TrackingError(TlbenchError):
     """The MLflow store cannot be reached or written."""
 
@@ -421,6 +425,8 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
     try:
         yield recorder
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1) after cleaning up
+        global interrupted
+        interrupted = True
         with signals_held():
             client.set_tag(recorder.run_id, "failure_reason", "interrupted")
             client.set_terminated(recorder.run_id, "KILLED")
