@@ -113,7 +113,7 @@ class TrackingConfig:
     log_model: bool = False
     #: Skip a run whose config hash already has a FINISHED run in the experiment.
     skip_done: bool = False
-    #: Seconds to wait for a remote tracking server before failing.
+    #: Seconds any wait on the tracking store may take (a remote server, a SQLite file locked by another process).
     timeout_s: int = 20
 
 
