@@ -52,3 +52,16 @@ def tiny_run(tmp_path, uri: str, extra=()):
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+
+def interrupt_at_epoch(epoch: int):
+    """A Lightning callback raising KeyboardInterrupt when `epoch` starts: a Ctrl-C in the middle of a run."""
+    import pytorch_lightning as pl
+
+    class InterruptAtEpoch(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == epoch:
+                raise KeyboardInterrupt
+
+    return InterruptAtEpoch()

@@ -10,25 +10,15 @@ import sys
 import time
 
 import pytest
-import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
 from tlbench.train import train
 
-from conftest import TINY, tiny_run
+from conftest import TINY, interrupt_at_epoch, tiny_run
 
 
 def _history(client, run_id, name):
     return [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
-
-
-class InterruptAtEpoch(pl.Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path, mlflow_uri):
@@ -46,7 +36,7 @@ def test_interrupted_run_is_killed_and_resumes_to_the_uninterrupted_result(tmp_p
     reference = train(tiny_run(tmp_path / "ref", mlflow_uri, epochs + ["tracking.experiment=reference"]))
 
     with pytest.raises((KeyboardInterrupt, SystemExit)):
-        train(tiny_run(tmp_path, mlflow_uri, epochs), extra_callbacks=[InterruptAtEpoch(2)])
+        train(tiny_run(tmp_path, mlflow_uri, epochs), extra_callbacks=[interrupt_at_epoch(2)])
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("tlbench").experiment_id
     (killed,) = client.search_runs([experiment])

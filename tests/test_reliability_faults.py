@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -20,7 +19,7 @@ from tlbench.processes import PROCESS_TAG
 from tlbench.tracking import recorded_run, unfinished_run_with_hash
 from tlbench.train import train
 
-from conftest import tiny_run
+from conftest import interrupt_at_epoch, tiny_run
 
 #: A process that opens a run of config "cafe", says so, and then works until it is killed.
 OWNER = """
@@ -86,18 +85,9 @@ def test_failed_checkpoint_write_keeps_the_previous_file_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
 
 
-class InterruptAtEpoch(pl.Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 def test_truncated_last_checkpoint_on_resume_is_one_line(tmp_path, mlflow_uri):
     with pytest.raises((KeyboardInterrupt, SystemExit)):
-        train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2"]), extra_callbacks=[InterruptAtEpoch(1)])
+        train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2"]), extra_callbacks=[interrupt_at_epoch(1)])
     (last,) = (tmp_path / "ckpt").glob("*/last.ckpt")
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     with pytest.raises(WeightsError) as info:
