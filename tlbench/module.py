@@ -11,6 +11,7 @@ can be applied afterwards; checkpoints are chosen by the rule the config names (
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import pytorch_lightning as pl
@@ -156,6 +157,10 @@ class TransferModule(pl.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def _batchnorm_domain(self, domain: str):
+        """Select `domain`'s BatchNorm copies; nothing to do (and no module walk per batch) without domain_bn."""
+        return batchnorm_domain(self, domain) if self.batch_composition == "domain_bn" else nullcontext()
+
     def _forward_domains(self, images_s: torch.Tensor, images_t: torch.Tensor | None):
         """(features_s, logits_s, features_t, logits_t) under the configured batch composition.
 
@@ -174,9 +179,9 @@ class TransferModule(pl.LightningModule):
             features = self.features(torch.cat([inputs_s, inputs_t]))
             features_s, features_t = features[: len(inputs_s)], features[len(inputs_s) :]
         else:
-            with batchnorm_domain(self, "source"):
+            with self._batchnorm_domain("source"):
                 features_s = self.features(inputs_s)
-            with batchnorm_domain(self, "target"):
+            with self._batchnorm_domain("target"):
                 features_t = self.features(inputs_t)
         return features_s, self.head(features_s), features_t, self.head(features_t)
 
@@ -222,7 +227,7 @@ class TransferModule(pl.LightningModule):
     def _evaluate(self, split: str, batch) -> None:
         """Update and log accuracy, prediction entropy (label-free) and loss of one evaluation split."""
         images, labels = batch
-        with batchnorm_domain(self, "source" if "source" in split else "target"):
+        with self._batchnorm_domain("source" if "source" in split else "target"):
             logits = self.head(self.features(self.preprocess(images)))
         key = split.replace("/", "_")
         updates = {
