@@ -7,8 +7,6 @@ they follow each architecture's stem/stage layout; preprocessing comes from its 
 from __future__ import annotations
 
 import difflib
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -30,10 +28,6 @@ from .weights import (
     resolve_imagenet,
 )
 
-#: timm's marker: a group whose ordinal ends with this joins the previous group (e.g. a final norm).
-MATCH_PREVIOUS = 99999
-
-
 @dataclass
 class TimmConfig:
     name: str = "timm"
@@ -49,57 +43,25 @@ class TimmConfig:
 Matcher = Union[dict, Callable[[str], Any]]
 
 
-def group_names(names: list[str], matcher: Matcher) -> list[list[str]]:
-    """Ordered groups of parameter names from a timm-style matcher.
-
-    A dict matcher maps group → regex or [(regex, suffix)]; a name gets the ordinal (group index,
-    numbers captured by the regex, suffix), groups are sorted by ordinal, and an ordinal ending in
-    MATCH_PREVIOUS joins the group before it. Names nothing matches (heads, final norms) go last.
-    """
-    if isinstance(matcher, dict):
-        rules = []
-        for index, spec in enumerate(matcher.values()):
-            if spec is None:
-                continue
-            for pattern, suffix in spec if isinstance(spec, (list, tuple)) else [(spec, None)]:
-                rules.append((re.compile(pattern), index, tuple(suffix or ())))
-
-        def ordinal(name: str) -> tuple[float, ...]:
-            for regex, index, suffix in rules:
-                match = regex.match(name)
-                if match:
-                    return (index, *(float(g) for g in match.groups() if g is not None), *suffix)
-            return (math.inf,)
-    else:
-
-        def ordinal(name: str) -> tuple[float, ...]:
-            value = matcher(name)
-            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-    by_ordinal: dict[tuple[float, ...], list[str]] = {}
-    for name in names:
-        by_ordinal.setdefault(tuple(float(v) for v in ordinal(name)), []).append(name)
-    groups: list[list[str]] = []
-    for key in sorted(by_ordinal):
-        if groups and key[-1] == MATCH_PREVIOUS:
-            groups[-1].extend(by_ordinal[key])
-        else:
-            groups.append(list(by_ordinal[key]))
-    return groups
-
-
 def timm_stage_groups(net: nn.Module, coarse: bool = True, matcher: Optional[Matcher] = None) -> list[list[str]]:
-    """Stages of a timm model: its group_matcher when it has one, else one per top-level child."""
-    names = [n for n, _ in net.named_parameters()]
+    """Ordered parameter-name groups of a timm model, by timm's own `group_parameters`.
+
+    The matcher is the model's `group_matcher` (the grouping timm uses for layer-wise LR decay) unless
+    one is given; models without one get a group per top-level child. Unmatched names (heads, final
+    norms) come last, as timm orders them.
+    """
+    from timm.models import group_parameters
+
     if matcher is None:
         try:
             matcher = net.group_matcher(coarse=coarse)
         except (AttributeError, NotImplementedError):
-            matcher = None
-    if matcher is not None:
-        return group_names(names, matcher)
-    order = {child: i for i, (child, _) in enumerate(net.named_children())}
-    return group_names(names, lambda n: order.get(n.split(".")[0], -1))
+            order = {child: i for i, (child, _) in enumerate(net.named_children())}
+
+            def matcher(name: str) -> int:
+                return order.get(name.split(".")[0], -1)
+    groups = group_parameters(net, matcher)
+    return [groups[index] for index in sorted(groups)]
 
 
 def check_timm_name(model: str) -> None:
