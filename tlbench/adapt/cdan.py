@@ -12,6 +12,7 @@ from torch import nn
 
 from . import ADAPTERS
 from .base import AdaptOutput, Adapter
+from .dann import DANNConfig
 from .layers import DomainDiscriminator, dann_lambda, ramp_position, domain_adversarial_loss, prediction_entropy
 
 #: Above this many map entries (feature_dim × num_classes) the full map is replaced by the
@@ -20,18 +21,10 @@ MAX_FULL_MAP_DIM = 4096
 
 
 @dataclass
-class CDANConfig:
+class CDANConfig(DANNConfig):
+    """DANN's discriminator and ramp, plus the multilinear map's options."""
+
     name: str = "cdan"
-    trade_off: float = 1.0
-    hidden: int = 1024
-    #: Hidden layers of the discriminator (TLlib 2; the DANN paper's digit model 1 of 100 units).
-    depth: int = 2
-    dropout: float = 0.5
-    batch_norm: bool = False
-    gamma: float = 10.0
-    max_lambda: float = 1.0
-    #: null: the ramp runs over training progress p (paper); N: over optimizer steps, p = step / N (TLlib).
-    ramp_steps: Optional[int] = None
     #: null = automatic (randomized when feature_dim·num_classes > 4096); true/false forces it.
     randomized: Optional[bool] = None
     #: Output size of the randomized multilinear map.

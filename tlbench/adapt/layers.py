@@ -34,20 +34,6 @@ def reverse_gradient(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
     return _ReverseGradient.apply(x, float(coeff))
 
 
-class GradientReversal(nn.Module):
-    """Module form of `reverse_gradient`; set `.coeff` to follow a schedule."""
-
-    def __init__(self, coeff: float = 1.0):
-        super().__init__()
-        self.coeff = coeff
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reverse_gradient(x, self.coeff)
-
-    def extra_repr(self) -> str:
-        return f"coeff={self.coeff}"
-
-
 def dann_lambda(progress: float, gamma: float = 10.0, max_value: float = 1.0) -> float:
     """Ganin & Lempitsky's ramp 2/(1+exp(-γp)) − 1, scaled by `max_value`: it starts at 0 so the
     discriminator's early, noisy gradients do not wreck the features, and approaches max_value."""
