@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
-from tlbench.config import RunConfig, flatten, to_plain_dict, validate
+from tlbench.config import GROUP_SCHEMAS, DataConfig, RunConfig, flatten, to_plain_dict, validate
 from tlbench.errors import ConfigError
 
-from conftest import compose, group_options
+from conftest import CONF_DIR, compose, group_options
 
 # A quick, offline data/backbone pair so that validation tests never touch large data.
 FAST = ["backbone=small_cnn", "data=digits"]
@@ -116,3 +118,26 @@ def test_every_group_option_instantiates(group):
         else:
             adapter = ADAPTERS.build(run.adapt, num_classes=10, feature_dim=32)
             assert hasattr(adapter, "loss")
+
+
+@pytest.mark.parametrize("group", sorted(GROUP_SCHEMAS))
+def test_group_yaml_extends_its_dataclass_and_lists_only_differences(group):
+    """Defaults live in one place: a yaml option of a typed group lists only values that differ."""
+    schema = GROUP_SCHEMAS[group]
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(schema)}
+    paths = sorted((CONF_DIR / group).glob("*.yaml"))
+    assert paths
+    for path in paths:
+        node = yaml.safe_load(path.read_text()) or {}
+        parents = node.pop("defaults", [])
+        assert "schema" in parents or any(isinstance(p, str) and p != "_self_" for p in parents), path
+        repeated = [k for k, v in node.items() if k != "name" and k in defaults and defaults[k] == v]
+        assert not repeated, f"{path} repeats defaults of {schema.__name__}: {repeated}"
+
+
+def test_schema_types_overrides_at_compose_time():
+    with pytest.raises(ConfigError, match=r"^trainer\.max_epochs: .*Integer"):
+        compose(["trainer.max_epochs=five"])
+    run = validate(compose(["data=handwritten"]))
+    assert (run.data.batch_size, run.data.synthetic_size, run.data.source) == (32, DataConfig().synthetic_size, "sklearn_digits")

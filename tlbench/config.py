@@ -141,6 +141,22 @@ class RunConfig:
     resume: bool = False
 
 
+#: Groups whose yaml options extend their dataclass (`defaults: [schema]`) and list only what differs,
+#: so each default has one home: the dataclass field, with its comment.
+GROUP_SCHEMAS = {"data": DataConfig, "trainer": TrainerConfig, "tracking": TrackingConfig}
+
+
+def register_schemas() -> None:
+    """Store each GROUP_SCHEMAS dataclass as its group's `schema` option. Called when Hydra scans its
+    plugins (hydra_plugins/tlbench_schemas), which every compose path does before reading a yaml.
+    Hydra then also type-checks overrides of these groups at compose time."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, schema in GROUP_SCHEMAS.items():
+        store.store(group=group, name="schema", node=schema)
+
+
 def _typed(group: str, schema: type, node: Any) -> Any:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))

@@ -92,7 +92,7 @@ def _override_value(key: str, overrides: list[str]) -> str:
 def describe_hydra_error(exc: BaseException, overrides: list[str] = ()) -> Optional[str]:
     """One line for Hydra's composition and override-parsing errors, else None."""
     from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     if isinstance(exc, MissingConfigException):
         options = list(getattr(exc, "options", None) or [])
@@ -117,6 +117,10 @@ def describe_hydra_error(exc: BaseException, overrides: list[str] = ()) -> Optio
             return str(exc).splitlines()[0]
         where = f"{group} '{parent['name']}'" if group in ("adapt", "backbone", "freeze") and parent is not None and "name" in parent else group
         return unknown_key(full_key, sorted(set(present) | set(schema)), where or "the top level")
+    if isinstance(exc, ConfigCompositionException) and isinstance(cause, ValidationError):  # a typed group's field
+        key = str(getattr(cause, "full_key", "") or "")
+        reason = str(cause).splitlines()[0]
+        return f"{key}: {reason}" if key else reason
     if isinstance(exc, (OverrideParseException, ConfigCompositionException, HydraException)):
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         lines = [line for line in lines if not line.startswith("See https://")]
