@@ -16,11 +16,13 @@ from tlbench.adapt import ADAPTERS
 from tlbench.adapt.layers import DomainDiscriminator, dann_lambda
 from tlbench.errors import ConfigError
 
+from conftest import compose
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "adapt"
 YAMLS = sorted(CONF_DIR.glob("*.yaml"))
 #: Method yamls are named after the method and hold its defaults; recipe variants (`<method>_<recipe>`,
-#: e.g. dann_paper_digits) hold a published recipe's values for the same method.
-METHOD_YAMLS = [p for p in YAMLS if p.stem == OmegaConf.load(p).name]
+#: e.g. dann_paper_digits) extend it (`defaults: [<method>]`) with a published recipe's values.
+METHOD_YAMLS = [p for p in YAMLS if "defaults" not in OmegaConf.load(p)]
 RECIPE_YAMLS = [p for p in YAMLS if p not in METHOD_YAMLS]
 NUM_CLASSES, FEATURE_DIM = 3, 4
 
@@ -40,7 +42,8 @@ def tiny_backbone(dropout: float = 0.0) -> nn.Module:
 
 
 def load(path: Path):
-    return OmegaConf.load(path)
+    """The adapt node as `adapt=<stem>` composes it (recipe variants inherit their method's values)."""
+    return compose([f"adapt={path.stem}"]).adapt
 
 
 def test_every_registered_method_has_a_yaml_named_after_it():
@@ -49,11 +52,15 @@ def test_every_registered_method_has_a_yaml_named_after_it():
 
 @pytest.mark.parametrize("path", RECIPE_YAMLS, ids=lambda p: p.stem)
 def test_recipe_yaml_is_a_variant_of_a_registered_method(path):
-    node = load(path)
-    assert path.stem.startswith(node.name + "_")
+    raw = OmegaConf.load(path)
+    (base,) = [d for d in raw.defaults if d != "_self_"]
+    assert path.stem.startswith(base + "_") and CONF_DIR / f"{base}.yaml" in METHOD_YAMLS
+    changes = {k: v for k, v in OmegaConf.to_container(raw).items() if k != "defaults"}
+    base_values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{base}.yaml"))
+    assert changes and all(base_values[k] != v for k, v in changes.items()), "list only what the recipe changes"
+    node = compose([f"adapt={path.stem}"]).adapt
     ADAPTERS.validate(node)  # every key is one of the method's hyperparameters
-    schema_defaults = OmegaConf.to_container(OmegaConf.structured(ADAPTERS.entry(node.name).schema))
-    assert OmegaConf.to_container(node) != schema_defaults, "a recipe that changes nothing is a duplicate"
+    assert OmegaConf.to_container(node) == {**base_values, **changes}
 
 
 @pytest.mark.parametrize("path", METHOD_YAMLS, ids=lambda p: p.stem)
@@ -224,8 +231,7 @@ def test_adabn_accepts_image_label_tuples():
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
 def test_unknown_key_is_a_config_error(path):
-    node = load(path)
-    node.not_a_key = 1
+    node = {**OmegaConf.to_container(load(path)), "not_a_key": 1}
     with pytest.raises(ConfigError, match="not_a_key"):
         ADAPTERS.validate(node)
 
