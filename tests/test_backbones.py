@@ -13,7 +13,7 @@ from torch import nn
 from tlbench.backbones import BACKBONES, Backbone
 from tlbench.errors import ConfigError
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, compose
 
 torch.set_num_threads(1)
 
@@ -93,7 +93,7 @@ def check_forward(backbone: Backbone, size: int) -> None:
 
 @pytest.mark.parametrize("model,size", TORCHVISION, ids=[m for m, _ in TORCHVISION])
 def test_torchvision_backbones(model, size):
-    backbone = BACKBONES.build({"name": "torchvision", "model": model, "weights": "none", "input_size": size})
+    backbone = BACKBONES.build({"family": "torchvision", "model": model, "weights": "none", "input_size": size})
     check_stages(backbone)
     check_forward(backbone, size)
     # the network is stored once: state_dict keys are the network's own, not repeated per stage
@@ -102,35 +102,35 @@ def test_torchvision_backbones(model, size):
 
 @pytest.mark.parametrize("model,size", TIMM, ids=[m for m, _ in TIMM])
 def test_timm_backbones(model, size):
-    backbone = BACKBONES.build({"name": "timm", "model": model, "input_size": size})
+    backbone = BACKBONES.build({"family": "timm", "model": model, "input_size": size})
     check_stages(backbone)
     check_forward(backbone, size)
     assert all(k.startswith("net.") for k in backbone.state_dict())
 
 
 def test_timm_fine_stages_split_blocks():
-    coarse = BACKBONES.build({"name": "timm", "model": "resnet18", "input_size": 32})
-    fine = BACKBONES.build({"name": "timm", "model": "resnet18", "input_size": 32, "coarse": False})
+    coarse = BACKBONES.build({"family": "timm", "model": "resnet18", "input_size": 32})
+    fine = BACKBONES.build({"family": "timm", "model": "resnet18", "input_size": 32, "coarse": False})
     assert len(coarse.stages()) == 5  # stem, layer1..4
     assert len(fine.stages()) == 9  # stem, 8 basic blocks
     check_stages(fine)
 
 
 def test_known_stage_layouts():
-    resnet = BACKBONES.build({"name": "torchvision", "model": "resnet18", "input_size": 32})
+    resnet = BACKBONES.build({"family": "torchvision", "model": "resnet18", "input_size": 32})
     assert resnet.stages()[1] is resnet.net.layer1 and resnet.stages()[4] is resnet.net.layer4
     assert {n for n, _ in resnet.stages()[0].named_parameters()} == {"conv1.weight", "bn1.weight", "bn1.bias"}
-    vgg = BACKBONES.build({"name": "torchvision", "model": "vgg11", "input_size": 32})
+    vgg = BACKBONES.build({"family": "torchvision", "model": "vgg11", "input_size": 32})
     assert len(vgg.stages()) == 6 and vgg.out_features == 4096  # 5 conv blocks (split at max-pools) + fc6/fc7
     check_stages(vgg)
     check_forward(vgg, 32)
-    vit = BACKBONES.build({"name": "timm", "model": "vit_tiny_patch16_224", "input_size": 32})
+    vit = BACKBONES.build({"family": "timm", "model": "vit_tiny_patch16_224", "input_size": 32})
     assert any(p is vit.net.cls_token for p in vit.stages()[0].parameters())  # loose parameters are owned too
 
 
 @pytest.mark.parametrize("name,size,chans,features", [("lenet", 28, 1, 500), ("dtn", 32, 3, 512), ("small_cnn", 32, 3, 72)])
 def test_digit_nets(name, size, chans, features):
-    backbone = BACKBONES.build({"name": name})
+    backbone = BACKBONES.build({"family": name})
     assert backbone.out_features == features
     assert backbone.preprocessing.in_chans == chans and backbone.preprocessing.mean == (0.5,) * chans
     check_stages(backbone)
@@ -157,7 +157,7 @@ def test_efficientnet_lite0_weights_recognise_a_photo():
     from tlbench.backbones.efficientnet_lite0 import load_efficientnet_lite0_imagenet_classifier
 
     classifier = load_efficientnet_lite0_imagenet_classifier()
-    backbone = BACKBONES.build({"name": "efficientnet_lite0", "weights": "imagenet", "input_size": 224}).eval()
+    backbone = BACKBONES.build({"family": "efficientnet_lite0", "weights": "imagenet", "input_size": 224}).eval()
     image = torch.from_numpy(load_sample_image("china.jpg").copy()).permute(2, 0, 1)[None]
     h, w = image.shape[-2:]
     scale = 224 / min(h, w)
@@ -180,10 +180,10 @@ def test_efficientnet_lite0_weights_recognise_a_photo():
 
 def test_unknown_model_names_suggest_close_ones():
     with pytest.raises(ConfigError, match=r"resnet18.*list_models") as info:
-        BACKBONES.build({"name": "torchvision", "model": "resnet181"})
+        BACKBONES.build({"family": "torchvision", "model": "resnet181"})
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match=r"convnext_atto.*list_models"):
-        BACKBONES.build({"name": "timm", "model": "convnext_ato"})
+        BACKBONES.build({"family": "timm", "model": "convnext_ato"})
 
 
 def test_preprocessing_comes_from_weight_metadata():
@@ -191,7 +191,7 @@ def test_preprocessing_comes_from_weight_metadata():
 
     assert preprocessing_for("inception_v3", None).input_size == 299
     assert preprocessing_for("resnet18", None).input_size == 224
-    vit = BACKBONES.build({"name": "timm", "model": "vit_tiny_patch16_224", "input_size": 32})
+    vit = BACKBONES.build({"family": "timm", "model": "vit_tiny_patch16_224", "input_size": 32})
     assert vit.preprocessing.mean == (0.5, 0.5, 0.5)
 
 
@@ -205,10 +205,24 @@ def test_every_backbone_yaml_validates():
         node = OmegaConf.load(path)
         typed = BACKBONES.validate(node)
         assert set(OmegaConf.to_container(node)) == {f for f in vars(typed)}, f"{path.name} does not list every field"
+        # the display name is the model for the families that build many (resnet18, not torchvision)
+        assert typed.name == (typed.model if typed.family in ("torchvision", "timm") else typed.family), path.name
+        if typed.family == "torchvision":
+            assert typed.name == path.stem
+
+
+def test_run_names_show_the_model_not_the_family():
+    from tlbench.config import flatten, to_plain_dict, validate
+    from tlbench.train import default_run_name
+
+    run = validate(compose(["backbone=resnet18", "backbone.weights=none", "adapt=dann"]))
+    assert (run.backbone.family, run.backbone.name) == ("torchvision", "resnet18")
+    assert "resnet18" in default_run_name(run) and "torchvision" not in default_run_name(run)
+    assert flatten(to_plain_dict(run))["backbone.family"] == "torchvision"
 
 
 def test_stages_follow_device_and_dtype_moves_and_copies():
-    backbone = BACKBONES.build({"name": "timm", "model": "vit_tiny_patch16_224", "input_size": 32})
+    backbone = BACKBONES.build({"family": "timm", "model": "vit_tiny_patch16_224", "input_size": 32})
     backbone.double()
     assert all(p.dtype == torch.float64 for s in backbone.stages() for p in s.parameters())
     twin = copy.deepcopy(backbone)

@@ -53,7 +53,7 @@ def test_default_config_is_the_embedded_task():
         ("optim.lr=-1", "optim.lr"),
         ("seed=abc", "seed"),
         ("data.labels_per_class=5 data.label_fraction=0.5", "at most one"),
-        ("backbone.name=resnet9000", "backbone"),
+        ("backbone.family=resnet9000", "backbone.family"),
         ("+adapt._target_=os.system", "adapt._target_"),
         ("+backbone._target_=builtins.eval", "backbone._target_"),
     ],

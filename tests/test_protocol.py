@@ -190,7 +190,7 @@ def test_unknown_normalisation_is_a_config_error():
 # ------------------------------------------------------------------ network
 @pytest.mark.parametrize("size,features", [(28, 768), (20, 192)])
 def test_dann_mnist_has_the_papers_feature_size_and_no_batchnorm(size, features):
-    backbone = BACKBONES.build(BACKBONES.validate({"name": "dann_mnist", "input_size": size}))
+    backbone = BACKBONES.build(BACKBONES.validate({"family": "dann_mnist", "input_size": size}))
     assert backbone.out_features == features
     assert backbone(torch.randn(2, 3, size, size)).shape == (2, features)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())

@@ -14,8 +14,8 @@ from tlbench.errors import WeightsError
 
 torch.set_num_threads(1)
 
-SMALL = {"name": "small_cnn"}
-WRAPPED = {"name": "timm", "model": "resnet18", "input_size": 32}
+SMALL = {"family": "small_cnn"}
+WRAPPED = {"family": "timm", "model": "resnet18", "input_size": 32}
 
 
 @pytest.fixture
@@ -97,11 +97,11 @@ def test_corrupt_file(tmp_path):
 
 
 def test_wrong_shapes_and_wrong_backbone(tmp_path):
-    path = save_backbone(BACKBONES.build({"name": "small_cnn", "width": 8}), tmp_path / "narrow.pt")
+    path = save_backbone(BACKBONES.build({"family": "small_cnn", "width": 8}), tmp_path / "narrow.pt")
     with pytest.raises(WeightsError) as info:
         BACKBONES.build({**SMALL, "weights": str(path)})
     assert "shape mismatch" in one_line(info) and "stage_modules.0.0.weight (8, 3, 3, 3) vs (18, 3, 3, 3)" in str(info.value)
-    other = save_backbone(BACKBONES.build({"name": "lenet"}), tmp_path / "lenet.pt")
+    other = save_backbone(BACKBONES.build({"family": "lenet"}), tmp_path / "lenet.pt")
     with pytest.raises(WeightsError) as info:
         BACKBONES.build({**SMALL, "weights": str(other)})
     assert "missing keys" in one_line(info) and "unexpected keys" in str(info.value)
@@ -109,7 +109,7 @@ def test_wrong_shapes_and_wrong_backbone(tmp_path):
 
 def test_torchvision_imagenet_offline_names_the_file(torch_home):
     with pytest.raises(WeightsError) as info:
-        BACKBONES.build({"name": "torchvision", "model": "resnet18", "weights": "imagenet", "input_size": 32})
+        BACKBONES.build({"family": "torchvision", "model": "resnet18", "weights": "imagenet", "input_size": 32})
     message = one_line(info)
     assert "resnet18-f37072fd.pth" in message and str(torch_home) in message and "TLBENCH_OFFLINE" in message
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
@@ -117,7 +117,7 @@ def test_torchvision_imagenet_offline_names_the_file(torch_home):
 
 def test_timm_imagenet_offline_names_the_file(torch_home):
     with pytest.raises(WeightsError) as info:
-        BACKBONES.build({"name": "timm", "model": "resnet18", "weights": "imagenet", "input_size": 32})
+        BACKBONES.build({"family": "timm", "model": "resnet18", "weights": "imagenet", "input_size": 32})
     message = one_line(info)
     assert "huggingface.co/timm/resnet18.a1_in1k" in message and str(torch_home) in message
 
@@ -132,13 +132,13 @@ def test_imagenet_is_taken_from_the_torch_hub_cache(torch_home):
     torch.manual_seed(7)
     reference = torchvision.models.resnet18()
     torch.save(reference.state_dict(), torch_home / "resnet18-f37072fd.pth")
-    backbone = BACKBONES.build({"name": "torchvision", "model": "resnet18", "weights": "imagenet", "input_size": 32})
+    backbone = BACKBONES.build({"family": "torchvision", "model": "resnet18", "weights": "imagenet", "input_size": 32})
     torch.testing.assert_close(backbone.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight, rtol=0, atol=0)
     assert backbone.out_features == 512 and not any(k.startswith("net.fc.") for k in backbone.state_dict())
 
     reference = timm.create_model("resnet18", num_classes=1000)
     save_file(reference.state_dict(), str(torch_home / "resnet18.a1_in1k.safetensors"))
-    backbone = BACKBONES.build({"name": "timm", "model": "resnet18", "weights": "imagenet", "input_size": 32})
+    backbone = BACKBONES.build({"family": "timm", "model": "resnet18", "weights": "imagenet", "input_size": 32})
     torch.testing.assert_close(backbone.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight, rtol=0, atol=0)
 
 
@@ -149,14 +149,14 @@ def test_vit_imagenet_weights_are_resized_to_the_input(torch_home):
     reference = torchvision.models.vit_b_32()  # 224 px: 7x7 patches + class token
     name = torchvision.models.get_model_weights("vit_b_32").DEFAULT.url.rsplit("/", 1)[-1]
     torch.save(reference.state_dict(), torch_home / name)
-    backbone = BACKBONES.build({"name": "torchvision", "model": "vit_b_32", "weights": "imagenet", "input_size": 64})
+    backbone = BACKBONES.build({"family": "torchvision", "model": "vit_b_32", "weights": "imagenet", "input_size": 64})
     assert backbone.net.encoder.pos_embedding.shape == (1, 2 * 2 + 1, 768)
     assert outputs(backbone, size=64).shape == (2, 768)
 
 
 def test_imagenet_for_a_net_without_imagenet_weights():
     with pytest.raises(WeightsError) as info:
-        BACKBONES.build({"name": "lenet", "weights": "imagenet"})
+        BACKBONES.build({"family": "lenet", "weights": "imagenet"})
     assert "lenet" in one_line(info)
 
 

@@ -164,7 +164,8 @@ def _rules() -> dict[str, Rule]:
         "tracking.skip_done": FREE,
         "tracking.timeout_s": within(1, 3600),
         # backbone (every implementation)
-        "backbone.name": FREE,  # checked by the registry
+        "backbone.family": FREE,  # checked by the registry
+        "backbone.name": FREE,  # display name only
         "backbone.weights": FREE,  # resolved (and refused in one line) when the backbone is built
         "backbone.model": FREE,  # checked against torchvision/timm by the implementation
         "backbone.input_size": within(16, 1024),

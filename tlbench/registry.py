@@ -1,6 +1,7 @@
 """Name → (typed schema, factory) registries, one per config group.
 
-Configs pick an implementation by `name`; the registry validates the group's node against the
+Configs pick an implementation by a key field (`name`; `family` for backbones, whose `name` is the
+display name such as resnet18 while the family is torchvision); the registry validates the group's node against the
 implementation's dataclass schema (unknown key or wrong type → ConfigError naming the key) and builds
 it. This replaces `_target_` strings, so a user config can only instantiate tlbench's own classes.
 """
@@ -29,8 +30,10 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    def __init__(self, group: str, package: str | None = None):
+    def __init__(self, group: str, package: str | None = None, key: str = "name"):
         self.group = group
+        #: The config field that picks the implementation.
+        self.key = key
         self._package = package  # imported lazily so every file in it registers itself
         self._entries: dict[str, Entry[T]] = {}
 
@@ -63,7 +66,7 @@ class Registry(Generic[T]):
         self._discover()
         if name not in self._entries:
             raise ConfigError(
-                f"{self.group}.name: unknown {self.group} '{name}'; choose one of: {', '.join(self.choices())}"
+                f"{self.group}.{self.key}: unknown {self.group} '{name}'; choose one of: {', '.join(self.choices())}"
             )
         return self._entries[name]
 
@@ -71,9 +74,9 @@ class Registry(Generic[T]):
         """Return the typed dataclass instance for a config node, or raise a one-line ConfigError."""
         if isinstance(node, DictConfig):
             node = OmegaConf.to_container(node, resolve=True)
-        if not isinstance(node, dict) or "name" not in node:
-            raise ConfigError(f"{self.group}: expected a mapping with a 'name' key, got {node!r}")
-        entry = self.entry(str(node["name"]))
+        if not isinstance(node, dict) or self.key not in node:
+            raise ConfigError(f"{self.group}: expected a mapping with a '{self.key}' key, got {node!r}")
+        entry = self.entry(str(node[self.key]))
         try:
             merged = OmegaConf.merge(OmegaConf.structured(entry.schema), node)
             return OmegaConf.to_object(merged)
@@ -82,7 +85,7 @@ class Registry(Generic[T]):
 
     def build(self, node: Any, **runtime: Any) -> T:
         typed = node if dataclasses.is_dataclass(node) else self.validate(node)
-        return self.entry(typed.name).factory(typed, **runtime)
+        return self.entry(getattr(typed, self.key)).factory(typed, **runtime)
 
 
 def allowed_keys(schema: type) -> str:

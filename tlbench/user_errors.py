@@ -65,9 +65,10 @@ def _schema_fields(group: str, node: Any) -> list[str]:
     if group in fixed:
         return [f.name for f in dataclasses.fields(fixed[group])]
     registries = _registries()
-    if group in registries and node is not None and "name" in node:
+    registry = registries.get(group)
+    if registry is not None and node is not None and registry.key in node:
         try:
-            return [f.name for f in dataclasses.fields(registries[group].entry(str(node["name"])).schema)]
+            return [f.name for f in dataclasses.fields(registry.entry(str(node[registry.key])).schema)]
         except Exception:  # an unknown implementation: the registry says so later
             return []
     return []

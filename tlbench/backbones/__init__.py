@@ -1,8 +1,9 @@
-"""Backbones: one file per family; each registers its names in BACKBONES."""
+"""Backbones: one file per family; each registers its family in BACKBONES."""
 
 from ..registry import Registry
 from .base import Backbone, Preprocessing
 
-BACKBONES: Registry[Backbone] = Registry("backbone", package=__name__)
+#: Keyed by `family` (torchvision, timm, small_cnn, ...); a backbone's `name` is its display name.
+BACKBONES: Registry[Backbone] = Registry("backbone", package=__name__, key="family")
 
 __all__ = ["BACKBONES", "Backbone", "Preprocessing"]

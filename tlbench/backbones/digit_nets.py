@@ -113,6 +113,7 @@ def _rgb_or_grey(channels: int) -> dict[str, tuple[float, ...]]:
 
 @dataclass
 class LeNetConfig:
+    family: str = "lenet"
     name: str = "lenet"
     weights: str = "none"
     #: None = 28 (the fc layer's size follows the input size).
@@ -121,6 +122,7 @@ class LeNetConfig:
 
 @dataclass
 class DTNConfig:
+    family: str = "dtn"
     name: str = "dtn"
     weights: str = "none"
     #: None = 32.
@@ -129,6 +131,7 @@ class DTNConfig:
 
 @dataclass
 class DANNMnistConfig:
+    family: str = "dann_mnist"
     name: str = "dann_mnist"
     weights: str = "none"
     #: None = 28 (the paper's MNIST-M size).
@@ -137,6 +140,7 @@ class DANNMnistConfig:
 
 @dataclass
 class SmallCNNConfig:
+    family: str = "small_cnn"
     name: str = "small_cnn"
     weights: str = "none"
     #: None = 32.
@@ -154,19 +158,19 @@ def _finish(backbone: Backbone, name: str, weights: str) -> Backbone:
 
 @BACKBONES.register("lenet", LeNetConfig)
 def build_lenet(cfg: LeNetConfig) -> Backbone:
-    return _finish(lenet(cfg.input_size or 28), cfg.name, cfg.weights)
+    return _finish(lenet(cfg.input_size or 28), cfg.family, cfg.weights)
 
 
 @BACKBONES.register("dtn", DTNConfig)
 def build_dtn(cfg: DTNConfig) -> Backbone:
-    return _finish(dtn(cfg.input_size or 32), cfg.name, cfg.weights)
+    return _finish(dtn(cfg.input_size or 32), cfg.family, cfg.weights)
 
 
 @BACKBONES.register("small_cnn", SmallCNNConfig)
 def build_small_cnn(cfg: SmallCNNConfig) -> Backbone:
-    return _finish(small_cnn(cfg.input_size or 32, cfg.width), cfg.name, cfg.weights)
+    return _finish(small_cnn(cfg.input_size or 32, cfg.width), cfg.family, cfg.weights)
 
 
 @BACKBONES.register("dann_mnist", DANNMnistConfig)
 def build_dann_mnist(cfg: DANNMnistConfig) -> Backbone:
-    return _finish(dann_mnist(cfg.input_size or 28), cfg.name, cfg.weights)
+    return _finish(dann_mnist(cfg.input_size or 28), cfg.family, cfg.weights)

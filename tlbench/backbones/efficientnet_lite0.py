@@ -33,6 +33,7 @@ STAGES = {"stem": r"^conv_stem|^bn1\.", "blocks": r"^blocks\.(\d+)\.", "head": r
 
 @dataclass
 class EfficientNetLite0Config:
+    family: str = "efficientnet_lite0"
     name: str = "efficientnet_lite0"
     weights: str = "imagenet"
     #: Small images by default: our tasks are 28-32 px digits and objects; 224 is the weights' own size.

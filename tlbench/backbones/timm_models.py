@@ -30,7 +30,9 @@ from .weights import (
 
 @dataclass
 class TimmConfig:
-    name: str = "timm"
+    family: str = "timm"
+    #: Run names and tables call it by its model, not by the family.
+    name: str = "${.model}"
     #: Any name from `timm.list_models()`, optionally with a pretrained tag (`resnet18.a1_in1k`).
     model: str = "resnet18"
     weights: str = "none"

@@ -42,7 +42,9 @@ NUM_CLASSES = 1000
 
 @dataclass
 class TorchvisionConfig:
-    name: str = "torchvision"
+    family: str = "torchvision"
+    #: Run names and tables call it by its model (resnet18), not by the family.
+    name: str = "${.model}"
     #: Any name from `torchvision.models.list_models(module=torchvision.models)`.
     model: str = "resnet18"
     weights: str = "none"
