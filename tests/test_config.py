@@ -11,7 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from tlbench.config import GROUP_SCHEMAS, DataConfig, RunConfig, flatten, to_plain_dict, validate
-from tlbench.errors import ConfigError
+from tlbench.errors import ConfigError, one_line
 
 from conftest import CONF_DIR, compose, group_options
 
@@ -141,3 +141,17 @@ def test_schema_types_overrides_at_compose_time():
         compose(["trainer.max_epochs=five"])
     run = validate(compose(["data=handwritten"]))
     assert (run.data.batch_size, run.data.synthetic_size, run.data.source) == (32, DataConfig().synthetic_size, "sklearn_digits")
+
+
+@pytest.mark.parametrize(
+    "exc, kwargs, expected",
+    [
+        (ValueError("bad value\nsecond line"), {}, "bad value"),
+        (ValueError(""), {}, "ValueError"),  # no message: the type, not an IndexError
+        (ValueError("  \n"), {"with_type": True}, "ValueError"),
+        (KeyError("k"), {"with_type": True}, "KeyError: 'k'"),
+        (RuntimeError("x" * 300), {"limit": 10}, "x" * 10),
+    ],
+)
+def test_one_line_is_the_first_line_or_the_type(exc, kwargs, expected):
+    assert one_line(exc, **kwargs) == expected

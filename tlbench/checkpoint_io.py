@@ -14,17 +14,12 @@ from typing import Any, Optional
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .errors import WeightsError
+from .errors import WeightsError, one_line
 from .interrupts import signals_held
 
 
 def _local(path) -> bool:
     return "://" not in str(path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -59,6 +54,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if not _local(path):
                 raise
             raise WeightsError(
-                f"checkpoint {path} cannot be read, it is truncated or corrupt ({_first_line(exc)}); "
+                f"checkpoint {path} cannot be read, it is truncated or corrupt ({one_line(exc, with_type=True)}); "
                 "run again without resume=true to start over (its folder is cleared), or restore the file"
             ) from None

@@ -24,3 +24,13 @@ class TrainingError(TlbenchError):
     """A run that cannot continue, e.g. a non-finite loss."""
 
     exit_code = 1
+
+
+def one_line(exc: BaseException, limit: int = 200, with_type: bool = False) -> str:
+    """An exception as one short line for a one-line error: its first non-empty line (the type's name
+    when it has no message), optionally prefixed by the type's name."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if with_type:
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return (line or type(exc).__name__)[:limit]

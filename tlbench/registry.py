@@ -17,7 +17,7 @@ from typing import Any, Callable, Generic, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 T = TypeVar("T")
 
@@ -94,7 +94,7 @@ def allowed_keys(schema: type) -> str:
 
 def describe_omegaconf_error(group: str, schema: type, exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
-    reason = str(exc).splitlines()[0]
+    reason = one_line(exc, limit=400)
     if "not in struct" in reason or "Key '" in reason and "not" in reason:
         from .config_rules import unknown_key
 

@@ -11,6 +11,7 @@ import errno
 from typing import Any, Optional
 
 from .config_rules import closest, unknown_key
+from .errors import one_line
 
 #: errno values that mean "the machine refused", not "tlbench has a bug".
 _ENVIRONMENT_ERRNOS = {
@@ -102,7 +103,7 @@ def describe_hydra_error(exc: BaseException, overrides: list[str] = ()) -> Optio
             group, _, option = missing.rpartition("/")
             return (f"{group}={option}: no such option{closest(option, options)}; "
                     f"Available options in '{group}': {', '.join(options)}")
-        return str(exc).splitlines()[0]
+        return one_line(exc, limit=400)
     cause = exc.__cause__
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         full_key = str(getattr(cause, "full_key", "") or "")
@@ -115,12 +116,12 @@ def describe_hydra_error(exc: BaseException, overrides: list[str] = ()) -> Optio
             return (f"{full_key}: not set by the chosen {group} config, so it must be added: "
                     f"+{full_key}={_override_value(full_key, list(overrides))}")
         if not full_key:
-            return str(exc).splitlines()[0]
+            return one_line(exc, limit=400)
         where = f"{group} '{parent['name']}'" if group in ("adapt", "backbone", "freeze") and parent is not None and "name" in parent else group
         return unknown_key(full_key, sorted(set(present) | set(schema)), where or "the top level")
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, ValidationError):  # a typed group's field
         key = str(getattr(cause, "full_key", "") or "")
-        reason = str(cause).splitlines()[0]
+        reason = one_line(cause, limit=400)
         return f"{key}: {reason}" if key else reason
     if isinstance(exc, (OverrideParseException, ConfigCompositionException, HydraException)):
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

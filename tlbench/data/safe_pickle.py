@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 
 #: (module, name) a data pickle may reference. numpy 1.x files say `numpy.core`, numpy 2.x `numpy._core`;
 #: `_codecs.encode` is how protocol-2 pickles written by Python 3 store bytes.
@@ -69,7 +69,7 @@ def load_data_pickle(path: Path, what: str, encoding: str = "latin1") -> Any:
     except RefusedGlobal as exc:
         raise DataError(f"{path}: refused to load: the file asks to call {exc}, which a {what} never contains (tampered or not a {what})") from None
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
-        raise DataError(f"{path}: not a readable {what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise DataError(f"{path}: not a readable {what} ({one_line(exc, with_type=True)})") from None
     except RecursionError:
         raise DataError(f"{path}: not a readable {what} (nested too deeply)") from None
     return data

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .collect import RESULT_COLUMNS, exclusion_notes
 from .compare import ALPHA, BASELINES, SCRATCH_BASELINE, Baseline, compare, config_keys
+from ..errors import one_line
 from .errors import ReportError
 from .selection import DEFAULT_RULE, Rule, get_rule
 
@@ -309,7 +310,7 @@ def load_reference(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ReportError(f"--reference {path}: cannot read ({str(exc).splitlines()[0]})") from None
+        raise ReportError(f"--reference {path}: cannot read ({one_line(exc)})") from None
     if not isinstance(data, Mapping):
         raise ReportError(f"--reference {path}: expected a mapping of row → number, e.g. {{dann: 76.66}}")
     return dict(data)
