@@ -17,7 +17,6 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .registry import describe_omegaconf_error
 
-SELECTION_RULES = ("source_val", "oracle", "target_entropy")
 #: How source and target images reach the backbone's BatchNorm layers in a training step:
 #: joint = one concatenated batch (statistics over both domains), separate = one forward pass per domain
 #: (each normalised by its own statistics), domain_bn = separate passes through domain-specific BatchNorm

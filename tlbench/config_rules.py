@@ -99,7 +99,8 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_
 
 
 def _rules() -> dict[str, Rule]:
-    from .config import BATCH_COMPOSITIONS, SCHEDULERS, SELECTION_RULES
+    from .config import BATCH_COMPOSITIONS, SCHEDULERS
+    from .selection import CHECKPOINT_RULES
     from .freeze.base import BN_POLICIES
 
     fraction_or_count = Rule(lambda v: 0 < v <= 1 or (v > 1 and float(v).is_integer()),
@@ -107,7 +108,7 @@ def _rules() -> dict[str, Rule]:
     return {
         # top level
         "seed": within(0, MAX_SEED),
-        "selection": one_of(*SELECTION_RULES),
+        "selection": one_of(*CHECKPOINT_RULES),
         "batch_composition": one_of(*BATCH_COMPOSITIONS),
         "output_dir": non_empty_text(),
         "checkpoint_dir": non_empty_text(),

@@ -29,16 +29,8 @@ from .domain_bn import batchnorm_domain, split_batchnorm
 from .errors import TrainingError
 from .freeze import FreezeSchedule
 from .optim import build_optimizer, build_scheduler, param_groups
+from .selection import TEST_SPLITS, VAL_SPLITS
 
-#: Evaluation loaders in the order the datamodule returns them, and the metric prefix of each.
-VAL_SPLITS = ("val/source", "val/target", "eval/target_test")
-TEST_SPLITS = ("test/source", "test/target")
-#: Selection rule → (monitored metric, mode).
-SELECTION_METRICS = {
-    "source_val": ("val/source_acc", "max"),
-    "oracle": ("val/target_acc", "max"),
-    "target_entropy": ("val/target_entropy", "min"),
-}
 
 
 class TransferModule(pl.LightningModule):

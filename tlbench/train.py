@@ -25,9 +25,10 @@ from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, wh
 from .freeze import SCHEDULES
 from .errors import ConfigError
 from .heads import build_bottleneck, build_head
-from .module import SELECTION_METRICS, TransferModule
+from .module import TransferModule
 from .interrupts import sigterm_as_interrupt
 from .progress import EpochSummary
+from .selection import SELECTION_METRICS
 from .mlflow_logger import MlflowMetricLogger
 from .tracking import (
     config_hash,

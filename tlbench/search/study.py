@@ -330,7 +330,7 @@ def _one_line(exc: BaseException) -> str:
 def run_trial(job: SearchJob, study: optuna.Study, trial: optuna.Trial) -> None:
     """One trial: suggested values → overrides → validated config → train() as a child MLflow run."""
     from ..config import validate
-    from ..module import SELECTION_METRICS
+    from ..selection import SELECTION_METRICS
     from ..train import train
 
     started = time.time()
@@ -421,7 +421,7 @@ def prepare(
     """Merge space, command line and options; check every searched value composes and validates."""
     from ..cli import CONFIG_DIR
     from ..config import validate
-    from ..module import SELECTION_METRICS
+    from ..selection import SELECTION_METRICS
     from ..tracking import resolve_uri
 
     space, fixed = merge_command_line(space, list(command_line))

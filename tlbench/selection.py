@@ -1,0 +1,89 @@
+"""The vocabulary of evaluation and model selection, in one place: the evaluation splits and their metric
+keys, and the rules that choose a run's epoch (`source_val`, `oracle`, `target_entropy`, `last`).
+
+Training checkpoints on a rule's metric, the report re-applies rules to recorded histories, searches
+optimise a rule's metric: all of them read the names here. Pure Python, so the config layer (imported
+on every `tlbench --help`) can use it.
+
+A rule never reads target labels unless it is `oracle`: `source_val` reads source labels only,
+`target_entropy` reads unlabelled target predictions, `last` reads nothing. Ties go to the earliest
+epoch, so a rule is deterministic and never rewards training longer for free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: Evaluation loaders in the order the datamodule returns them, and each one's metric prefix. Every
+#: epoch also evaluates the target TEST split (`eval/target_test`), which no rule selects on.
+VAL_SPLITS = ("val/source", "val/target", "eval/target_test")
+TEST_SPLITS = ("test/source", "test/target")
+#: Target test accuracy, logged once per epoch: the number a rule's chosen epoch reports.
+TEST_METRIC = "eval/target_test_acc"
+#: Source validation accuracy at the chosen epoch, reported beside it (there is no per-epoch source test).
+SOURCE_METRIC = "val/source_acc"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The epoch a rule chose in one run and what it reports there."""
+
+    rule: str
+    step: int
+    epoch: int
+    target_acc: float
+    source_acc: float
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    #: Validation metric the rule ranks epochs by; None for `last`.
+    metric: str | None
+    #: "max" or "min" of `metric`; "last" takes the final epoch.
+    mode: str
+    uses_target_labels: bool
+    description: str
+
+    def choose(self, history: Any) -> Choice | None:
+        """Pick an epoch from an epoch table (a pandas frame, see `report.selection.epoch_table`); None
+        if the run lacks the rule's metric."""
+        if history.empty:
+            return None
+        if self.mode == "last":
+            position = len(history) - 1
+        else:
+            if self.metric not in history.columns:
+                return None
+            values = history[self.metric].reset_index(drop=True).dropna()
+            if values.empty:
+                return None
+            best = values.max() if self.mode == "max" else values.min()
+            position = int(values.index[values == best][0])  # earliest of equal values
+        row = history.iloc[position]
+        return Choice(
+            rule=self.name,
+            step=int(history.index[position]),
+            epoch=position,
+            target_acc=float(row[TEST_METRIC]),
+            source_acc=float(row[SOURCE_METRIC]) if SOURCE_METRIC in history.columns else float("nan"),
+        )
+
+
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule("source_val", "val/source_acc", "max", False, "max source validation accuracy"),
+        Rule("oracle", "val/target_acc", "max", True, "max target validation accuracy — ORACLE, uses target labels"),
+        Rule("target_entropy", "val/target_entropy", "min", False, "min mean prediction entropy on target val (label-free)"),
+        Rule("last", None, "last", False, "last epoch"),
+    )
+}
+DEFAULT_RULE = "source_val"
+#: Rules a run can checkpoint on (`selection=` in a config): those with a metric to monitor.
+CHECKPOINT_RULES = tuple(name for name, rule in RULES.items() if rule.metric)
+#: Rule → (monitored metric, mode), for ModelCheckpoint and searches.
+SELECTION_METRICS = {name: (RULES[name].metric, RULES[name].mode) for name in CHECKPOINT_RULES}
+#: Every metric any rule needs, i.e. the histories to fetch per run.
+HISTORY_METRICS = tuple(sorted({TEST_METRIC, SOURCE_METRIC, *(r.metric for r in RULES.values() if r.metric)}))
