@@ -17,15 +17,6 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .registry import describe_omegaconf_error
 
-#: How source and target images reach the backbone's BatchNorm layers in a training step:
-#: joint = one concatenated batch (statistics over both domains), separate = one forward pass per domain
-#: (each normalised by its own statistics), domain_bn = separate passes through domain-specific BatchNorm
-#: copies (DSBN), source = the target is never forwarded (only for methods that do not use it). A
-#: baseline must use the same composition as the method it is compared with.
-BATCH_COMPOSITIONS = ("joint", "separate", "domain_bn", "source")
-SCHEDULERS = ("constant", "cosine", "dann", "inv")
-
-
 @dataclass
 class DataConfig:
     name: str = "digits"
@@ -130,7 +121,7 @@ class RunConfig:
     #: Which metric chooses the checkpoint: source_val (default, honest) | oracle (target labels) |
     #: target_entropy (label-free).
     selection: str = "source_val"
-    #: BatchNorm batch composition of a training step (see BATCH_COMPOSITIONS); recorded with every run.
+    #: BatchNorm batch composition of a training step (see config_rules.BATCH_COMPOSITIONS); recorded with every run.
     batch_composition: str = "joint"
     #: Where checkpoints and per-run files go; Hydra sets it to the job's output dir.
     output_dir: str = "outputs"
@@ -167,7 +158,7 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     """Check a composed config completely before anything trains; return it typed."""
     from .adapt import ADAPTERS
     from .backbones import BACKBONES
-    from .config_rules import unknown_key
+    from .suggestions import unknown_key
     from .freeze import SCHEDULES
 
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

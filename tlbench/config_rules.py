@@ -11,12 +11,21 @@ failed later inside PyTorch or Lightning with a traceback (lr=nan, precision=17,
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .errors import ConfigError
+from .selection import CHECKPOINT_RULES
+from .suggestions import closest
+
+#: How source and target images reach the backbone's BatchNorm layers in a training step:
+#: joint = one concatenated batch (statistics over both domains), separate = one forward pass per domain
+#: (each normalised by its own statistics), domain_bn = separate passes through domain-specific BatchNorm
+#: copies (DSBN), source = the target is never forwarded (only for methods that do not use it). A
+#: baseline must use the same composition as the method it is compared with.
+BATCH_COMPOSITIONS = ("joint", "separate", "domain_bn", "source")
+SCHEDULERS = ("constant", "cosine", "dann", "inv")
 
 #: Largest seed: a run reseeds each epoch with seed·10007 + epoch, which must stay below 2**32.
 MAX_SEED = 400_000
@@ -99,8 +108,6 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_
 
 
 def _rules() -> dict[str, Rule]:
-    from .config import BATCH_COMPOSITIONS, SCHEDULERS
-    from .selection import CHECKPOINT_RULES
     from .freeze.base import BN_POLICIES
 
     fraction_or_count = Rule(lambda v: 0 < v <= 1 or (v > 1 and float(v).is_integer()),
@@ -220,20 +227,6 @@ def leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
             yield from leaves(value, f"{key}.")
         else:
             yield key, value
-
-
-def closest(word: str, candidates: Iterable[Any]) -> str:
-    """"; closest: x" for the most similar candidate, or "" when none is similar."""
-    names = [str(c) for c in candidates]
-    match = difflib.get_close_matches(str(word), names, n=1, cutoff=0.5)
-    return f"; closest: {match[0]}" if match else ""
-
-
-def unknown_key(key: str, allowed: Iterable[str], where: str = "") -> str:
-    """One line for a key that does not exist: which keys do, and the closest one."""
-    allowed = sorted(allowed)
-    name = key.rsplit(".", 1)[-1]
-    return f"{key}: no such key{f' in {where}' if where else ''}{closest(name, allowed)}; keys: {', '.join(allowed)}"
 
 
 def check_values(run: Any) -> None:

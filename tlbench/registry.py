@@ -96,7 +96,7 @@ def describe_omegaconf_error(group: str, schema: type, exc: OmegaConfBaseExcepti
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
     reason = one_line(exc, limit=400)
     if "not in struct" in reason or "Key '" in reason and "not" in reason:
-        from .config_rules import unknown_key
+        from .suggestions import unknown_key
 
         names = [f.name for f in dataclasses.fields(schema)]
         return unknown_key(f"{group}.{key}", names, f"{group} '{getattr(schema, '__name__', schema)}'")

@@ -10,7 +10,7 @@ import dataclasses
 import errno
 from typing import Any, Optional
 
-from .config_rules import closest, unknown_key
+from .suggestions import closest, unknown_key
 from .errors import one_line
 
 #: errno values that mean "the machine refused", not "tlbench has a bug".
