@@ -10,7 +10,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tlbench.config import GROUP_SCHEMAS, DataConfig, RunConfig, flatten, to_plain_dict, validate
+from tlbench.config import GROUP_SCHEMAS, DataConfig, flatten, to_plain_dict, validate
 from tlbench.errors import ConfigError, one_line
 
 from conftest import CONF_DIR, compose, group_options
@@ -27,10 +27,11 @@ def test_every_group_option_composes_and_validates(group):
     assert options, f"conf/{group} has no yaml"
     for option in options:
         overrides = [f"{group}={option}"] + [o for o in FAST if not o.startswith(group + "=")]
-        run = validate(compose(overrides))
-        assert isinstance(run, RunConfig)
-        if group in ("backbone", "freeze", "adapt"):
-            assert getattr(run, group).name
+        run = validate(compose(overrides))  # raises on any key, type or value the yaml gets wrong
+        if group in ("data", "freeze"):
+            assert getattr(run, group).name == option
+        elif group == "adapt":  # a method, or a recipe variant <method>_<recipe>
+            assert option == run.adapt.name or option.startswith(run.adapt.name + "_")
 
 
 def test_default_config_is_the_embedded_task():
@@ -115,9 +116,9 @@ def test_every_group_option_instantiates(group):
             assert isinstance(built, Backbone) and built.out_features > 0 and built.stages()
         elif group == "freeze":
             assert isinstance(SCHEDULES.build(run.freeze), FreezeSchedule)
-        else:
+        else:  # each adapt yaml also trains a step in test_adapt_methods
             adapter = ADAPTERS.build(run.adapt, num_classes=10, feature_dim=32)
-            assert hasattr(adapter, "loss")
+            assert type(adapter) is type(ADAPTERS.build({"name": run.adapt.name}, num_classes=10, feature_dim=32))
 
 
 @pytest.mark.parametrize("group", sorted(GROUP_SCHEMAS))
