@@ -107,6 +107,7 @@ def _fail(message: str, exit_code: int) -> None:
 SUBCOMMANDS = {
     "report": "tlbench.report.cli:main",
     "search": "tlbench.search.cli:main",
+    "rank": "tlbench.rank:main",
 }
 
 

@@ -1,0 +1,77 @@
+"""Build the offline model zoo of experiments/ranking/zoo.yaml in an MLflow store, skipping members that
+are already there: one `tlbench` run per member, then its linear source head as a `head/head.pt` artifact.
+
+    .venv/bin/python experiments/ranking/zoo.py [--uri sqlite:///mlflow.db]
+
+`tlbench rank` finds the members by their tag zoo_member=<name> in experiment `zoo` of the same store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = Path(__file__).with_name("zoo.yaml")
+
+
+def member_overrides(spec: dict, name: str) -> list[str]:
+    """The member's overrides with the spec's named override lists (e.g. `fashion`) expanded."""
+    expanded = []
+    for item in spec["members"][name]:
+        expanded += spec[item] if item in spec and item != "members" else [item]
+    return [*spec["common"], *expanded]
+
+
+def build_command(spec: dict, name: str, uri: str) -> list[str]:
+    from tlbench.rank import ZOO_EXPERIMENT
+
+    return [sys.executable, "-m", "tlbench", *member_overrides(spec, name), f"tracking.uri={uri}",
+            f"tracking.experiment={ZOO_EXPERIMENT}", "tracking.skip_done=true", "tracking.log_model=true",
+            f"+tracking.tags.zoo_member={name}", f"tracking.run_name=zoo {name}",
+            f"checkpoint_dir={ROOT / 'checkpoints' / 'zoo'}", f"hydra.run.dir={ROOT / 'outputs' / 'zoo' / name}"]
+
+
+def export_head(uri: str, run_id: str) -> None:
+    """Log the selected checkpoint's classifier as head/head.pt, unless the run has it already."""
+    import torch
+
+    import tlbench
+    from tlbench.tracking import _client
+
+    client = _client(uri)
+    if any(f.path == "head/head.pt" for f in client.list_artifacts(run_id, "head")):
+        return
+    module = tlbench.load_run(run_id, uri)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "head.pt"
+        torch.save({k: v.detach().cpu() for k, v in module.head.state_dict().items()}, path)
+        client.log_artifact(run_id, str(path), "head")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--uri", default="sqlite:///mlflow.db", help="MLflow store (default: tlbench's default store)")
+    args = parser.parse_args()
+    spec = yaml.safe_load(SPEC.read_text())
+    from tlbench.rank import zoo_run
+    from tlbench.config import TrackingConfig
+
+    for name in spec["members"]:
+        command = build_command(spec, name, args.uri)
+        print("$", " ".join(command[1:]).replace(str(ROOT) + "/", ""), flush=True)
+        if subprocess.run(command, cwd=ROOT).returncode != 0:
+            print(f"zoo: member {name} failed; members built so far are kept", file=sys.stderr)
+            return 1
+        export_head(args.uri, zoo_run(TrackingConfig(uri=args.uri), name))
+    print(f"zoo: {len(spec['members'])} members in {args.uri}, experiment zoo")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
