@@ -149,3 +149,51 @@ def test_cli_bad_candidate_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("tlbench: error: candidates: unknown candidate 'nope'; choose from ")
     assert "small_cnn_fashion" in result.stderr and not (tmp_path / "m.db").exists()  # nothing recorded
+
+
+def test_zoo_recipes_and_benchmark_tasks_compose():
+    """Every zoo member and every benchmark (task, backbone) is a valid tlbench config, so the one-command
+    builds fail here rather than half-way through."""
+    import importlib.util
+
+    from tlbench.api import compose
+    from tlbench.rank import load_candidate
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "ranking" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    zoo, benchmark = load("zoo"), load("benchmark")
+    import yaml
+
+    zoo_spec = yaml.safe_load(zoo.SPEC.read_text())
+    for name in zoo_spec["members"]:
+        run = compose(zoo.member_overrides(zoo_spec, name))
+        assert load_candidate(name).weights == "zoo" and load_candidate(name).backbone == run.backbone.name
+        assert run.data.source == run.data.target  # pretrained in-domain on its own labels
+    for overrides in benchmark.SPEC["tasks"].values():
+        for name in benchmark.SPEC["candidates"]:
+            run = compose([*overrides, f"backbone={load_candidate(name).backbone}", *benchmark.SPEC["finetune"]["common"]])
+            assert run.data.labels_per_class == 10 and run.data.source == run.data.target
+
+
+def test_weighted_tau_and_regret_of_the_benchmark_by_hand():
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "ranking" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    index = pd.MultiIndex.from_product([["task"], ["a", "b", "c", "d"]])
+    accuracy = [0.9, 0.8, 0.7, 0.6]
+    table = pd.DataFrame({"full_mean": accuracy, "logme": [4.0, 3.0, 2.0, 1.0], "knn": [1.0, 2.0, 3.0, 4.0],
+                          "leep": [1.0, 4.0, 3.0, 2.0], "nce": [np.nan] * 4, "hscore": [np.nan, 1, 2, 3]}, index=index)
+    taus = benchmark.weighted_tau(table).set_index("estimator")
+    assert taus.loc["logme", "tau_w"] == pytest.approx(1.0) and taus.loc["logme", "top1_regret"] == 0
+    assert taus.loc["knn", "tau_w"] == pytest.approx(-1.0) and taus.loc["knn", "top1_regret"] == pytest.approx(30.0)
+    assert taus.loc["leep", "top1_regret"] == pytest.approx(10.0)  # picks b (0.8) instead of a (0.9)
+    assert "nce" not in taus.index  # no candidate scored
+    assert taus.loc["hscore", "candidates"] == 3

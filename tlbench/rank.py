@@ -216,7 +216,7 @@ def rank(args: list[str]) -> list[dict[str, Any]]:
         digest = rank_hash(run, candidate, estimators)
         done = finished_run_with_hash(run.tracking, digest) if run.tracking.skip_done else None
         if done:
-            rows.append({"candidate": candidate.name, "run_id": done, **recorded_scores(run.tracking, done)})
+            rows.append({"candidate": candidate.name, "run_id": done, "split": domain.name, **recorded_scores(run.tracking, done)})
             continue
         tags = {"config_hash": digest, "rank_candidate": candidate.name, "source_head": candidate.source_head,
                 "dataset": run.data.name, "labelled_split": domain.name, "source_fingerprint": domain.fingerprint}
@@ -225,7 +225,7 @@ def rank(args: list[str]) -> list[dict[str, Any]]:
                                  "rank.source_head": candidate.source_head, "rank.estimators": ",".join(estimators)})
             scores = score_candidate(candidate, run, domain, labelled, estimators, zoo_run_id)
             recorder.log_metrics(scores, step=0)
-        rows.append({"candidate": candidate.name, "run_id": recorder.run_id, **scores})
+        rows.append({"candidate": candidate.name, "run_id": recorder.run_id, "split": domain.name, **scores})
     return sorted(rows, key=lambda r: -r.get("rank/logme", float("-inf")))
 
 
@@ -269,5 +269,6 @@ def main() -> int:
         print(f"tlbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(ranking_table(rows))
-    print("scores: higher is better; (n) = rank under that estimator; – = no source head (LEEP/NCE need one)")
+    print(f"scored on {int(rows[0]['rank/samples'])} labelled training images of {rows[0]['split']}; higher is better; "
+          "(n) = rank under that estimator; – = no source head (LEEP/NCE need one)")
     return 0
