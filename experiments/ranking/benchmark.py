@@ -134,11 +134,23 @@ def weighted_tau(table):
     return pd.DataFrame(rows)
 
 
+def per_seed_tau(scores, accuracies):
+    """Weighted tau with each seed's own labelled split and fine-tuning runs: how much one seed's ranking varies."""
+    import pandas as pd
+
+    rows = []
+    for seed, seed_scores in scores.groupby("params.seed"):
+        seed_acc = accuracies[accuracies["params.seed"] == seed]
+        table = summarise(seed_scores, seed_acc)
+        rows.append(weighted_tau(table).assign(seed=seed))
+    return pd.concat(rows) if rows else pd.DataFrame()
+
+
 def fmt(mean, std) -> str:
     return "" if mean != mean else f"{100 * mean:.1f} ± {100 * (std if std == std else 0):.1f}"
 
 
-def write_report(table, taus, accuracies) -> None:
+def write_report(table, taus, accuracies, per_seed) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     untimed = int(accuracies["seconds"].isna().sum())
     table.to_csv(OUT / "scores_vs_accuracy.csv")
@@ -154,11 +166,15 @@ def write_report(table, taus, accuracies) -> None:
             tau = part.pivot(index="estimator", columns="task", values="tau_w").reindex(ESTIMATORS)
             tau["mean"] = tau.mean(axis=1)
             regret = part.pivot(index="estimator", columns="task", values="top1_regret").reindex(ESTIMATORS)
+            seeds = per_seed[per_seed["schedule"] == schedule].groupby(["estimator", "task"])["tau_w"].agg(["mean", "std"])
+            spread = seeds.apply(lambda r: f"{r['mean']:+.2f} ± {r['std']:.2f}", axis=1).unstack().reindex(ESTIMATORS)
             count = part.pivot(index="estimator", columns="task", values="candidates").reindex(ESTIMATORS)
             lines += [f"## Weighted Kendall tau: score vs {schedule.replace('_', ' ')} test accuracy", "",
                       "(candidates per cell in parentheses: LEEP/NCE only score models with a source head)", "",
                       tau.apply(lambda col: [f"{v:+.2f}" + (f" ({int(n)})" if col.name != "mean" else "")
                                              for v, n in zip(col, count.get(col.name, count.iloc[:, 0]))]).to_markdown(), "",
+                      "The same, computed per seed (that seed's labelled split and fine-tuning runs), mean ± std over seeds:", "",
+                      spread.to_markdown(), "",
                       f"Top-1 regret (points of {schedule.replace('_', ' ')} accuracy lost by taking each estimator's first pick):", "",
                       regret.map(lambda v: f"{v:.1f}").to_markdown(), ""]
     for task, part in table.groupby(level=0):
@@ -200,7 +216,7 @@ def main() -> int:
         finetune_all()
     scores, accuracies = collect()
     table = summarise(scores, accuracies)
-    write_report(table, weighted_tau(table), accuracies)
+    write_report(table, weighted_tau(table), accuracies, per_seed_tau(scores, accuracies))
     print(f"ranking: done in {time.time() - started:.0f}s; results in {OUT.relative_to(ROOT)}")
     return 0
 
