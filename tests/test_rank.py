@@ -75,12 +75,12 @@ def zoo_member(uri: str, name: str, tmp_path) -> tuple[torch.nn.Module, torch.nn
     from tlbench.api import compose
     from tlbench.backbones import BACKBONES
     from tlbench.backbones.weights import save_backbone
-    from tlbench.tracking import _client, experiment_id
+    from tlbench.tracking import client_for, experiment_id
 
     torch.manual_seed(7)
     backbone = BACKBONES.build(compose(["backbone=small_cnn"]).backbone)
     head = torch.nn.Linear(backbone.out_features, 4)  # 4 source classes
-    client = _client(uri)
+    client = client_for(uri)
     run_id = client.create_run(experiment_id(client, "zoo"), tags={"zoo_member": name}).info.run_id
     client.log_artifact(run_id, str(save_backbone(backbone, tmp_path / "backbone.pt")), "backbone")
     torch.save(head.state_dict(), tmp_path / "head.pt")

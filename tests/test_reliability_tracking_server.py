@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tlbench import tracking
-from tlbench.tracking import TrackingError, _client
+from tlbench.tracking import TrackingError, client_for
 
 from conftest import TINY
 
@@ -90,7 +90,7 @@ def test_every_client_call_is_bounded_not_only_the_first(silent_server, monkeypa
     for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         monkeypatch.setenv(name, "0")  # so that the test's own bound set below is undone afterwards
     monkeypatch.setattr(tracking, "_timeout_s", tracking._timeout_s)
-    client = _client(silent_server, timeout_s=1)
+    client = client_for(silent_server, timeout_s=1)
     for call in (lambda: client.get_experiment_by_name("tlbench"), lambda: client.set_terminated("0" * 32, "FINISHED")):
         started = time.time()
         with pytest.raises(TrackingError, match=re.escape(silent_server)):

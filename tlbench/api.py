@@ -100,9 +100,9 @@ def load_run(run_id: str, uri: str = "", checkpoint_dir: str | Path | None = Non
     checkpoint_dir when it was relative to another working directory."""
     from omegaconf import OmegaConf
 
-    from .tracking import _client, resolve_uri
+    from .tracking import client_for, resolve_uri
 
-    client = _client(resolve_uri(uri))
+    client = client_for(resolve_uri(uri))
     try:
         recorded = client.get_run(run_id)
     except TlbenchError:

@@ -103,10 +103,10 @@ def split_arguments(args: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def zoo_run(tracking, name: str) -> str:
     """Run id of the newest FINISHED zoo run of this candidate (tag zoo_member=<name>)."""
-    from .tracking import _client, resolve_uri
+    from .tracking import client_for, resolve_uri
 
     uri = resolve_uri(tracking.uri)
-    client = _client(uri, tracking.timeout_s)
+    client = client_for(uri, tracking.timeout_s)
     experiment = client.get_experiment_by_name(ZOO_EXPERIMENT)
     runs = [] if experiment is None else client.search_runs(
         [experiment.experiment_id], f"tags.zoo_member = '{name}' and attributes.status = 'FINISHED'",
@@ -230,9 +230,9 @@ def rank(args: list[str]) -> list[dict[str, Any]]:
 
 
 def recorded_scores(tracking, run_id: str) -> dict[str, float]:
-    from .tracking import _client, resolve_uri
+    from .tracking import client_for, resolve_uri
 
-    metrics = _client(resolve_uri(tracking.uri), tracking.timeout_s).get_run(run_id).data.metrics
+    metrics = client_for(resolve_uri(tracking.uri), tracking.timeout_s).get_run(run_id).data.metrics
     return {k: v for k, v in metrics.items() if k.startswith("rank/")}
 
 

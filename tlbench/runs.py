@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .tracking import _client, resolve_uri
+from .tracking import client_for, resolve_uri
 
 
 def load_runs(uri: str = "", experiment: str = "tlbench", filter_string: str = "", include_running: bool = True) -> pd.DataFrame:
     """Columns: run_id, run_name, status, `params.<key>`, `metrics.<name>` (last value), `tags.<key>`."""
-    client = _client(resolve_uri(uri))
+    client = client_for(resolve_uri(uri))
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return pd.DataFrame()

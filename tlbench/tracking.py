@@ -88,7 +88,7 @@ _timeout_s: float = DEFAULT_TIMEOUT_S
 
 def bound_http_requests(timeout_s: float) -> None:
     """From now on in this process, each MLflow HTTP request gives up after `timeout_s`, without retries
-    (MLflow's defaults, 120 s and 7 retries with backoff, add up to minutes per call); `_client` calls
+    (MLflow's defaults, 120 s and 7 retries with backoff, add up to minutes per call); `client_for` calls
     that name no timeout use it too."""
     global _timeout_s
     _timeout_s = timeout_s
@@ -117,7 +117,7 @@ def check_server(uri: str, timeout_s: float) -> None:
     """The server accepts a connection and answers one request, both within `timeout_s`; nothing for a
     local store. Also bounds every later HTTP request of this process."""
     if is_remote(uri):
-        _client(uri, timeout_s).search_experiments(max_results=1)
+        client_for(uri, timeout_s).search_experiments(max_results=1)
 
 
 def config_hash(run: RunConfig) -> str:
@@ -243,16 +243,16 @@ class BoundedClient:
     PER_REQUEST_ONLY = frozenset({"log_artifact", "log_artifacts", "download_artifacts"})
 
     def __init__(self, client, uri: str, timeout_s: float):
-        self._client, self.uri, self.timeout_s = client, uri, timeout_s
+        self.client_for, self.uri, self.timeout_s = client, uri, timeout_s
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
+        attr = getattr(self.client_for, name)
         if not callable(attr) or name in self.PER_REQUEST_ONLY:
             return attr
         return lambda *args, **kwargs: within(self.timeout_s, lambda: attr(*args, **kwargs), self.uri, name)
 
 
-def _client(uri: str, timeout_s: float | None = None):
+def client_for(uri: str, timeout_s: float | None = None):
     """A client whose store is ready. Remote: reachable now, every call bounded by `timeout_s` (default:
     the last bound set in this process). SQLite: the first touch, which creates and migrates a new file,
     holds the store's lock."""
@@ -286,7 +286,7 @@ def experiment_id(client, name: str) -> str:
 def finished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
     """Run id of a FINISHED run with this config hash in the experiment, if any (for skip_done)."""
     uri = resolve_uri(tracking.uri)
-    client = _client(uri, tracking.timeout_s)
+    client = client_for(uri, tracking.timeout_s)
     found = client.get_experiment_by_name(tracking.experiment)
     if found is None:
         return None
@@ -381,7 +381,7 @@ def close_dead_runs(client, experiment: str, digest: str) -> list[str]:
 def unfinished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
     """Newest run with this config hash that ended unfinished (KILLED, FAILED, or RUNNING with its process
     gone): the run that `resume=true` continues. A run whose process is alive is not taken over."""
-    client = _client(resolve_uri(tracking.uri), tracking.timeout_s)
+    client = client_for(resolve_uri(tracking.uri), tracking.timeout_s)
     found = client.get_experiment_by_name(tracking.experiment)
     if found is None:
         return None
@@ -404,7 +404,7 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
     if process_rank() != 0:
         yield SilentRecorder(uri)
         return
-    client = _client(uri, tracking.timeout_s)
+    client = client_for(uri, tracking.timeout_s)
     owner = {PROCESS_TAG: this_process()}
     try:
         if resume_run_id:

@@ -55,7 +55,7 @@ def score_all() -> None:
 def finetune_all() -> None:
     import tlbench
     from tlbench.errors import TlbenchError
-    from tlbench.tracking import _client
+    from tlbench.tracking import client_for
 
     finetune = SPEC["finetune"]
     for task, overrides in SPEC["tasks"].items():
@@ -74,7 +74,7 @@ def finetune_all() -> None:
                         print(f"ranking: {task} {name} {schedule} s{seed} failed: {exc}", flush=True)
                         continue
                     if "run_id" in result:  # wall time with data loading and feature caching, which the run's own times leave out
-                        _client(URI).log_metric(result["run_id"], "wall_seconds", time.perf_counter() - started)
+                        client_for(URI).log_metric(result["run_id"], "wall_seconds", time.perf_counter() - started)
 
 
 def latest(frame, keys: list[str]):

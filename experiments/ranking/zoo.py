@@ -42,9 +42,9 @@ def export_head(uri: str, run_id: str) -> None:
     import torch
 
     import tlbench
-    from tlbench.tracking import _client
+    from tlbench.tracking import client_for
 
-    client = _client(uri)
+    client = client_for(uri)
     if any(f.path == "head/head.pt" for f in client.list_artifacts(run_id, "head")):
         return
     module = tlbench.load_run(run_id, uri)

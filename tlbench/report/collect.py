@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
@@ -40,15 +39,15 @@ def _fingerprint(row: pd.Series, keys: list[str]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _client(uri: str):
-    """A client for an existing store; a sqlite path that does not exist is an error, not a new empty database."""
-    from mlflow.tracking import MlflowClient
+def existing_store_client(uri: str):
+    """`tracking.client_for` a store that must exist: a sqlite path that does not is an error, not a new
+    empty database."""
+    from ..tracking import client_for, sqlite_path
 
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :])
-        if not path.exists():
-            raise ReportError(f"no MLflow store at {path} (uri {uri}); train first or pass --uri")
-    return MlflowClient(tracking_uri=uri)
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        raise ReportError(f"no MLflow store at {path} (uri {uri}); train first or pass --uri")
+    return client_for(uri)
 
 
 def check_experiment(client, uri: str, experiment: str) -> None:
@@ -76,7 +75,7 @@ def collect(
 
     rule_objects = [get_rule(name) for name in rules]
     uri = resolve_uri(uri)
-    client = _client(uri)
+    client = existing_store_client(uri)
     check_experiment(client, uri, experiment)
     try:
         runs = load_runs(uri, experiment, filter_string)

@@ -33,14 +33,14 @@ CURVES = (
 
 def curve_frame(uri: str, experiment: str, rows: str, filter_string: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves: one row per run × metric × step, runs: one row per FINISHED run with its label and seconds)."""
-    from .collect import _client
+    from .collect import existing_store_client
 
     frame = collect(uri, experiment, filter_string, rules=("source_val",))
     if frame.empty:
         return pd.DataFrame(columns=["label", "run_id", "metric", "step", "value"]), frame
     keys = parse_keys(rows)
     frame = frame.assign(label=frame[keys].astype(str).agg(" / ".join, axis=1))
-    client = _client(frame.attrs["uri"])
+    client = existing_store_client(frame.attrs["uri"])
     records, seconds = [], []
     for _, run in frame.iterrows():
         info = client.get_run(run["run_id"]).info
