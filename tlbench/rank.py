@@ -259,7 +259,7 @@ def main() -> int:
         return 0 if args else 2
     import os
 
-    from .cli import quiet_libraries
+    from .console import quiet_libraries
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per runs:/ weights file
     quiet_libraries()

@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script works")
     args = parser.parse_args()
     os.environ.setdefault("TLBENCH_OFFLINE", "1")
-    from tlbench.cli import quiet_libraries
+    from tlbench.console import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(os.cpu_count() or 1)

@@ -205,7 +205,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report-only", action="store_true", help="only rebuild results/ranking from recorded runs")
     args = parser.parse_args()
-    from tlbench.cli import quiet_libraries
+    from tlbench.console import quiet_libraries
 
     quiet_libraries()  # tlbench's own progress lines, not Lightning's and MLflow's chatter
     started = time.time()

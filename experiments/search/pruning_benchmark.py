@@ -173,7 +173,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "results" / "search_pruning.md"))
     args = parser.parse_args()
 
-    from tlbench.cli import quiet_libraries
+    from tlbench.console import quiet_libraries
 
     quiet_libraries()
     settings = QUICK if args.quick else FULL

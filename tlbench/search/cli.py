@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    from ..cli import quiet_libraries
+    from ..console import quiet_libraries
     from .space import available_spaces, load_space
     from .study import prepare, run_search
 

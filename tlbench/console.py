@@ -1,0 +1,25 @@
+"""What the console shows: tlbench's own progress lines, not the libraries' INFO chatter."""
+
+from __future__ import annotations
+
+import logging
+
+
+def quiet_libraries(import_libraries: bool = True) -> None:
+    """Keep the console to tlbench's own progress: library chatter goes to WARNING.
+
+    Importing Lightning or MLflow resets their loggers to INFO, so a run imports them first; `main()`
+    passes import_libraries=False because those imports take seconds, which `--help` must not pay."""
+    import warnings
+
+    if import_libraries:
+        import mlflow  # noqa: F401
+        import pytorch_lightning  # noqa: F401
+
+    for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # checkpoints live in <checkpoint_dir>/<config hash>/: a rerun or resume=true finds them there on purpose
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
