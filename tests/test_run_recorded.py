@@ -57,12 +57,26 @@ def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path,
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     client = MlflowClient(mlflow_uri)
-    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    experiment_id = client.get_experiment_by_name("tlbench").experiment_id
+
+    def runs_and_parents():
+        found = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+        return [r for r in found if "tlbench.parent" not in r.data.tags], [r for r in found if "tlbench.parent" in r.data.tags]
+
+    runs, parents = runs_and_parents()
     assert sorted((r.data.params["adapt.name"], r.data.params["seed"]) for r in runs) == [
         ("dann", "0"), ("dann", "1"), ("source_only", "0"), ("source_only", "1")
     ]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert "test target acc" in result.stdout  # the end-of-sweep table
+    # one MLflow parent run for the sweep, every job its child, the summary recorded on it
+    (parent,) = parents
+    assert parent.info.status == "FINISHED" and parent.data.tags["tlbench.parent"] == "sweep"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert parent.data.params["sweep.jobs"] == "4" and "adapt=source_only,dann" in parent.data.params["sweep.overrides"]
+    summary = client.download_artifacts(parent.info.run_id, "sweep_summary.txt", str(tmp_path))
+    assert all(r.info.run_name in open(summary).read() for r in runs)
+    assert "4/4 run(s) done" in result.stdout
 
     failing = subprocess.run(
         command[:-3] + ["optim.lr=1e30,0.001", "optim.name=sgd", "optim.scheduler=constant", f"hydra.sweep.dir={tmp_path}/sweep2"],
@@ -70,9 +84,17 @@ def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path,
     )
     assert failing.returncode == 1
     assert "non-finite loss" in failing.stderr
-    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    runs, parents = runs_and_parents()
     statuses = sorted(r.info.status for r in runs)
     assert statuses.count("FAILED") == 1 and statuses.count("FINISHED") == 5
+    assert parents[-1].info.status == "FAILED" and parents[-1].data.metrics["runs_failed"] == 1
+
+    # the report selects a sweep by its parent run, not by a hand-written filter
+    from tlbench.report.cli import main as report_main
+
+    assert report_main(["--uri", mlflow_uri, "--sweep", parents[0].info.run_id]) == 0
+    assert report_main(["--uri", mlflow_uri, "--sweep", "latest", "--rows", "optim.lr"]) == 0
+    assert report_main(["--uri", mlflow_uri, "--sweep", "no-such-sweep"]) == 2
 
 
 def test_two_step_transfer_starts_from_a_recorded_backbone(tmp_path, mlflow_uri):

@@ -18,13 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from .console import quiet_libraries
 from .errors import TlbenchError
 from .user_errors import describe_os_error, full_disk
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("tlbench")
-#: Runs of this process's sweep that failed: (job number, one-line reason).
-FAILED_RUNS: list[tuple[int, str]] = []
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
@@ -65,7 +64,11 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
         run.output_dir = hc.runtime.output_dir
         tags["overrides"] = shlex.join(hc.overrides.task)  # `tlbench <this>` composes the run's config again
         if _in_multirun():
+            from .sweep_run import ENV_PARENT
+
             tags.update(sweep_dir=str(Path(hc.sweep.dir).resolve()), sweep_job=hc.job.num)
+            if os.environ.get(ENV_PARENT):  # set by the sweep callback when this job started
+                tags["mlflow.parentRunId"] = os.environ[ENV_PARENT]
     metrics = train(run, extra_tags=tags)
     if not _in_multirun() and metrics.get("run_id"):  # "" on DDP ranks other than 0, which record nothing
         runs = load_runs(run.tracking.uri, run.tracking.experiment, f"attributes.run_id = '{metrics['run_id']}'")
@@ -98,8 +101,7 @@ def hydra_entry(cfg: DictConfig) -> float | None:
 
 def _fail(message: str, exit_code: int) -> None:
     print(f"tlbench: error: {message}", file=sys.stderr)
-    if _in_multirun():
-        FAILED_RUNS.append((HydraConfig.get().job.num, message))
+    if _in_multirun():  # the sweep goes on; its end counts failed jobs from the store (sweep_run)
         return None
     raise SystemExit(exit_code)
 
@@ -109,26 +111,6 @@ SUBCOMMANDS = {
     "search": "tlbench.search.cli:main",
     "rank": "tlbench.rank:main",
 }
-
-
-def quiet_libraries(import_libraries: bool = True) -> None:
-    """Keep the console to tlbench's own progress: library chatter goes to WARNING.
-
-    Importing Lightning or MLflow resets their loggers to INFO, so a run imports them first; `main()`
-    passes import_libraries=False because those imports take seconds, which `--help` must not pay."""
-    import warnings
-
-    if import_libraries:
-        import mlflow  # noqa: F401
-        import pytorch_lightning  # noqa: F401
-
-    for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*treespec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    # checkpoints live in <checkpoint_dir>/<config hash>/: a rerun or resume=true finds them there on purpose
-    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 def _hydra_main() -> None:
@@ -176,11 +158,17 @@ def main() -> None:
         raise SystemExit(getattr(importlib.import_module(module_name), func)())
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _first_interrupt)
+    from . import sweep_run
+
     try:
         _hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown: the run is already closed KILLED (logged above)
+        sweep_run.close_interrupted_sweep("KILLED")
         print("tlbench: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    if FAILED_RUNS:
-        print(f"tlbench: {len(FAILED_RUNS)} run(s) failed: " + "; ".join(f"job {n}: {m}" for n, m in FAILED_RUNS), file=sys.stderr)
+    except BaseException:
+        sweep_run.close_interrupted_sweep("KILLED" if sys.exc_info()[0] is SystemExit else "FAILED")
+        raise
+    if sweep_run.failed_jobs:
+        print(f"tlbench: {sweep_run.failed_jobs} run(s) of the sweep failed (listed above)", file=sys.stderr)
         raise SystemExit(1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -40,37 +38,70 @@ def seed_averaged_table(uri: str, experiment: str, sweep_dir: str, rule: str) ->
     return paper_table(frame, varying or ["adapt.name"], "data.name", rule).to_markdown()
 
 
+def _owns_parent_runs(config: DictConfig) -> bool:
+    """A search sweeper records its own parent run and trials; a grid sweep gets one from us."""
+    return "TlbenchOptunaSweeper" in str(config.hydra.sweeper.get("_target_", ""))
+
+
+def _in_multirun(config: DictConfig) -> bool:
+    return config.hydra.mode is not None and str(config.hydra.mode) == "RunMode.MULTIRUN"
+
+
 class SweepSummary(Callback):
+    """Opens the sweep's MLflow parent run, prints progress after each job (counted from the store, so
+    it is right when jobs finish out of order or in other processes), and at the end prints the results
+    table, records it on the parent and closes the parent. `failed_jobs` (module-level in sweep_run)
+    tells the CLI to exit non-zero."""
+
     def __init__(self) -> None:
-        self.started = 0.0
-        self.done = 0
         self.total: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time()
-        self.total = sweep_size(config)
+        from . import sweep_run
 
+        self.total = sweep_size(config)
+        if not _owns_parent_runs(config):
+            uri, experiment, _ = sweep_run.tracking_of(config)
+            sweep_run.plan_sweep(uri, experiment, sweep_run.sweep_dir_of(config), list(config.hydra.overrides.task), self.total)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from . import sweep_run
+
+        if _in_multirun(config) and not _owns_parent_runs(config):
+            sweep_run.ensure_parent(*sweep_run.tracking_of(config), sweep_run.sweep_dir_of(config))
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
-        if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
+        from . import sweep_run
+
+        if not _in_multirun(config) or _owns_parent_runs(config):
             return
-        self.done += 1
-        elapsed = time.time() - self.started
-        per_run = elapsed / self.done
-        total = f"/{self.total}" if self.total else ""
-        eta = f", ETA {per_run * (self.total - self.done):.0f}s" if self.total else ""
-        print(f"[tlbench] sweep: {self.done}{total} run(s) done in {elapsed:.0f}s ({per_run:.0f}s per run{eta})", flush=True)
+        sweep_run.mark_job_done(config.hydra.runtime.output_dir)
+        uri, experiment, _ = sweep_run.tracking_of(config)
+        sweep_dir = sweep_run.sweep_dir_of(config)
+        parent = sweep_run.find_parent(sweep_dir)
+        if parent:
+            print(f"[tlbench] {sweep_run.progress_line(uri, parent, sweep_dir)}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from . import sweep_run
         from .runs import load_runs, summary_table
-        from .tracking import resolve_uri
 
-        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
-        uri = resolve_uri(config.tracking.uri)
-        runs = load_runs(uri, config.tracking.experiment, f"tags.sweep_dir = '{sweep_dir}'")
+        sweep_dir = sweep_run.sweep_dir_of(config)
+        uri, experiment, _ = sweep_run.tracking_of(config)
+        runs = load_runs(uri, experiment, f"tags.sweep_dir = '{sweep_dir}'")
+        table = summary_table(runs)
         print(f"\n[tlbench] {len(runs)} run(s) of this sweep (test accuracies of the checkpoint chosen by 'selection'):")
-        print(summary_table(runs))
-        averaged = seed_averaged_table(uri, config.tracking.experiment, sweep_dir, str(config.selection))
+        print(table)
+        averaged = seed_averaged_table(uri, experiment, sweep_dir, str(config.selection))
         if averaged:
+            table += "\n\nmean ± std over seeds, and each gain over its baseline paired on seed:\n" + averaged
             print("\n[tlbench] mean ± std over seeds, and each gain over its baseline paired on seed:\n" + averaged)
+        parent = None if _owns_parent_runs(config) else sweep_run.find_parent(sweep_dir)
+        if parent:
+            sweep_run.failed_jobs = sweep_run.close_sweep_run(uri, parent, table, runs, self.total)
+            failures = sweep_run.failure_lines(runs, self.total)
+            if failures:
+                print("\n[tlbench] " + "; ".join(failures), flush=True)
         print(f"\nOpen them in the MLflow UI:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+        if parent:
+            print(f"Tables of this sweep:        tlbench report --experiment {experiment} --sweep {parent}")

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir)")
     parser.add_argument("--experiment", default="tlbench", help="MLflow experiment name (default: tlbench)")
     parser.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.backbone.name = 'resnet50'\"")
+    parser.add_argument("--sweep", metavar="ID|NAME|latest", help="only the runs of one sweep (tlbench -m) or search: its parent run id or name, or latest")
     parser.add_argument("--rows", default="adapt.name", help="config key(s) for table rows, comma-separated (default: adapt.name)")
     parser.add_argument("--cols", default="data.name", help="config key(s) for table columns; 'task' = source→target (default: data.name)")
     label_free = [name for name, rule in RULES.items() if not rule.uses_target_labels]
@@ -54,8 +55,13 @@ def report(args: argparse.Namespace) -> int:
     rules = [args.rule] + (["oracle"] if args.oracle else [])
     uri = resolve_uri(args.uri)
     check_server(uri, args.timeout)  # a sick server: one line within --timeout, not minutes of retries
+    filter_string = args.filter
+    if args.sweep:
+        from .collect import sweep_filter
+
+        filter_string = " and ".join(f for f in (sweep_filter(uri, args.experiment, args.sweep), args.filter) if f)
     try:
-        frame = collect(args.uri, args.experiment, args.filter, rules=rules)
+        frame = collect(args.uri, args.experiment, filter_string, rules=rules)
     except Exception as exc:
         error = server_error(exc, uri, "reading runs")
         if error is None:
@@ -64,7 +70,7 @@ def report(args: argparse.Namespace) -> int:
     for name, status, reason in frame.attrs["excluded_runs"][:MAX_LISTED_EXCLUSIONS]:
         print(f"excluded {status} run {name}" + (f": {reason}" if reason else ""), file=sys.stderr)
     if frame.empty:
-        where = f" matching --filter {args.filter!r}" if args.filter else ""
+        where = f" matching {filter_string!r}" if filter_string else ""
         raise ReportError(" ".join([f"no FINISHED runs in experiment '{args.experiment}'{where}."] + exclusion_notes(frame.attrs)))
     reference = load_reference(args.reference) if args.reference else None
     tables = {"table": paper_table(frame, args.rows, args.cols, args.rule, reference)}

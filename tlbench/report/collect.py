@@ -50,6 +50,24 @@ def existing_store_client(uri: str):
     return client_for(uri)
 
 
+def sweep_filter(uri: str, experiment: str, sweep: str) -> str:
+    """The filter string for the child runs of a sweep or search: `latest` (the newest parent run in the
+    experiment), a parent run id, or a parent run name."""
+    client = existing_store_client(uri)
+    check_experiment(client, uri, experiment)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    parents = client.search_runs([experiment_id], "tags.`tlbench.parent` != ''", max_results=200,
+                                 order_by=["attributes.start_time DESC"])
+    if sweep == "latest":
+        chosen = parents[:1]
+    else:
+        chosen = [p for p in parents if sweep in (p.info.run_id, p.info.run_name)]
+    if not chosen:
+        known = ", ".join(f"{p.info.run_name} ({p.info.run_id[:8]})" for p in parents[:5]) or "none"
+        raise ReportError(f"--sweep {sweep}: no sweep or search of that id or name in experiment '{experiment}'; newest: {known}")
+    return f"tags.mlflow.parentRunId = '{chosen[0].info.run_id}'"
+
+
 def check_experiment(client, uri: str, experiment: str) -> None:
     if client.get_experiment_by_name(experiment) is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -87,6 +105,8 @@ def collect(
         "uri": uri, "experiment": experiment, "filter": filter_string, "config_keys": [],
         "excluded": {}, "excluded_runs": [], "duplicates": 0, "missing": [],
     }
+    if "tags.tlbench.parent" in runs.columns:  # sweep and search parents hold children, not results
+        runs = runs[runs["tags.tlbench.parent"].isna()]
     if runs.empty:
         return _frame([], [], attrs)
 

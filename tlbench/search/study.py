@@ -288,7 +288,7 @@ def work(job: SearchJob, worker_index: int = 0) -> int:
     """Run trials from the queue until none is waiting or running; returns how many this worker ran."""
     import pytorch_lightning  # noqa: F401  (importing it sets its loggers to INFO: quiet them afterwards)
 
-    from ..cli import quiet_libraries
+    from ..console import quiet_libraries
 
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -508,7 +508,7 @@ def fill_queue(study: optuna.Study, job: SearchJob, created: bool) -> int:
 def _parent_tags(job: SearchJob) -> dict[str, Any]:
     return {
         "optuna.study": job.study_name, "optuna.storage": masked(job.storage), "search.space": job.space.name,
-        "search.role": "parent", "selection_metric": job.monitor,
+        "search.role": "parent", "selection_metric": job.monitor, "tlbench.parent": "search",
     }
 
 
