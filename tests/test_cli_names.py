@@ -51,3 +51,6 @@ def test_cli_run_has_standard_tags_and_its_overrides(tmp_path, mlflow_uri):
     assert tags["mlflow.source.git.commit"] == head
     # the tag is a command line: `tlbench <overrides>` (hydra.run.dir is Hydra's, not the job's)
     assert shlex.split(tags["overrides"]) == overrides[:-1]
+    # the job's .hydra folder travels with the run: the exact composed config and overrides
+    hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"} <= hydra_files

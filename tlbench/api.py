@@ -149,7 +149,8 @@ def module_from_checkpoint(
     classes = SimpleNamespace(num_classes=int(head_weights[-1].shape[0]), in_domain=run.data.source == run.data.target)
     module, _, _ = build_module(run, classes)  # type: ignore[arg-type]  (the wiring needs only these two)
     missing, unexpected = module.load_state_dict(state, strict=False)
-    if unexpected or [key for key in missing if not key.startswith(() if has_backbone else ("backbone.",))]:
+    optional = ("adapter.",) + (() if has_backbone else ("backbone.",))  # method layers only shape training
+    if unexpected or [key for key in missing if not key.startswith(optional)]:
         raise TlbenchError(f"{path}: weights do not fit the config's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     module.run_config = to_plain_dict(run)
     return module.eval()

@@ -100,7 +100,9 @@ class TrackingConfig:
     run_name: str = ""
     #: Extra tags for every run of this config.
     tags: dict[str, str] = field(default_factory=dict)
-    log_model: bool = False
+    #: The selected model as an MLflow model (`runs:/<id>/model`): null = only small models (≤ 1M
+    #: parameters, see run_artifacts); true = always, plus the backbone alone for `backbone.weights=runs:/...`.
+    log_model: Optional[bool] = None
     #: Skip a run whose config hash already has a FINISHED run in the experiment.
     skip_done: bool = False
     #: Seconds any wait on the tracking store may take (a remote server, a SQLite file locked by another process).

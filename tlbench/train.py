@@ -187,8 +187,8 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
     import mlflow
 
     mlflow.set_tracking_uri(resolve_uri(run.tracking.uri))  # so weights=runs:/... resolve in this store
-    datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
-    module, datamodule, cache_decision = build_module(run, datamodule)
+    raw_datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
+    module, datamodule, cache_decision = build_module(run, raw_datamodule)
     checkpoint_dir = Path(run.checkpoint_dir) / digest
     last = checkpoint_dir / "last.ckpt"
     resume_run_id = unfinished_run_with_hash(run.tracking, digest) if run.resume and last.exists() else None
@@ -215,6 +215,10 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         if checkpoint is not None and selected_epoch(checkpoint) is not None:
             metrics["selected_epoch"] = float(selected_epoch(checkpoint))
             recorder.log_metrics({"selected_epoch": metrics["selected_epoch"]}, step=trainer.global_step)
+        if recorder.run_id and checkpoint is not None:  # rank 0 records; fast_dev_run selects nothing
+            from .run_artifacts import log_run_artifacts
+
+            log_run_artifacts(recorder, module, raw_datamodule, datamodule, run.output_dir, run.tracking.log_model)
         if run.tracking.log_model and not isinstance(module.backbone, CachedBackbone):
             from .backbones.weights import save_backbone
 

@@ -1,0 +1,55 @@
+"""A finished run's artifacts: its selected model as an MLflow pyfunc model that predicts class scores on
+raw images, learning curves and confusion matrices, within the size budget of a tiny run."""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import tlbench
+from tlbench.data.datamodule import DomainDataModule
+from tlbench.run_artifacts import AUTO_MODEL_MAX_PARAMS, should_log_model
+from tlbench.train import train
+
+from conftest import tiny_run
+
+
+def _artifact_sizes(client, run_id: str, path: str | None = None) -> dict[str, int]:
+    sizes = {}
+    for item in client.list_artifacts(run_id, path):
+        sizes.update(_artifact_sizes(client, run_id, item.path) if item.is_dir else {item.path: item.file_size})
+    return sizes
+
+
+def test_run_logs_a_pyfunc_model_that_predicts_like_the_selected_checkpoint(tmp_path, mlflow_uri):
+    run = tiny_run(tmp_path, mlflow_uri, ["adapt=dann"])
+    result = train(run)
+    client = MlflowClient(mlflow_uri)
+    sizes = _artifact_sizes(client, result["run_id"])
+    assert {"model/MLmodel", "plots/learning_curves.png", "plots/confusion_source_val.png",
+            "plots/confusion_target_test.png"} <= set(sizes)
+    assert sum(sizes.values()) < 3_000_000, sizes  # a tiny run stays small
+
+    raw = DomainDataModule(run.data, run.seed)
+    images = raw.target.test.images[:16].numpy()  # uint8 N×C×H×W, as the datasets store them
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{result['run_id']}/model")
+    scores = model.predict(images)
+    assert scores.shape == (16, raw.num_classes)
+    np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
+    selected = tlbench.load_run(result["run_id"], uri=mlflow_uri)  # the checkpoint its selection rule chose
+    np.testing.assert_allclose(scores, tlbench.predict(selected, torch.as_tensor(images)).numpy(), atol=1e-5)
+    inputs = model.metadata.get_input_schema().inputs[0]
+    assert tuple(inputs.shape[1:]) == images.shape[1:] and inputs.type == np.dtype("uint8")
+
+
+@pytest.mark.parametrize("log_model, params, expected", [
+    (None, AUTO_MODEL_MAX_PARAMS, True), (None, AUTO_MODEL_MAX_PARAMS + 1, False),
+    (True, AUTO_MODEL_MAX_PARAMS + 1, True), (False, 10, False),
+])
+def test_models_are_logged_automatically_only_when_small(log_model, params, expected):
+    module = torch.nn.Linear(params - 1, 1)  # weight (params-1) + bias 1
+    assert should_log_model(log_model, module) is expected

@@ -1,0 +1,71 @@
+"""A finished run's selected model as an MLflow model: raw images in, class probabilities out.
+
+`mlflow.pyfunc.load_model("runs:/<id>/model").predict(images)` takes a uint8 (or [0, 1] float) array of
+N × C × H × W images as the run's target test set stores them (the signature says which shape) and
+returns N × classes probabilities. Preprocessing (resize, normalisation) happens inside the model, so a
+user needs tlbench installed but none of its data code. The weights are a slim checkpoint (model state
+and run config, no optimizer state) that `TransferModule.load_from_checkpoint` also reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+#: The model's artifact folder in its run.
+MODEL_PATH = "model"
+
+
+class TransferClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from .api import module_from_checkpoint
+
+        self.module = module_from_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input: Any, params: dict | None = None):
+        import numpy as np
+        import torch
+
+        from .api import predict
+
+        images = torch.as_tensor(np.asarray(model_input))
+        return predict(self.module, images).numpy()
+
+
+def save_slim_checkpoint(module, path: Path) -> Path:
+    """Inference weights and run config only: no optimizer state and no method layers (a discriminator
+    only shapes training), which is what `module_from_checkpoint` needs; a few hundred KB for small nets."""
+    import torch
+
+    from .api import CHECKPOINT_KEY
+
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith("adapter.")}
+    torch.save({"state_dict": state, CHECKPOINT_KEY: {"run": module.run_config, "batch_composition": module.batch_composition}}, path)
+    return path
+
+
+def log_model(recorder, module, example_images, folder: Path) -> None:
+    """Save `module` (its current, i.e. selected, weights) as an MLflow pyfunc model with a signature and
+    an input example of a few raw target images, and log it as the run's `model/` artifact folder.
+    (save_model + log_artifacts rather than the fluent log_model: no active-run state, which would end
+    the run early.)"""
+    import shutil
+
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from .api import predict
+
+    checkpoint = save_slim_checkpoint(module, folder / "model.ckpt")
+    example = np.asarray(example_images)
+    signature = infer_signature(example, predict(module, torch.as_tensor(example)).numpy())
+    local = folder / MODEL_PATH
+    shutil.rmtree(local, ignore_errors=True)
+    mlflow.pyfunc.save_model(
+        path=str(local), python_model=TransferClassifier(), artifacts={"checkpoint": str(checkpoint)},
+        signature=signature, input_example=example,
+    )
+    recorder.client.log_artifacts(recorder.run_id, str(local), MODEL_PATH)
