@@ -19,3 +19,9 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
     || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
     || echo "note: could not install Debian package dataset-fashion-mnist; the 'fashion' datasets need it or TLBENCH_DATA"
 fi
+# PostgreSQL server binaries for the scale-out tests (a throwaway cluster each; optional for users).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -qq postgresql >/dev/null 2>&1 \
+    || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq postgresql >/dev/null 2>&1)) \
+    || echo "note: could not install Debian package postgresql; the PostgreSQL scale-out tests will be skipped"
+fi
