@@ -163,6 +163,7 @@ def _rules() -> dict[str, Rule]:
         "trainer.enable_progress_bar": FREE,
         "trainer.gradient_clip_val": above(0),
         "trainer.feature_cache": FREE,
+        "trainer.threads": Rule(lambda v: v is None or v >= 1, "must be null (auto) or a number of threads ≥ 1"),
         # tracking
         "tracking.uri": FREE,
         "tracking.experiment": non_empty_text(),

@@ -29,6 +29,7 @@ from .module import TransferModule
 from .interrupts import sigterm_as_interrupt
 from .progress import EpochSummary
 from .selection import SELECTION_METRICS
+from .threads import intra_op_threads, threads_for
 from .mlflow_logger import MlflowMetricLogger
 from .tracking import (
     config_hash,
@@ -194,9 +195,11 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
     resume_run_id = unfinished_run_with_hash(run.tracking, digest) if run.resume and last.exists() else None
     if not resume_run_id:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
+    threads = threads_for(run.trainer.threads, module)
     tags = {**run_tags(run, datamodule, digest), "feature_cache": cache_decision,
-            "batch_composition": module.batch_composition, **(extra_tags or {})}
-    with sigterm_as_interrupt(), recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
+            "batch_composition": module.batch_composition, "threads": threads, **(extra_tags or {})}
+    with sigterm_as_interrupt(), intra_op_threads(threads), \
+            recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
         if not resume_run_id:
             plain = to_plain_dict(run)
             recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})
