@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -93,11 +94,17 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        """The server and the worker processes it starts (uvicorn, a job consumer): its whole session."""
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def start_mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, timeout_s: float = 120) -> MlflowServer:
@@ -107,7 +114,7 @@ def start_mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, time
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts), "--serve-artifacts",
     ]
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     server = MlflowServer(process, port, artifacts)
     deadline = time.time() + timeout_s
     while time.time() < deadline:

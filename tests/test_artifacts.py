@@ -32,6 +32,7 @@ def test_run_logs_a_pyfunc_model_that_predicts_like_the_selected_checkpoint(tmp_
     assert {"model/MLmodel", "plots/learning_curves.png", "plots/confusion_source_val.png",
             "plots/confusion_target_test.png"} <= set(sizes)
     assert sum(sizes.values()) < 3_000_000, sizes  # a tiny run stays small
+    assert any(path.startswith("model/") and path.endswith("model.ckpt") for path in sizes)
 
     raw = DomainDataModule(run.data, run.seed)
     images = raw.target.test.images[:16].numpy()  # uint8 N×C×H×W, as the datasets store them

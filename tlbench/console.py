@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 
 def quiet_libraries(import_libraries: bool = True) -> None:
@@ -16,6 +17,7 @@ def quiet_libraries(import_libraries: bool = True) -> None:
         import mlflow  # noqa: F401
         import pytorch_lightning  # noqa: F401
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact copy otherwise
     for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")

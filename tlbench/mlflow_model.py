@@ -10,7 +10,6 @@ and run config, no optimizer state) that `TransferModule.load_from_checkpoint` a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import mlflow.pyfunc
 
@@ -18,20 +17,43 @@ import mlflow.pyfunc
 MODEL_PATH = "model"
 
 
-class TransferClassifier(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        from .api import module_from_checkpoint
+class TransferClassifier:
+    """What `mlflow.pyfunc.load_model` returns the predictions of: raw images → class probabilities."""
 
-        self.module = module_from_checkpoint(context.artifacts["checkpoint"])
+    def __init__(self, module):
+        self.module = module
 
-    def predict(self, context, model_input: Any, params: dict | None = None):
+    def predict(self, model_input, params=None):
         import numpy as np
         import torch
 
         from .api import predict
 
-        images = torch.as_tensor(np.asarray(model_input))
-        return predict(self.module, images).numpy()
+        return predict(self.module, torch.as_tensor(np.asarray(model_input))).numpy()
+
+
+def _load_pyfunc(data_path: str) -> TransferClassifier:
+    """MLflow's entry point for this model flavour (`loader_module`): the slim checkpoint → the model."""
+    from .api import module_from_checkpoint
+
+    return TransferClassifier(module_from_checkpoint(data_path))
+
+
+#: What loading the model needs besides tlbench itself (listed so MLflow does not infer them: its
+#: inference imports the model in a subprocess, several seconds per run).
+RUNTIME_PACKAGES = ("torch", "torchvision", "pytorch-lightning", "timm", "omegaconf", "numpy", "mlflow")
+
+
+def runtime_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def save_slim_checkpoint(module, path: Path) -> Path:
@@ -65,7 +87,7 @@ def log_model(recorder, module, example_images, folder: Path) -> None:
     local = folder / MODEL_PATH
     shutil.rmtree(local, ignore_errors=True)
     mlflow.pyfunc.save_model(
-        path=str(local), python_model=TransferClassifier(), artifacts={"checkpoint": str(checkpoint)},
-        signature=signature, input_example=example,
+        path=str(local), loader_module=__name__, data_path=str(checkpoint),
+        signature=signature, input_example=example, pip_requirements=runtime_requirements(),
     )
     recorder.client.log_artifacts(recorder.run_id, str(local), MODEL_PATH)
