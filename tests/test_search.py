@@ -4,6 +4,8 @@ and the Hydra sweeper plugin. Real Optuna and MLflow SQLite stores, real worker 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -174,8 +176,9 @@ study:
     killed = [t for t in study_trials(storage, "space") if t.state == TrialState.RUNNING]
     assert len(killed) == 1 and killed[0].number == 0
 
-    # Restart (in this process, to save an interpreter start): the same study, shorter trials.
-    resumed = prepare(load_space(space), TINY + tracking_overrides + ["trainer.max_epochs=2"], storage=storage, out_dir=str(tmp_path / "out"))
+    # Restart (in this process, to save an interpreter start): the same study with the same settings
+    # (a resume with other fixed overrides is refused, see the rerun test).
+    resumed = prepare(load_space(space), TINY + tracking_overrides + ["trainer.max_epochs=40"], storage=storage, out_dir=str(tmp_path / "out"))
     result = run_search(resumed)
     assert (result["complete"], result["lost"]) == (2, 1)
 
@@ -237,3 +240,32 @@ def test_hydra_sweeper_plugin_runs_the_same_study(tmp_path, tracking):
     assert len(parents) == 1 and len(children) == 2
     assert all(c.data.tags["sweep_dir"] == str((tmp_path / "sweep").resolve()) for c in children)
     assert "2 run(s) of this sweep" in result.stdout  # tlbench's end-of-sweep table lists the trials
+
+
+def test_best_trial_rerun_command_reproduces_it_and_a_changed_resume_is_refused(tmp_path, tracking, capsys):
+    """The printed rerun command is the best trial's own overrides: running it gives the trial's metric.
+    Resuming the study with other fixed overrides is one line naming the difference, not a silent mix."""
+    from tlbench.search.cli import main as search_main
+
+    mlflow_uri, experiment, tracking_overrides = tracking
+    space = write_space(tmp_path / "lr.yaml", "params:\n  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
+                                              "study: {sampler: random, pruner: none}\n")
+    common = ["--space", space, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir", str(tmp_path / "out")]
+    assert search_main([*common, "--n-trials", "2", *TINY, *tracking_overrides]) == 0
+    printed = capsys.readouterr().out
+    best_value = float(re.search(r"best: trial \d+ val/source_acc=([0-9.]+)", printed).group(1))
+    rerun = re.search(r"\(rerun: tlbench (.*)\)", printed).group(1)
+    result = subprocess.run([sys.executable, "-m", "tlbench", *shlex.split(rerun), f"checkpoint_dir={tmp_path}/ckpt",
+                             "tracking.experiment=rerun"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (rerun_run,) = runs_of(mlflow_uri, "rerun")
+    history = MlflowClient(mlflow_uri).get_metric_history(rerun_run.info.run_id, "val/source_acc")
+    assert max(m.value for m in history) == pytest.approx(best_value, abs=5e-5)
+
+    study = optuna.load_study(study_name="lr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.metric_names == ["val/source_acc"]
+    (parent,) = children_and_parent(mlflow_uri, experiment)[0]
+    assert parent.data.params["search.sampler"] == "random"  # not the JSON string "\"random\""
+    with pytest.raises(ConfigError, match=r"study 'lr' .* other settings \(.*\+data\.batch_size=16"):
+        run_search(prepare(load_space(space), [*TINY, "data.batch_size=16", *tracking_overrides],
+                           storage=f"sqlite:///{tmp_path / 'optuna.db'}", out_dir=str(tmp_path / "out")))

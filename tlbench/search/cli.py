@@ -75,7 +75,10 @@ def print_result(result: dict, job) -> None:
 
         params = " ".join(f"{k}={format_value(v)}" for k, v in result["best_params"].items())
         print(f"[tlbench search] best: trial {result['best_trial']} {result['metric']}={result['best_value']:.4f}  {params}")
-        print(f"[tlbench search] best run: {result['best_run_id']}  (rerun: tlbench {' '.join(job.fixed)} {params})")
+        import shlex
+
+        rerun = shlex.join(result.get("best_overrides") or [*job.fixed, *params.split()])
+        print(f"[tlbench search] best run: {result['best_run_id']}  (rerun: tlbench {rerun})")
     print(f"[tlbench search] MLflow parent run {result['parent_run_id']}: mlflow ui --backend-store-uri {job.tracking_uri}")
 
 

@@ -44,6 +44,8 @@ log = logging.getLogger("tlbench.search")
 #: Study user attrs written by tlbench.
 ATTR_N_TRIALS = "tlbench.n_trials"
 ATTR_PARENT = "tlbench.mlflow_parent_run_id"
+#: What a study searches: its space's parameters and the fixed overrides. A resume must match it.
+ATTR_DEFINITION = "tlbench.definition"
 #: Longest wait of a process joining a study for the MLflow parent run its creator opens.
 PARENT_WAIT_S = 60
 #: Set by the Hydra sweeper in its own process: compose through the running app's config loader.
@@ -284,6 +286,17 @@ def open_study(job: SearchJob) -> tuple[optuna.Study, optuna.storages.RDBStorage
     return study, storage
 
 
+def progress(study: optuna.Study, job: SearchJob) -> str:
+    """`trial 7/20 done, ETA 95s`: finished trials of the whole study (every process), the ETA from the
+    study's mean trial time and the trials still to run."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and counts_toward_budget(t)]
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished if t.datetime_start and t.datetime_complete]
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    left = max(job.n_trials - len(finished), 0)
+    eta = f", ETA {sum(durations) / len(durations) * left / max(running, 1):.0f}s" if durations and left else ""
+    return f"trial {len(finished)}/{job.n_trials} done{eta}"
+
+
 def work(job: SearchJob, worker_index: int = 0) -> int:
     """Run trials from the queue until none is waiting or running; returns how many this worker ran."""
     import pytorch_lightning  # noqa: F401  (importing it sets its loggers to INFO: quiet them afterwards)
@@ -367,7 +380,8 @@ def run_trial(job: SearchJob, study: optuna.Study, trial: optuna.Trial) -> None:
                 log.warning("could not mark MLflow run %s as pruned: %s", callback.run_id, mlflow_exc)
         trial.set_user_attr("epochs", callback.epochs if callback else 0)
         study.tell(trial, state=TrialState.PRUNED)
-        print(f"[tlbench search] trial {trial.number} PRUNED after epoch {epoch} ({shown}) {time.time() - started:.0f}s", flush=True)
+        print(f"[tlbench search] trial {trial.number} PRUNED after epoch {epoch} ({shown}) {time.time() - started:.0f}s"
+              f"  {progress(study, job)}", flush=True)
         return
     except (KeyboardInterrupt, SystemExit):
         trial.set_user_attr("interrupted", True)
@@ -382,7 +396,7 @@ def run_trial(job: SearchJob, study: optuna.Study, trial: optuna.Trial) -> None:
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("epochs", callback.epochs if callback else 0)
         study.tell(trial, state=TrialState.FAIL)
-        print(f"[tlbench search] trial {trial.number} FAIL ({shown}): {reason}", flush=True)
+        print(f"[tlbench search] trial {trial.number} FAIL ({shown}): {reason}  {progress(study, job)}", flush=True)
         return
     finally:
         if not job.space.study.keep_checkpoints:
@@ -399,7 +413,8 @@ def run_trial(job: SearchJob, study: optuna.Study, trial: optuna.Trial) -> None:
         print(f"[tlbench search] trial {trial.number} FAIL ({shown}): no finite {job.monitor}", flush=True)
         return
     study.tell(trial, value)
-    print(f"[tlbench search] trial {trial.number} COMPLETE {job.monitor}={value:.4f} ({shown}) {time.time() - started:.0f}s", flush=True)
+    print(f"[tlbench search] trial {trial.number} COMPLETE {job.monitor}={value:.4f} ({shown}) {time.time() - started:.0f}s"
+          f"  {progress(study, job)}", flush=True)
 
 
 # ----------------------------------------------------------------------------- the launcher
@@ -470,22 +485,51 @@ def create_or_load_study(job: SearchJob) -> tuple[optuna.Study, bool]:
     try:
         storage = make_storage(job)
     except ImportError as exc:  # e.g. postgresql:// without its driver
-        raise ConfigError(f"--storage {masked(job.storage)}: {exc} (PostgreSQL: pip install psycopg2-binary)") from None
+        raise ConfigError(f"--storage {masked(job.storage)}: {exc} (PostgreSQL: pip install 'psycopg[binary]')") from None
     except Exception as exc:
         raise ConfigError(f"--storage {masked(job.storage)}: cannot open the Optuna storage: {str(exc).splitlines()[0]}") from None
     try:
         study = optuna.create_study(study_name=job.study_name, storage=storage, direction=job.direction)
+        study.set_metric_names([job.monitor])
+        study.set_user_attr(ATTR_DEFINITION, study_definition(job))
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         if not job.space.study.load_if_exists:
             raise ConfigError(f"study '{job.study_name}' already exists in {masked(job.storage)}; choose another study_name or set load_if_exists") from None
     study = optuna.load_study(study_name=job.study_name, storage=storage)
+    check_same_definition(study, job)
     if study.direction.name.lower() != job.direction:
         raise ConfigError(
             f"study '{job.study_name}' was created to {study.direction.name.lower()}, but selection now asks to "
             f"{job.direction} {job.monitor}; use another study_name"
         )
     return study, False
+
+
+def study_definition(job: SearchJob) -> dict[str, Any]:
+    return {"space": job.space.name, "fixed": sorted(job.fixed),
+            "params": {k: json.loads(json.dumps(dataclasses.asdict(p), default=str)) for k, p in sorted(job.space.params.items())}}
+
+
+def check_same_definition(study: optuna.Study, job: SearchJob) -> None:
+    """A resume with other fixed overrides or another space would mix two searches in one study (and
+    report a best trial under settings it never ran): one line naming the differences instead."""
+    stored = study.user_attrs.get(ATTR_DEFINITION)
+    current = study_definition(job)
+    if stored is None or stored == current:
+        return
+    differences = []
+    for removed in sorted(set(stored["fixed"]) - set(current["fixed"])):
+        differences.append(f"-{removed}")
+    for added in sorted(set(current["fixed"]) - set(stored["fixed"])):
+        differences.append(f"+{added}")
+    for key in sorted(set(stored["params"]) | set(current["params"])):
+        if stored["params"].get(key) != current["params"].get(key):
+            differences.append(f"searched {key}: {stored['params'].get(key)} → {current['params'].get(key)}")
+    raise ConfigError(
+        f"study '{job.study_name}' in {masked(job.storage)} was made with other settings ({'; '.join(differences)}); "
+        f"rerun it with its own overrides, or start another with --study-name"
+    )
 
 
 def fill_queue(study: optuna.Study, job: SearchJob, created: bool) -> int:
@@ -503,6 +547,11 @@ def fill_queue(study: optuna.Study, job: SearchJob, created: bool) -> int:
         print(f"[tlbench search] study '{job.study_name}' already has {counted} trials (n_trials={job.n_trials}): nothing added", flush=True)
     study.set_user_attr(ATTR_N_TRIALS, max(job.n_trials, counted))
     return max(0, missing)
+
+
+def _plain(value: Any) -> str:
+    """A param as the UI should show it: `tpe`, not `"tpe"`; structured values as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _parent_tags(job: SearchJob) -> dict[str, Any]:
@@ -547,8 +596,8 @@ def run_search(job: SearchJob, workers: int = 1) -> dict[str, Any]:
     with recorded_run(tracking, job.study_name, _parent_tags(job), resume_run_id=parent_id) as parent:
         if parent_id is None:
             parent.log_params({
-                "search.space": job.space.name, "search.sampler": json.dumps(job.space.study.sampler),
-                "search.pruner": json.dumps(job.space.study.pruner), "search.seed": job.space.study.seed,
+                "search.space": job.space.name, "search.sampler": _plain(job.space.study.sampler),
+                "search.pruner": _plain(job.space.study.pruner), "search.seed": job.space.study.seed,
                 "search.direction": job.direction, "search.metric": job.monitor, "search.fixed_overrides": " ".join(job.fixed),
                 "search.params": json.dumps({k: dataclasses.asdict(p) for k, p in job.space.params.items()}, default=str),
             })
@@ -612,6 +661,7 @@ def summarize(study: optuna.Study, job: SearchJob) -> dict[str, Any]:
     if complete:
         best = study.best_trial
         result.update(best_value=best.value, best_params=dict(best.params), best_trial=best.number,
+                      best_overrides=list(best.user_attrs.get("overrides", [])),
                       best_run_id=best.user_attrs.get("mlflow_run_id"), best_test_target_acc=best.user_attrs.get("test/target_acc"))
     return result
 
