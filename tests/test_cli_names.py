@@ -45,6 +45,7 @@ def test_cli_run_has_standard_tags_and_its_overrides(tmp_path, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     [run] = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
     tags = run.data.tags
+    assert f"MLflow run {run.info.run_id} in experiment 'tlbench'" in result.stdout  # what the user needs next
     assert run.info.run_name == tags["mlflow.runName"] == "dann s0 · small_cnn · digits"
     assert tags["mlflow.source.name"] == "tlbench" and tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()

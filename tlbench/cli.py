@@ -73,6 +73,9 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     if not _in_multirun() and metrics.get("run_id"):  # "" on DDP ranks other than 0, which record nothing
         runs = load_runs(run.tracking.uri, run.tracking.experiment, f"attributes.run_id = '{metrics['run_id']}'")
         print(summary_table(runs))
+        print(f"MLflow run {metrics['run_id']} in experiment '{run.tracking.experiment}'"
+              + (f"; its backbone for a next transfer: backbone.weights=runs:/{metrics['run_id']}/backbone/backbone.pt"
+                 if run.tracking.log_model else ""))
     return metrics.get("test/target_acc")
 
 
