@@ -13,15 +13,37 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tlbench.config import validate
 
-from conftest import compose
+from conftest import CONF_DIR, compose
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 SPECS = sorted(EXPERIMENTS.glob("*/spec.yaml"))
 
 
+def with_preset_params(sweep: list[str]) -> list[str]:
+    """The sweep as Hydra's basic sweeper runs it: a preset's `hydra.sweeper.params`, then the command
+    line's overrides (which win for the same key)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    plain = [o for o in sweep if "," not in o]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = hydra_compose(config_name="config", overrides=plain, return_hydra_config=True)
+    params = {str(k): str(v) for k, v in (config.hydra.sweeper.params or {}).items()}
+    given = {o.split("=", 1)[0]: o for o in sweep}
+    return [*sweep, *(f"{key}={value}" for key, value in params.items() if key not in given)]
+
+
+def grid_size(sweep: list[str]) -> int:
+    size = 1
+    for override in OverridesParser.create().parse_overrides(with_preset_params(sweep)):
+        if override.is_sweep_override():
+            size *= len(list(override.sweep_string_iterator()))
+    return size
+
+
 def _variants(sweep: list[str]) -> list[list[str]]:
-    """The first grid point, plus one variant per extra value of every swept key."""
-    parsed = OverridesParser.create().parse_overrides(sweep)
+    """The first grid point, plus one variant per extra value of every swept key (preset params included)."""
+    parsed = OverridesParser.create().parse_overrides(with_preset_params(sweep))
     options = [
         [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
         for o in parsed
@@ -45,6 +67,24 @@ def test_spec_sweeps_compose_and_validate(spec_path):
         if "reference" in report:
             reference = yaml.safe_load((spec_path.parent / report["reference"]).read_text())
             assert reference["values"], spec_path
+
+
+@pytest.mark.parametrize("sweep, runs", [
+    (["experiment=da_digits"], 18), (["experiment=da_digits", "adapt=source_only", "batch_composition=separate"], 3),
+    (["experiment=da_fashion"], 18), (["experiment=da_fashion", "seed=2"], 6),
+    (["experiment=transfer_vs_scratch"], 27), (["experiment=transfer_vs_scratch", "freeze=linear_probe", "optim.lr=0.01"], 9),
+    (["experiment=quickstart"], 4),
+])
+def test_reproductions_are_hydra_presets_whose_grid_the_sweeper_expands(sweep, runs):
+    """`tlbench -m experiment=<reproduction>` runs the whole grid from the preset's hydra.sweeper.params;
+    a command-line override of a swept key replaces its values."""
+    assert grid_size(sweep) == runs
+
+
+def test_spec_sweeps_name_their_preset_instead_of_restating_it():
+    for name in ("da_digits", "da_fashion", "transfer_vs_scratch"):
+        spec = yaml.safe_load((EXPERIMENTS / name / "spec.yaml").read_text())
+        assert all(sweep[0] == f"experiment={name}" and len(sweep) <= 3 for sweep in spec["sweeps"]), name
 
 
 def test_runner_lists_missing_data_and_does_not_start(tmp_path):
