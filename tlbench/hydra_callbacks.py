@@ -28,7 +28,7 @@ def sweep_size(config: DictConfig) -> int | None:
 def seed_averaged_table(uri: str, experiment: str, sweep_dir: str, rule: str) -> str | None:
     """The sweep as a paper table (rows = the config keys the sweep varies, seeds averaged, gains over a
     source-only/scratch baseline with a paired test), when some configuration has at least two seeds."""
-    from .report.collect import collect
+    from .report.collection import collect
     from .report.tables import paper_table
 
     frame = collect(uri, experiment, f"tags.sweep_dir = '{sweep_dir}'", rules=(rule,))

@@ -5,16 +5,22 @@
     print(table.to_markdown()); table.write("results/")  # .md, .csv, .tex
 
 Each table holds one rule's numbers; oracle numbers (target labels) only ever get their own table.
+The names below are imported on first use, so `tlbench report --help` does not pay for pandas and scipy.
 """
 
-# Imported eagerly: a lazy `collect` would be shadowed by the submodule of the same name once it is imported.
-from .collect import collect, exclusion_notes
-from .errors import ReportError
-from .plots import bar_plot, budget_plot
-from .selection import RULES, Choice, Rule, epoch_table, get_rule
-from .tables import PaperTable, load_reference, paper_table, per_config, summarize
+from importlib import import_module
 
-__all__ = [
-    "collect", "exclusion_notes", "ReportError", "bar_plot", "budget_plot", "RULES", "Choice", "Rule",
-    "epoch_table", "get_rule", "PaperTable", "load_reference", "paper_table", "per_config", "summarize",
-]
+#: Public name → submodule that defines it.
+_EXPORTS = {
+    "collect": "collection", "exclusion_notes": "collection", "ReportError": "errors", "bar_plot": "plots",
+    "budget_plot": "plots", "RULES": "selection", "Choice": "selection", "Rule": "selection",
+    "epoch_table": "selection", "get_rule": "selection", "PaperTable": "tables", "load_reference": "tables",
+    "paper_table": "tables", "per_config": "tables", "summarize": "tables",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tlbench.report' has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

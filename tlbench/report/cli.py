@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import TlbenchError
 from ..tracking import DEFAULT_TIMEOUT_S, check_server, resolve_uri, server_error
 from .errors import ReportError
-from .selection import DEFAULT_RULE, RULES
+from ..selection import DEFAULT_RULE, RULES
 
 MAX_LISTED_EXCLUSIONS = 10
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from .collect import collect, exclusion_notes
+    from .collection import collect, exclusion_notes
     from .tables import load_reference, paper_table
 
     if args.timeout <= 0:
@@ -57,7 +57,7 @@ def report(args: argparse.Namespace) -> int:
     check_server(uri, args.timeout)  # a sick server: one line within --timeout, not minutes of retries
     filter_string = args.filter
     if args.sweep:
-        from .collect import sweep_filter
+        from .collection import sweep_filter
 
         filter_string = " and ".join(f for f in (sweep_filter(uri, args.experiment, args.sweep), args.filter) if f)
     try:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .collect import BASELINE_FREE, NOT_CONFIG, RESULT_COLUMNS, SCRATCH, _fingerprint, _under
+from .collection import BASELINE_FREE, NOT_CONFIG, RESULT_COLUMNS, SCRATCH, _fingerprint, _under
 from .errors import ReportError
 
 ALPHA = 0.05

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import collect
+from .collection import collect
 from .plots import _pyplot
 from .tables import parse_keys
 
@@ -33,7 +33,7 @@ CURVES = (
 
 def curve_frame(uri: str, experiment: str, rows: str, filter_string: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves: one row per run × metric × step, runs: one row per FINISHED run with its label and seconds)."""
-    from .collect import existing_store_client
+    from .collection import existing_store_client
 
     frame = collect(uri, experiment, filter_string, rules=("source_val",))
     if frame.empty:

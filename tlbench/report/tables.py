@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .collect import RESULT_COLUMNS, exclusion_notes
+from .collection import RESULT_COLUMNS, exclusion_notes
 from .compare import ALPHA, BASELINES, SCRATCH_BASELINE, Baseline, compare, config_keys
 from ..errors import one_line
 from .errors import ReportError
