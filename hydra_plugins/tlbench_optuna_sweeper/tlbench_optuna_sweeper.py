@@ -81,17 +81,13 @@ class TlbenchOptunaSweeper(Sweeper):
                 del cfg["hydra"]  # a trial is no Hydra job (hydra.job.num & co. stay unset)
             return cfg
 
-        search._IN_PROCESS_COMPOSER = compose
-        try:
-            job = search.prepare(
-                space, command_line, **self.options, out_dir=sweep_dir,
-                config_dir=self._config_dir(), config_name=self.config.hydra.job.config_name or "config",
-                extra_tags={"sweep_dir": sweep_dir},
-            )
-            Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.config, Path(sweep_dir) / "multirun.yaml")
-            result = search.run_search(job, workers=self.workers)
-        finally:
-            search._IN_PROCESS_COMPOSER = None
+        job = search.prepare(
+            space, command_line, **self.options, out_dir=sweep_dir,
+            config_dir=self._config_dir(), config_name=self.config.hydra.job.config_name or "config",
+            extra_tags={"sweep_dir": sweep_dir}, composer=compose,
+        )
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, Path(sweep_dir) / "multirun.yaml")
+        result = search.run_search(job, workers=self.workers)
         print_result(result, job)
         return result
