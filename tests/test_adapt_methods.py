@@ -16,7 +16,7 @@ from tlbench.adapt import ADAPTERS
 from tlbench.adapt.layers import DomainDiscriminator, dann_lambda
 from tlbench.errors import ConfigError
 
-from conftest import compose
+from helpers import compose
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "adapt"
 YAMLS = sorted(CONF_DIR.glob("*.yaml"))

@@ -14,7 +14,7 @@ from tlbench import api
 from tlbench.errors import TlbenchError
 from tlbench.module import TransferModule
 
-from conftest import TINY, tiny_run
+from helpers import TINY, tiny_run
 
 
 def example_code() -> str:

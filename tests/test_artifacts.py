@@ -14,7 +14,7 @@ from tlbench.data.datamodule import DomainDataModule
 from tlbench.run_artifacts import AUTO_MODEL_MAX_PARAMS, should_log_model
 from tlbench.train import train
 
-from conftest import tiny_run
+from helpers import tiny_run
 
 
 def _artifact_sizes(client, run_id: str, path: str | None = None) -> dict[str, int]:

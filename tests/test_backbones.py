@@ -13,7 +13,7 @@ from torch import nn
 from tlbench.backbones import BACKBONES, Backbone
 from tlbench.errors import ConfigError
 
-from conftest import CONF_DIR, compose
+from helpers import CONF_DIR, compose
 
 torch.set_num_threads(1)
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from tlbench.config import validate
 from tlbench.train import default_run_name
 
-from conftest import TINY, compose
+from helpers import TINY, compose
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import pandas as pd
 from tlbench.runs import SUMMARY_WIDTH, load_runs, summary_table
 from tlbench.train import train
 
-from conftest import tiny_run
+from helpers import tiny_run
 
 
 def test_summary_table_fits_the_width_and_cuts_long_names():

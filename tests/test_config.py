@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from tlbench.config import GROUP_SCHEMAS, DataConfig, flatten, to_plain_dict, validate
 from tlbench.errors import ConfigError, one_line
 
-from conftest import CONF_DIR, compose, group_options
+from helpers import CONF_DIR, compose, group_options
 
 # A quick, offline data/backbone pair so that validation tests never touch large data.
 FAST = ["backbone=small_cnn", "data=digits"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import tiny_run
+from helpers import tiny_run
 from tlbench.hydra_callbacks import seed_averaged_table
 from tlbench.report.curves import write_curves
 from tlbench.train import train

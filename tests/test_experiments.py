@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tlbench.config import validate
 
-from conftest import CONF_DIR, compose
+from helpers import CONF_DIR, compose
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 SPECS = sorted(EXPERIMENTS.glob("*/spec.yaml"))

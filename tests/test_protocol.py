@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose, tiny_run
+from helpers import compose, tiny_run
 from tlbench.adapt import ADAPTERS
 from tlbench.adapt.coral import coral_loss, covariance
 from tlbench.adapt.layers import DomainDiscriminator, dann_lambda, mk_mmd2, ramp_position

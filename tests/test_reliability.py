@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tlbench.train import train
 
-from conftest import TINY, interrupt_at_epoch, tiny_run
+from helpers import TINY, interrupt_at_epoch, tiny_run
 
 
 def _history(client, run_id, name):

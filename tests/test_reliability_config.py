@@ -19,7 +19,7 @@ from tlbench.config_rules import ACCELERATORS, PRECISIONS, STRATEGIES, rules
 from tlbench.errors import ConfigError
 from tlbench.tracking import TrackingError, check_sqlite_store
 
-from conftest import compose
+from helpers import compose
 
 FAST = ["backbone=small_cnn", "data=digits"]
 

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 
-from conftest import TINY
+from helpers import TINY
 
 
 def test_two_cpu_processes_with_ddp_record_one_run(tmp_path):

@@ -19,7 +19,7 @@ from tlbench.processes import PROCESS_TAG
 from tlbench.tracking import recorded_run, unfinished_run_with_hash
 from tlbench.train import train
 
-from conftest import interrupt_at_epoch, tiny_run
+from helpers import interrupt_at_epoch, tiny_run
 
 #: A process that opens a run of config "cafe", says so, and then works until it is killed.
 OWNER = """

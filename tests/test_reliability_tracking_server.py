@@ -16,7 +16,7 @@ import pytest
 from tlbench import tracking
 from tlbench.tracking import TrackingError, client_for
 
-from conftest import TINY
+from helpers import TINY
 
 TIMEOUT_S = 2
 #: Interpreter start and imports (torch, Lightning, MLflow) on a busy two-core machine.

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from tlbench.errors import TrainingError
 from tlbench.train import train
 
-from conftest import TINY, compose, tiny_run
+from helpers import TINY, compose, tiny_run
 
 
 def test_run_records_params_metrics_artifact_and_tags(tmp_path, mlflow_uri):

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from helpers import TINY
 from servers import start_mlflow_server, start_postgres, why_no_postgres
 
 pytestmark = pytest.mark.skipif(why_no_postgres() is not None, reason=why_no_postgres() or "")

@@ -9,7 +9,7 @@ from torch import nn
 from tlbench.threads import TINY_MAX_PARAMS, intra_op_threads, threads_for
 from tlbench.train import train
 
-from conftest import tiny_run
+from helpers import tiny_run
 
 
 class _Module(nn.Module):

@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 
 from .console import quiet_libraries
 from .errors import TlbenchError
+from .paths import CONFIG_DIR
 from .user_errors import describe_os_error, full_disk
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("tlbench")
 
 

@@ -1,9 +1,12 @@
-"""Where tlbench keeps generated data, caches and user datasets (overridable by environment)."""
+"""Where tlbench keeps its configs, generated data, caches and user datasets (overridable by environment)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+#: The Hydra config tree (conf/ beside the package: an editable install keeps it in the checkout).
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def cache_dir(*parts: str) -> Path:

@@ -57,7 +57,7 @@ class TlbenchOptunaSweeper(Sweeper):
 
     def _config_dir(self) -> str:
         """The app's primary config dir (for worker processes, which compose on their own)."""
-        from tlbench.cli import CONFIG_DIR
+        from tlbench.paths import CONFIG_DIR
 
         for source in self.config.hydra.runtime.config_sources:
             if source.provider == "main" and source.schema == "file":

@@ -130,7 +130,7 @@ class SearchSpace:
 
 
 def space_dir() -> Path:
-    from ..cli import CONFIG_DIR
+    from ..paths import CONFIG_DIR
 
     return Path(CONFIG_DIR) / "search"
 

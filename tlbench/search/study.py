@@ -51,7 +51,7 @@ def prepare(
     composer: Optional[Callable[[list[str]], Any]] = None,
 ) -> SearchJob:
     """Merge space, command line and options; check every searched value composes and validates."""
-    from ..cli import CONFIG_DIR
+    from ..paths import CONFIG_DIR
     from ..config import validate
     from ..selection import SELECTION_METRICS
     from ..tracking import resolve_uri
