@@ -18,7 +18,7 @@ EXPERIMENT=$("$REPO/.venv/bin/python" -c "
 from mlflow.tracking import MlflowClient
 print(MlflowClient('sqlite:///$WORK/mlflow.db').get_experiment_by_name('digits_da').experiment_id)")
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
-  --disable-component-update --disable-sync --user-data-dir="$WORK/chrome" --window-size=1500,900 \
+  --disable-component-update --disable-sync --user-data-dir="$WORK/chrome" --window-size=1900,800 \
   --virtual-time-budget=20000 --screenshot="$REPO/docs/mlflow-ui.png" \
-  "http://127.0.0.1:$PORT/#/experiments/$EXPERIMENT" > chrome.log 2>&1
+  "http://127.0.0.1:$PORT/#/experiments/$EXPERIMENT/runs" > chrome.log 2>&1
 echo "wrote docs/mlflow-ui.png"

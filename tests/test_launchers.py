@@ -4,6 +4,7 @@ exits 1 when any job failed (joblib used to exit 0 and print "1/2 done" once per
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -15,10 +16,15 @@ from helpers import TINY
 LAUNCHERS = {
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+    "ray": ["hydra/launcher=ray"],  # local ray.init(); only with the optional extra installed
 }
+RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
 
 
-@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+@pytest.mark.parametrize("launcher", [
+    "joblib", "submitit_local",
+    pytest.param("ray", marks=pytest.mark.skipif(RAY_MISSING, reason="optional: pip install -e '.[ray]' (pins cloudpickle 2.2.1)")),
+])
 def test_launcher_records_every_run_under_the_sweep_parent_and_fails_the_command(launcher, tmp_path, mlflow_uri):
     command = [
         sys.executable, "-m", "tlbench", "-m", *LAUNCHERS[launcher], *TINY, "trainer.max_epochs=1",
@@ -29,7 +35,9 @@ def test_launcher_records_every_run_under_the_sweep_parent_and_fails_the_command
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]  # seed=x fails in validation
 
     client = MlflowClient(mlflow_uri)
-    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    experiment = client.get_experiment_by_name("tlbench")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs table
+    runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("tlbench.parent") == "sweep"]
     children = [r for r in runs if r not in parents]
     assert len(parents) == 1
