@@ -1,36 +1,26 @@
-"""Thread policy: tiny workloads train on one intra-op thread, larger ones keep the process's setting,
-`trainer.threads` overrides both, and the previous setting is restored after the run."""
+"""Thread policy: a head on cached features trains on one intra-op thread, networks keep the process's
+setting, `trainer.threads` overrides both, and the previous setting is restored after the run."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from mlflow.tracking import MlflowClient
 
-from tlbench.threads import TINY_MAX_PARAMS, intra_op_threads, threads_for
+from tlbench.threads import intra_op_threads
 from tlbench.train import train
 
 from helpers import tiny_run
 
 
-class _Module(nn.Module):
-    def __init__(self, backbone_params: int, adapter_params: int = 0):
-        super().__init__()
-        self.backbone = nn.Linear(backbone_params - 1, 1)
-        self.adapter = nn.Linear(max(adapter_params - 1, 1), 1)
+def _threads_tag(run, mlflow_uri: str) -> str:
+    return MlflowClient(mlflow_uri).get_run(train(run)["run_id"]).data.tags["threads"]
 
 
-def test_auto_uses_one_thread_for_tiny_models_and_keeps_the_setting_for_larger_ones():
+def test_cached_heads_use_one_thread_networks_keep_the_setting_and_the_setting_comes_back(tmp_path, mlflow_uri):
     with intra_op_threads(2):
-        assert threads_for(None, _Module(TINY_MAX_PARAMS)) == 1
-        assert threads_for(None, _Module(TINY_MAX_PARAMS + 1)) == 2
-        assert threads_for(None, _Module(1000, adapter_params=10 * TINY_MAX_PARAMS)) == 1  # a discriminator is not the model
-        assert threads_for(3, _Module(10)) == 3
-
-
-def test_a_run_records_its_threads_and_restores_the_process_setting(tmp_path, mlflow_uri):
-    from mlflow.tracking import MlflowClient
-
-    with intra_op_threads(2):
-        result = train(tiny_run(tmp_path, mlflow_uri))  # small_cnn: ~30k parameters
+        probe = tiny_run(tmp_path / "probe", mlflow_uri, ["freeze=linear_probe", "trainer.feature_cache=true"])
+        assert _threads_tag(probe, mlflow_uri) == "1"  # a linear head on cached features
         assert torch.get_num_threads() == 2
-    assert MlflowClient(mlflow_uri).get_run(result["run_id"]).data.tags["threads"] == "1"
+        assert _threads_tag(tiny_run(tmp_path / "full", mlflow_uri), mlflow_uri) == "2"  # small_cnn trains: keep 2
+        assert _threads_tag(tiny_run(tmp_path / "set", mlflow_uri, ["trainer.threads=1"]), mlflow_uri) == "1"
+        assert torch.get_num_threads() == 2

@@ -90,8 +90,8 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     #: Cache the outputs of a backbone that stays frozen for the whole run (used only where valid).
     feature_cache: bool = True
-    #: Intra-op CPU threads: null = auto (1 for cached features or models ≤ 100k parameters, which run
-    #: faster without thread overhead; else the process's setting), N = exactly N.
+    #: Intra-op CPU threads: null = auto (1 for a head on cached features, where more threads only cost
+    #: CPU; else the process's setting), N = exactly N (1 when several sweep workers share the cores).
     threads: Optional[int] = None
 
 
