@@ -108,11 +108,19 @@ def test_two_step_transfer_starts_from_a_recorded_backbone(tmp_path, mlflow_uri)
     assert "backbone" in [f.path for f in MlflowClient(mlflow_uri).list_artifacts(first["run_id"])]
     source = f"runs:/{first['run_id']}/backbone/backbone.pt"
     second = tiny_run(tmp_path / "2", mlflow_uri, [f"backbone.weights={source}", "freeze=linear_probe"])
-    mlflow.set_tracking_uri(mlflow_uri)
-    loaded = BACKBONES.build(second.backbone)
+    from tlbench.backbones.weights import runs_resolved_in
+
+    with runs_resolved_in(mlflow_uri):
+        loaded = BACKBONES.build(second.backbone)
     fresh = BACKBONES.build(validate(compose(["backbone=small_cnn"])).backbone)
     saved = torch.load(MlflowClient(mlflow_uri).download_artifacts(first["run_id"], "backbone/backbone.pt", str(tmp_path)), weights_only=True)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
     assert not all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items() if v.is_floating_point())
-    trained = train(second)  # trains on the loaded weights and records where they came from
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri("sqlite:///elsewhere.db")  # the caller's own setting: a run neither needs nor changes it
+    try:
+        trained = train(second)  # trains on the loaded weights and records where they came from
+        assert mlflow.get_tracking_uri() == "sqlite:///elsewhere.db"
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert MlflowClient(mlflow_uri).get_run(trained["run_id"]).data.params["backbone.weights"] == source

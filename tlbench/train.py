@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from . import __version__
 from .adapt import ADAPTERS
 from .backbones import BACKBONES
+from .backbones.weights import runs_resolved_in
 from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
@@ -185,11 +186,9 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
             log.info("skip_done: config %s already finished as run %s", digest, done)
             return {"skipped": 1.0}
     pl.seed_everything(run.seed, workers=True, verbose=False)
-    import mlflow
-
-    mlflow.set_tracking_uri(resolve_uri(run.tracking.uri))  # so weights=runs:/... resolve in this store
     raw_datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
-    module, datamodule, cache_decision = build_module(run, raw_datamodule)
+    with runs_resolved_in(resolve_uri(run.tracking.uri)):  # weights=runs:/... come from this run's store
+        module, datamodule, cache_decision = build_module(run, raw_datamodule)
     checkpoint_dir = Path(run.checkpoint_dir) / digest
     last = checkpoint_dir / "last.ckpt"
     resume_run_id = unfinished_run_with_hash(run.tracking, digest) if run.resume and last.exists() else None
