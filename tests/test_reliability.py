@@ -16,6 +16,9 @@ from tlbench.train import train
 
 from helpers import TINY, interrupt_at_epoch, tiny_run
 
+#: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
+pytestmark = pytest.mark.slow
+
 
 def _history(client, run_id, name):
     return [(m.step, m.value) for m in client.get_metric_history(run_id, name)]

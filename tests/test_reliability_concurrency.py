@@ -8,6 +8,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+#: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
+pytestmark = pytest.mark.slow
+
 #: Imports first, then waits for the `go` file so that every process opens the new store at once.
 WORKER = """
 import sys, time

@@ -8,7 +8,12 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from helpers import TINY
+
+#: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
+pytestmark = pytest.mark.slow
 
 
 def test_two_cpu_processes_with_ddp_record_one_run(tmp_path):

@@ -21,6 +21,9 @@ from tlbench.train import train
 
 from helpers import interrupt_at_epoch, tiny_run
 
+#: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
+pytestmark = pytest.mark.slow
+
 #: A process that opens a run of config "cafe", says so, and then works until it is killed.
 OWNER = """
 import sys, time

@@ -9,7 +9,11 @@ import sys
 import time
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
+
+#: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
+pytestmark = pytest.mark.slow
 
 #: A trial of about a second: one batch of a tiny source set, one validation batch.
 TRIAL = ["backbone=small_cnn", "backbone.width=4", "data=digits", "data.synthetic_size=100", "data.batch_size=16",

@@ -18,6 +18,9 @@ from tlbench.tracking import TrackingError, client_for
 
 from helpers import TINY
 
+#: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 2
 #: Interpreter start and imports (torch, Lightning, MLflow) on a busy two-core machine.
 STARTUP_S = 20

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from helpers import TINY
 from servers import start_mlflow_server, start_postgres, why_no_postgres
 
-pytestmark = pytest.mark.skipif(why_no_postgres() is not None, reason=why_no_postgres() or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_no_postgres() is not None, reason=why_no_postgres() or "")]
 
 FAST = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.synthetic_size=200"]
 
