@@ -71,21 +71,42 @@ def test_yaml_lists_every_hyperparameter_with_its_default(path):
     assert OmegaConf.to_container(node) == defaults
 
 
+class TinyModel(nn.Module):
+    """What adapter hooks receive: `features` and `head`."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.features, self.head = backbone, head
+
+
 def _train_step(node, progress: float = 0.5):
     torch.manual_seed(0)
+    if "threshold" in node:  # every example passes the confidence test, so the loss is not trivially 0
+        node = OmegaConf.merge(node, {"threshold": 0.0})
+    if "source_model" in node:
+        node = OmegaConf.merge(node, {"source_model": "runs:/not-read-here"})
     backbone, head = tiny_backbone(), nn.Linear(FEATURE_DIM, NUM_CLASSES)
     adapter = ADAPTERS.build(node, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM)
     images_s, images_t = torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8) * 2 + 1
     labels_s = torch.randint(0, NUM_CLASSES, (8,))
+    extra = {}
+    if adapter.runs_before_epoch:
+        adapter.before_epoch(TinyModel(backbone, head), [images_t[:5], images_t[5:]])
+    if adapter.needs_target_index:
+        extra["target_index"] = torch.arange(8)
     if adapter.needs_target:
-        features = backbone(torch.cat([images_s, images_t]))
-        features_s, features_t = features.split(8)
+        views = [images_s, images_t] + ([images_t.flip(-1)] if adapter.needs_strong_view else [])
+        features = backbone(torch.cat(views)).split(8)
+        features_s, features_t = features[0], features[1]
         logits_s, logits_t = head(features_s), head(features_t)
+        if adapter.needs_strong_view:
+            extra["logits_t_strong"] = head(features[2])
     else:
         features_s, features_t = backbone(images_s), None
         logits_s, logits_t = head(features_s), None
     # step: halfway through a 1,000-step run, so ramps in absolute steps (TLlib recipes) are past 0 too
-    out = adapter.loss(features_s, features_t, logits_s, logits_t, labels_s, progress, step=int(progress * 1000))
+    source = (features_s, logits_s, labels_s) if adapter.uses_source else (None, None, None)
+    out = adapter.loss(source[0], features_t, source[1], logits_t, source[2], progress, step=int(progress * 1000), **extra)
     return backbone, head, adapter, F.cross_entropy(logits_s, labels_s), out
 
 

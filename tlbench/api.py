@@ -146,8 +146,10 @@ def module_from_checkpoint(
         trainer=dataclasses.replace(run.trainer, feature_cache=False), data=dataclasses.replace(run.data, augment="none"),
     )
     head_weights = [value for key, value in state.items() if key.startswith("head.") and key.endswith(".weight")]
-    classes = SimpleNamespace(num_classes=int(head_weights[-1].shape[0]), in_domain=run.data.source == run.data.target)
-    module, _, _ = build_module(run, classes)  # type: ignore[arg-type]  (the wiring needs only these two)
+    domain = SimpleNamespace(hflip_ok=False)  # augmentations only shape training, which this module will not do
+    wiring = SimpleNamespace(num_classes=int(head_weights[-1].shape[0]), in_domain=run.data.source == run.data.target,
+                             source=domain, target=domain, serve=lambda adapter: None)
+    module, _, _ = build_module(run, wiring)  # type: ignore[arg-type]  (the wiring needs only these)
     missing, unexpected = module.load_state_dict(state, strict=False)
     optional = ("adapter.",) + (() if has_backbone else ("backbone.",))  # method layers only shape training
     if unexpected or [key for key in missing if not key.startswith(optional)]:

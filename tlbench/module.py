@@ -12,7 +12,7 @@ can be applied afterwards; checkpoints are chosen by the rule the config names (
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -32,6 +32,16 @@ from .optim import build_optimizer, build_scheduler, param_groups
 from .selection import TEST_SPLITS, VAL_SPLITS
 
 
+class DomainForward(NamedTuple):
+    """One training step's forward pass; the source fields are None for a source-free method, the target
+    ones when the target is not forwarded, `logits_t_strong` without a strong view."""
+
+    features_s: torch.Tensor | None
+    logits_s: torch.Tensor | None
+    features_t: torch.Tensor | None
+    logits_t: torch.Tensor | None
+    logits_t_strong: torch.Tensor | None
+
 
 class TransferModule(pl.LightningModule):
     def __init__(
@@ -46,6 +56,7 @@ class TransferModule(pl.LightningModule):
         seed: int = 0,
         bottleneck: nn.Module | None = None,
         batch_composition: str = "joint",
+        strong_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -56,11 +67,15 @@ class TransferModule(pl.LightningModule):
             split_batchnorm(self.backbone)
             split_batchnorm(self.bottleneck)
         self.adapter = adapter
+        if adapter.freezes_head:  # e.g. SHOT's source hypothesis: it stays as the source model left it
+            head.requires_grad_(False)
         self.schedule = schedule
         schedule.regularizer(backbone)  # L2-SP anchors at the starting weights now, before any checkpoint restore
         self.optim_cfg = optim
         self.num_classes = num_classes
         self.augment = augment
+        #: The second, strongly augmented target view for methods that ask for one (FixMatch).
+        self.strong_augment = strong_augment
         self.seed = seed
         self.preprocess = backbone.preprocessing
         #: The run config as a plain dict, when the builder sets it (tlbench.build): saved in checkpoints.
@@ -125,6 +140,9 @@ class TransferModule(pl.LightningModule):
         # (dropout, augmentation) as an uninterrupted one.
         pl.seed_everything(self.seed * 10_007 + self.current_epoch, verbose=False)
         self.apply_freezing(self.current_epoch)
+        if self.adapter.runs_before_epoch and (batches := self._target_batches()) is not None:
+            with self._batchnorm_domain("target"):
+                self.adapter.before_epoch(self, batches)
 
     # -------------------------------------------------------------- training
     @property
@@ -141,9 +159,9 @@ class TransferModule(pl.LightningModule):
         if self._channels_last:
             self.backbone.to(memory_format=torch.channels_last)
 
-    def _prepare(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        if train and self.augment is not None:
-            images = self.augment(images)
+    def _prepare(self, images: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+        if augment is not None:
+            images = augment(images)
         images = self.preprocess(images)
         if self._channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -153,37 +171,62 @@ class TransferModule(pl.LightningModule):
         """Select `domain`'s BatchNorm copies; nothing to do (and no module walk per batch) without domain_bn."""
         return batchnorm_domain(self, domain) if self.batch_composition == "domain_bn" else nullcontext()
 
-    def _forward_domains(self, images_s: torch.Tensor, images_t: torch.Tensor | None):
-        """(features_s, logits_s, features_t, logits_t) under the configured batch composition.
+    def _forward_domains(
+        self, images_s: torch.Tensor | None, images_t: torch.Tensor | None, images_t_strong: torch.Tensor | None = None,
+    ) -> "DomainForward":
+        """Features and logits of one training step under the configured batch composition.
 
-        joint: one batch, so BatchNorm normalises both domains with their pooled statistics;
-        separate: one pass per domain, each normalised by its own batch statistics;
-        domain_bn: one pass per domain through that domain's BatchNorm copies;
-        source: the target is not forwarded (features_t, logits_t are None).
-        A method that ignores the target (source_only) still forwards it under joint/separate, so its
-        BatchNorm sees exactly what the method's does."""
-        inputs_s = self._prepare(images_s, train=True)
+        joint: one batch, so BatchNorm normalises both domains (and every target view) with their pooled
+        statistics; separate: one pass per domain (and per target view), each normalised by its own batch
+        statistics; domain_bn: one pass per domain through that domain's BatchNorm copies; source: the
+        target is not forwarded. A method that ignores the target (source_only) still forwards it under
+        joint/separate, so its BatchNorm sees exactly what the method's does. `images_s` is None for a
+        source-free method; `images_t_strong` is the second target view (FixMatch), strongly augmented here."""
+        inputs_s = None if images_s is None else self._prepare(images_s, self.augment)
         if images_t is None or self.batch_composition == "source":
             features_s = self.features(inputs_s)
-            return features_s, self.head(features_s), None, None
-        inputs_t = self._prepare(images_t, train=True)
+            return DomainForward(features_s, self.head(features_s), None, None, None)
+        inputs_t = [self._prepare(images_t, self.augment)]
+        if images_t_strong is not None:
+            inputs_t.append(self._prepare(images_t_strong, self.strong_augment))
         if self.batch_composition == "joint":
-            features = self.features(torch.cat([inputs_s, inputs_t]))
-            features_s, features_t = features[: len(inputs_s)], features[len(inputs_s) :]
+            batches = ([] if inputs_s is None else [inputs_s]) + inputs_t
+            features = list(self.features(torch.cat(batches)).split([len(b) for b in batches]))
+            features_s = None if inputs_s is None else features.pop(0)
+            features_t = features
         else:
-            with self._batchnorm_domain("source"):
-                features_s = self.features(inputs_s)
+            features_s = None
+            if inputs_s is not None:
+                with self._batchnorm_domain("source"):
+                    features_s = self.features(inputs_s)
             with self._batchnorm_domain("target"):
-                features_t = self.features(inputs_t)
-        return features_s, self.head(features_s), features_t, self.head(features_t)
+                features_t = [self.features(x) for x in inputs_t]
+        logits_t = [self.head(f) for f in features_t]
+        return DomainForward(
+            features_s, None if features_s is None else self.head(features_s), features_t[0], logits_t[0],
+            logits_t[1] if len(logits_t) > 1 else None,
+        )
 
     def training_step(self, batch, batch_idx):
-        images_s, labels_s = batch["source"]
-        features_s, logits_s, features_t, logits_t = self._forward_domains(images_s, batch.get("target"))
-        n_s = images_s.shape[0]
-        ce = F.cross_entropy(logits_s, labels_s)
-        adapted = self.adapter.loss(features_s, features_t, logits_s, logits_t, labels_s, self.progress, step=self.global_step)
-        loss = ce + adapted.loss
+        images_s, labels_s = batch.get("source", (None, None))
+        images_t, target_index = batch.get("target"), None
+        if isinstance(images_t, (tuple, list)):  # methods that need positions get (images, index)
+            images_t, target_index = images_t
+        strong = images_t if self.adapter.needs_strong_view else None
+        out = self._forward_domains(images_s, images_t, strong)
+        extra = {}
+        if self.adapter.needs_strong_view:
+            extra["logits_t_strong"] = out.logits_t_strong
+        if self.adapter.needs_target_index:
+            extra["target_index"] = target_index
+        adapted = self.adapter.loss(out.features_s, out.features_t, out.logits_s, out.logits_t, labels_s, self.progress, step=self.global_step, **extra)
+        logs = {}
+        if images_s is not None:
+            ce = F.cross_entropy(out.logits_s, labels_s)
+            loss = ce + adapted.loss
+            logs.update({"train/source_ce": ce, "train/source_acc": (out.logits_s.argmax(1) == labels_s).float().mean()})
+        else:  # source-free: the method's loss is all there is
+            loss = adapted.loss
         regularizer = self.schedule.regularizer(self.backbone)
         if regularizer is not None:
             loss = loss + regularizer
@@ -192,23 +235,28 @@ class TransferModule(pl.LightningModule):
                 f"non-finite loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step} "
                 f"(lr={self.optim_cfg.lr}); lower optim.lr or check the data"
             )
-        logs = {"train/loss": loss, "train/source_ce": ce, "train/source_acc": (logits_s.argmax(1) == labels_s).float().mean()}
+        logs["train/loss"] = loss
         logs.update({f"train/{k}": v for k, v in adapted.logs.items()})
         if self._trainer is not None and self.trainer.optimizers:
             logs["train/head_lr"] = loss.new_tensor(self._group_lr("head"))
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n_s)
+        batch_size = (images_s if images_s is not None else images_t).shape[0]
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
         # Epoch means too: the learning curves (loss, domain accuracy, λ) drawn per reproduction.
         epoch_logs = {k.replace("train/", "train_epoch/"): v.detach() for k, v in logs.items()}
-        self.log_dict(epoch_logs, on_step=False, on_epoch=True, batch_size=n_s)
+        self.log_dict(epoch_logs, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
 
     # ------------------------------------------------------------ evaluation
-    def _adapt_before_evaluation(self) -> None:
+    def _target_batches(self):
+        """The target training images in their fixed order, preprocessed: what the adapter's hooks read."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not self.adapter.changes_backbone_before_evaluation:
-            return
-        batches = (self.preprocess(images.to(self.device)) for images in datamodule.target_train_dataloader())
-        self.adapter.before_evaluation(self.backbone, batches)
+        if datamodule is None:
+            return None
+        return (self.preprocess(images.to(self.device)) for images in datamodule.target_train_in_order())
+
+    def _adapt_before_evaluation(self) -> None:
+        if self.adapter.changes_backbone_before_evaluation and (batches := self._target_batches()) is not None:
+            self.adapter.before_evaluation(self.backbone, batches)
 
     def on_validation_start(self) -> None:
         self._adapt_before_evaluation()
@@ -232,11 +280,17 @@ class TransferModule(pl.LightningModule):
             metric.update(*args)
             self.log(f"{split}_{metric_name}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False, batch_size=labels.shape[0])
 
+    def _splits(self, kind: str) -> tuple[str, ...]:
+        """The evaluation splits in loader order: the datamodule's (a source-free run has no source
+        splits), else all of VAL_SPLITS / TEST_SPLITS."""
+        default = VAL_SPLITS if kind == "val" else TEST_SPLITS
+        return getattr(getattr(self._trainer, "datamodule", None), f"{kind}_splits", default)
+
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._evaluate(VAL_SPLITS[dataloader_idx], batch)
+        self._evaluate(self._splits("val")[dataloader_idx], batch)
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._evaluate(TEST_SPLITS[dataloader_idx], batch)
+        self._evaluate(self._splits("test")[dataloader_idx], batch)
 
     # ------------------------------------------------------------- optimizer
     def _group_lr(self, name: str) -> float:
@@ -246,7 +300,7 @@ class TransferModule(pl.LightningModule):
     def configure_optimizers(self):
         stages = self.backbone.stage_parameters()
         cfg = self.optim_cfg
-        new_layers = list(self.bottleneck.parameters()) + list(self.head.parameters())
+        new_layers = list(self.bottleneck.parameters()) + ([] if self.adapter.freezes_head else list(self.head.parameters()))
         groups = param_groups(
             stages,
             [scale * cfg.backbone_lr_scale for scale in self.schedule.stage_lr_scales(len(stages))],

@@ -61,10 +61,9 @@ CONFUSION_MAX_EXAMPLES = 5000
 def _labelled_splits(datamodule):
     """(name, (inputs, labels), title): the split source-val selection reads, and the target test split,
     which only evaluates. In-memory splits only (a streaming folder dataset is skipped)."""
-    for name, split, title in (
-        ("source_val", datamodule.source.val, "source val (the split the default rule selects on)"),
-        ("target_test", datamodule.target.test, "target test (evaluation only, never selects)"),
-    ):
+    splits = [] if datamodule.source_free else [("source_val", datamodule.source.val, "source val (the split the default rule selects on)")]
+    splits.append(("target_test", datamodule.target.test, "target test (evaluation only, never selects)"))
+    for name, split, title in splits:
         if hasattr(split, "images"):
             yield name, (split.images[:CONFUSION_MAX_EXAMPLES], split.labels[:CONFUSION_MAX_EXAMPLES]), title
 

@@ -81,9 +81,10 @@ RULES: dict[str, Rule] = {
     )
 }
 DEFAULT_RULE = "source_val"
-#: Rules a run can checkpoint on (`selection=` in a config): those with a metric to monitor.
-CHECKPOINT_RULES = tuple(name for name, rule in RULES.items() if rule.metric)
-#: Rule → (monitored metric, mode), for ModelCheckpoint and searches.
+#: Rules a run can checkpoint on (`selection=` in a config): all of them (`last` keeps the final epoch,
+#: the protocol of source-free methods, which have no source validation split).
+CHECKPOINT_RULES = tuple(RULES)
+#: Rule → (monitored metric, mode), for ModelCheckpoint and searches; `last` monitors nothing (None).
 SELECTION_METRICS = {name: (RULES[name].metric, RULES[name].mode) for name in CHECKPOINT_RULES}
 #: Every metric any rule needs, i.e. the histories to fetch per run.
 HISTORY_METRICS = tuple(sorted({TEST_METRIC, SOURCE_METRIC, *(r.metric for r in RULES.values() if r.metric)}))

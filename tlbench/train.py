@@ -44,13 +44,25 @@ from .tracking import (
 log = logging.getLogger(__name__)
 
 
-def build_augmentation_for(run: RunConfig, datamodule: DomainDataModule):
-    if run.data.augment == "none":
+def build_augmentation_for(preset: str, datamodule: DomainDataModule):
+    if preset == "none":
         return None
     from .data.augment import build_augmentation
 
     # The same augmentation is applied to source and target batches: flip only if both allow it.
-    return build_augmentation(run.data.augment, datamodule.source.hflip_ok and datamodule.target.hflip_ok)
+    return build_augmentation(preset, datamodule.source.hflip_ok and datamodule.target.hflip_ok)
+
+
+def check_method_fits(run: RunConfig, adapter, datamodule: DomainDataModule) -> None:
+    """Refuse combinations a method cannot honour: a source-free method has no source split to select on
+    and no second domain in an in-domain run."""
+    if adapter.uses_source:
+        return
+    if run.selection == "source_val":
+        raise ConfigError(f"selection=source_val: adapt={run.adapt.name} is source-free, so there is no source "
+                          "validation split; use selection=last or target_entropy (or oracle, labelled as such)")
+    if datamodule.in_domain:
+        raise ConfigError(f"adapt={run.adapt.name} is source-free: it needs a target domain different from the source")
 
 
 def effective_batch_composition(run: RunConfig, adapter, datamodule: DomainDataModule) -> str:
@@ -77,6 +89,7 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
     backbone = BACKBONES.build(backbone_cfg)
     feature_dim = run.head.bottleneck or backbone.out_features
     adapter = ADAPTERS.build(run.adapt, num_classes=datamodule.num_classes, feature_dim=feature_dim)
+    check_method_fits(run, adapter, datamodule)
     composition = effective_batch_composition(run, adapter, datamodule)
     reason = why_not_cacheable(schedule, backbone, adapter, run.data.augment, run.trainer.max_epochs)
     if not run.trainer.feature_cache:
@@ -91,11 +104,13 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
         except TypeError as exc:  # e.g. a streaming folder dataset
             reason = str(exc)
     log.info("feature cache: %s", "on" if reason is None else f"off ({reason})")
+    datamodule.serve(adapter)
     head = build_head(feature_dim, datamodule.num_classes, run.head.hidden, run.head.dropout)
     module = TransferModule(
         backbone, head, adapter, schedule, run.optim, datamodule.num_classes,
-        build_augmentation_for(run, datamodule), seed=run.seed,
+        build_augmentation_for(run.data.augment, datamodule), seed=run.seed,
         bottleneck=build_bottleneck(backbone.out_features, run.head.bottleneck), batch_composition=composition,
+        strong_augment=build_augmentation_for("strong", datamodule) if adapter.needs_strong_view else None,
     )
     module.run_config = to_plain_dict(run)  # stored in checkpoints: TransferModule.load_from_checkpoint(path) rebuilds it
     return module, datamodule, "on" if reason is None else f"off: {reason}"
@@ -187,8 +202,13 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
             return {"skipped": 1.0}
     pl.seed_everything(run.seed, workers=True, verbose=False)
     raw_datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
+    source_tags = {}
     with runs_resolved_in(resolve_uri(run.tracking.uri)):  # weights=runs:/... come from this run's store
         module, datamodule, cache_decision = build_module(run, raw_datamodule)
+        if not module.adapter.uses_source:
+            from .source_model import load_source_model
+
+            source_tags["source_run_id"] = load_source_model(module, run)
     checkpoint_dir = Path(run.checkpoint_dir) / digest
     last = checkpoint_dir / "last.ckpt"
     resume_run_id = unfinished_run_with_hash(run.tracking, digest) if run.resume and last.exists() else None
@@ -196,7 +216,7 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
     threads = threads_for(run.trainer.threads, module)
     tags = {**run_tags(run, datamodule, digest), "feature_cache": cache_decision,
-            "batch_composition": module.batch_composition, "threads": threads, **(extra_tags or {})}
+            "batch_composition": module.batch_composition, "threads": threads, **source_tags, **(extra_tags or {})}
     with sigterm_as_interrupt(), intra_op_threads(threads), \
             recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
         if not resume_run_id:
@@ -206,9 +226,9 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         monitor, mode = SELECTION_METRICS[run.selection]
         checkpoint = None
         if not run.trainer.fast_dev_run:
-            checkpoint = ModelCheckpoint(
+            checkpoint = ModelCheckpoint(  # monitor None (selection=last): the newest epoch is the one kept
                 dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-                monitor=monitor, mode=mode, save_top_k=1, save_last=True,
+                monitor=monitor, mode=mode if monitor else "max", save_top_k=1, save_last=True,
             )
         trainer = build_trainer(run, MlflowMetricLogger(recorder), checkpoint, extra_callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume_run_id else None, weights_only=True)

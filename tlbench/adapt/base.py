@@ -36,6 +36,17 @@ class AdaptOutput:
 class Adapter(nn.Module):
     #: False for methods that need no target batch during training (source_only, adabn).
     needs_target: bool = True
+    #: False for source-free methods (SHOT): the run then draws no source batch at all, and `loss` gets
+    #: None for every source argument.
+    uses_source: bool = True
+    #: True for methods that also need a strongly augmented view of each target batch (FixMatch):
+    #: `loss` then gets `logits_t_strong`.
+    needs_strong_view: bool = False
+    #: True for methods that need each target example's position in the target training set (SHOT's
+    #: per-example pseudo-labels): `loss` then gets `target_index`.
+    needs_target_index: bool = False
+    #: True for methods that keep the classifier fixed (SHOT's frozen source hypothesis).
+    freezes_head: bool = False
 
     def loss(
         self,
@@ -48,7 +59,8 @@ class Adapter(nn.Module):
         step: int = 0,
     ) -> AdaptOutput:
         """`progress` ∈ [0, 1] is the fraction of training done (drives schedules such as DANN's λ);
-        `step` the optimizer step, for schedules in absolute iterations (TLlib's λ warm-up)."""
+        `step` the optimizer step, for schedules in absolute iterations (TLlib's λ warm-up). Methods that
+        set `needs_strong_view` / `needs_target_index` also receive `logits_t_strong` / `target_index`."""
         raise NotImplementedError
 
     @property
@@ -56,6 +68,14 @@ class Adapter(nn.Module):
         """True for methods that override `before_evaluation` (so evaluations need target batches, and
         cached backbone features would be stale)."""
         return type(self).before_evaluation is not Adapter.before_evaluation
+
+    def before_epoch(self, module: nn.Module, target_batches) -> None:
+        """Hook run at the start of every training epoch with the target training images in their fixed
+        order (unaugmented, preprocessed), e.g. to compute pseudo-labels for the epoch. Default: nothing."""
+
+    @property
+    def runs_before_epoch(self) -> bool:
+        return type(self).before_epoch is not Adapter.before_epoch
 
     def before_evaluation(self, module: nn.Module, target_batches) -> None:
         """Hook run before each evaluation (AdaBN re-estimates BatchNorm statistics here). Default: nothing."""

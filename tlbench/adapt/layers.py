@@ -3,7 +3,8 @@
 - gradient reversal and Ganin's λ schedule (DANN, CDAN),
 - the domain discriminator and its adversarial loss (DANN, CDAN),
 - multi-kernel Gaussian MMD (DAN),
-- prediction entropy (entropy minimisation, CDAN+E, MCC).
+- prediction entropy (entropy minimisation, CDAN+E, MCC),
+- confidence-thresholded pseudo-labels (pseudo-labelling, FixMatch).
 """
 
 from __future__ import annotations
@@ -132,3 +133,17 @@ def mk_mmd2(x: torch.Tensor, y: torch.Tensor, multipliers: Sequence[float], unbi
     else:
         within_x, within_y = k_xx.mean(), k_yy.mean()
     return within_x + within_y - 2.0 * k_xy.mean()
+
+
+def confident_pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax labels, mask of examples whose top softmax probability is ≥ threshold), both without
+    gradient: the targets of self-training (pseudo-labelling, FixMatch)."""
+    probabilities = logits.detach().softmax(dim=1)
+    confidence, labels = probabilities.max(dim=1)
+    return labels, (confidence >= threshold).float()
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the whole batch with unmasked terms zeroed (FixMatch's normalisation:
+    a batch with few confident examples contributes a small loss, not a large mean over a few)."""
+    return (F.cross_entropy(logits, labels, reduction="none") * mask).mean()

@@ -2,6 +2,9 @@
 
 Training batches are `{"source": (x, y), "target": x}`: target labels are dropped here, before any
 training code can see them. Evaluation loaders, in order: source val, target val, target test.
+
+`serve(adapter)` fits the streams to the method: a source-free method (SHOT) gets no source batch in
+training, validation or test, and a method that needs positions gets `"target": (x, index)`.
 """
 
 from __future__ import annotations
@@ -9,13 +12,35 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 
+import torch
+from torch.utils.data import DataLoader, Dataset
+
 from ..config import DataConfig
+from ..selection import TEST_SPLITS, VAL_SPLITS
 from . import build_domain
-from .base import DomainSplits
+from .base import DomainSplits, TensorImages
 from .budget import apply_label_budget
 from .loaders import FixedLengthLoader, make_loader
 
-EVAL_SPLITS = ("val/source", "val/target", "test/target")
+
+class PositionLabelled(Dataset):
+    """A dataset whose "label" is each example's position: the target stream of methods that keep
+    per-example state (SHOT's pseudo-labels), without the real labels ever being read."""
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        return self.data[index][0], index
+
+
+def with_positions(data: Dataset) -> Dataset:
+    if isinstance(data, TensorImages):  # stays a TensorImages, so it keeps the fast in-memory loader
+        return TensorImages(data.images, torch.arange(len(data)))
+    return PositionLabelled(data)
 
 
 class UnlabelledLoader:
@@ -63,6 +88,23 @@ class DomainDataModule(pl.LightningDataModule):
                 + (f"; classes in only one of them: {', '.join(differing[:10])}" if differing else " (same names, different order)")
             )
         self.source_train = apply_label_budget(self.source.train, seed, cfg.labels_per_class, cfg.label_fraction)
+        #: Set by `serve`: no source batch anywhere (source-free methods); target batches carry positions.
+        self.source_free = False
+        self.target_positions = False
+
+    def serve(self, adapter) -> "DomainDataModule":
+        """Shape the loaders to what `adapter` may and must read (see the module docstring)."""
+        self.source_free = not adapter.uses_source
+        self.target_positions = adapter.needs_target_index
+        return self
+
+    @property
+    def val_splits(self) -> tuple[str, ...]:
+        return VAL_SPLITS[1:] if self.source_free else VAL_SPLITS
+
+    @property
+    def test_splits(self) -> tuple[str, ...]:
+        return TEST_SPLITS[1:] if self.source_free else TEST_SPLITS
 
     @property
     def in_domain(self) -> bool:
@@ -90,20 +132,29 @@ class DomainDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         # In-domain runs have no separate unlabelled stream; the source stream stands in as "target".
         target_train = self.source_train if self.in_domain else self.target.train
-        return CombinedLoader(
-            {
-                "source": self._loader(self.source_train, train=True),
-                "target": UnlabelledLoader(self._loader(target_train, train=True, seed_offset=1)),
-            },
-            mode="max_size_cycle",
-        )
+        streams = {} if self.source_free else {"source": self._loader(self.source_train, train=True)}
+        if self.target_positions:
+            streams["target"] = self._loader(with_positions(target_train), train=True, seed_offset=1)
+        else:
+            streams["target"] = UnlabelledLoader(self._loader(target_train, train=True, seed_offset=1))
+        return CombinedLoader(streams, mode="max_size_cycle")
 
-    def target_train_dataloader(self):
-        """Target training images without labels, in a fixed order (AdaBN, label-free validators)."""
-        return UnlabelledLoader(self._loader(self.target.train, train=False))
+    def target_train_in_order(self):
+        """Target training images without labels, all of them (never sharded across devices) in their
+        fixed order, so position i is example i of the target stream (AdaBN statistics, SHOT labels)."""
+        data = self.target.train
+        batch_size = self.cfg.batch_size
+        if isinstance(data, TensorImages):
+            return (data.images[start : start + batch_size] for start in range(0, len(data), batch_size))
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=self.cfg.num_workers)
+        return (images for images, _ in loader)
+
+    def _evaluation_loaders(self, splits: dict[str, object], names: tuple[str, ...]):
+        return [self._loader(splits[name], train=False) for name in names]
 
     def val_dataloader(self):
-        return [self._loader(d, train=False) for d in (self.source.val, self.target.val, self.target.test)]
+        splits = {"val/source": self.source.val, "val/target": self.target.val, "eval/target_test": self.target.test}
+        return self._evaluation_loaders(splits, self.val_splits)
 
     def test_dataloader(self):
-        return [self._loader(d, train=False) for d in (self.source.test, self.target.test)]
+        return self._evaluation_loaders({"test/source": self.source.test, "test/target": self.target.test}, self.test_splits)

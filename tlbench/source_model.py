@@ -1,0 +1,66 @@
+"""The source model a source-free method (SHOT) starts from: a recorded tlbench run, named by
+`adapt.source_model` as `runs:/<run_id>` or as a method name.
+
+A method name means "the finished run of that method in this experiment with the same seed, source
+domain, backbone and head", which makes the two-step protocol (source training, then source-free
+adaptation) one reproducible sweep: `tlbench -m adapt=source_only seed=0,1,2` followed by
+`tlbench -m adapt=shot adapt.source_model=source_only seed=0,1,2`. Its backbone, bottleneck and head
+weights are copied into the new module; nothing of the source data is read.
+"""
+
+from __future__ import annotations
+
+from .config import RunConfig, flatten, to_plain_dict
+from .errors import ConfigError
+from .tracking import MAX_PARAM_LENGTH, client_for, resolve_uri
+
+RUNS_PREFIX = "runs:/"
+#: Recorded params that must equal this run's for a recorded run to be its source model: the same
+#: network (so the weights fit) trained on the same source domain with the same seed.
+MATCHING_PARAMS = ("seed", "data.source", "data.synthetic_size", "data.image_size", "backbone.", "head.")
+
+
+def _matching_params(run: RunConfig) -> dict[str, str]:
+    flat = flatten(to_plain_dict(run))
+    return {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flat.items() if any(k == p or k.startswith(p) for p in MATCHING_PARAMS)}
+
+
+def source_run_id(run: RunConfig) -> str:
+    """The run id `adapt.source_model` names; a ConfigError that says what to run when there is none."""
+    spec = run.adapt.source_model
+    if spec.startswith(RUNS_PREFIX):
+        return spec[len(RUNS_PREFIX):].strip("/").split("/")[0]
+    uri = resolve_uri(run.tracking.uri)
+    client = client_for(uri, run.tracking.timeout_s)
+    experiment = client.get_experiment_by_name(run.tracking.experiment)
+    wanted = _matching_params(run)
+    candidates = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id],
+        f"params.`adapt.name` = '{spec}' and params.seed = '{run.seed}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for candidate in candidates:
+        if all(candidate.data.params.get(k) == v for k, v in wanted.items()):
+            return candidate.info.run_id
+    raise ConfigError(
+        f"adapt.source_model={spec}: no finished {spec} run with seed {run.seed}, source '{run.data.source}', "
+        f"backbone {run.backbone.name} and this head in experiment '{run.tracking.experiment}' of {uri}; "
+        f"run it first (tlbench adapt={spec} seed={run.seed} ...) or pass runs:/<run_id>"
+    )
+
+
+def load_source_model(module, run: RunConfig) -> str:
+    """Copy the source run's backbone, bottleneck and head weights into `module`; returns its run id."""
+    from .api import load_run
+
+    run_id = source_run_id(run)
+    source = load_run(run_id, run.tracking.uri)
+    for part in ("backbone", "bottleneck", "head"):
+        try:
+            getattr(module, part).load_state_dict(getattr(source, part).state_dict())
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"adapt.source_model: the {part} of run {run_id} does not fit this run's model "
+                f"({str(exc).splitlines()[0]}); use the source run's backbone and head settings"
+            ) from None
+    return run_id
