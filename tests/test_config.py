@@ -110,6 +110,8 @@ def test_every_group_option_instantiates(group):
         overrides = [f"{group}={option}"] + [o for o in FAST if not o.startswith(group + "=")]
         if group == "backbone" and option != "efficientnet_lite0":
             overrides += ["backbone.weights=none"]
+        required = {"source_model": "runs:/given"} if option == "shot" else {}  # SHOT's yaml leaves it to the user
+        overrides += [f"{group}.{k}={v}" for k, v in required.items()]
         run = validate(compose(overrides))
         if group == "backbone":
             built = BACKBONES.build(run.backbone)
@@ -118,7 +120,7 @@ def test_every_group_option_instantiates(group):
             assert isinstance(SCHEDULES.build(run.freeze), FreezeSchedule)
         else:  # each adapt yaml also trains a step in test_adapt_methods
             adapter = ADAPTERS.build(run.adapt, num_classes=10, feature_dim=32)
-            assert type(adapter) is type(ADAPTERS.build({"name": run.adapt.name}, num_classes=10, feature_dim=32))
+            assert type(adapter) is type(ADAPTERS.build({"name": run.adapt.name, **required}, num_classes=10, feature_dim=32))
 
 
 @pytest.mark.parametrize("group", sorted(GROUP_SCHEMAS))
