@@ -16,7 +16,7 @@ from tlbench.adapt.coral import coral_loss, covariance
 from tlbench.adapt.layers import DomainDiscriminator, dann_lambda, mk_mmd2, ramp_position
 from tlbench.backbones import BACKBONES
 from tlbench.config import OptimConfig, validate
-from tlbench.data.base import TensorImages
+from tlbench.data.base import InMemoryExamples, TensorImages
 from tlbench.data.datamodule import DomainDataModule
 from tlbench.data.loaders import FixedLengthLoader, TensorBatchLoader
 from tlbench.errors import ConfigError
@@ -24,11 +24,8 @@ from tlbench.optim import build_optimizer, build_scheduler, lr_factor, param_gro
 from tlbench.train import build_module
 
 
-def _images(n: int) -> TensorImages:
-    data = TensorImages.__new__(TensorImages)
-    data.images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1)
-    data.labels = torch.arange(n) % 3
-    return data
+def _images(n: int) -> InMemoryExamples:
+    return InMemoryExamples(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1), torch.arange(n) % 3)
 
 
 # ----------------------------------------------------------- steps per epoch
@@ -98,6 +95,22 @@ def test_source_composition_never_forwards_the_target_and_changes_bn_only_with_s
         assert features_t is None and logits_t is None
         stats.append(next(m for m in module.backbone.modules() if isinstance(m, nn.BatchNorm2d)).running_mean.clone())
     assert torch.equal(*stats)  # the target batch never reached BatchNorm
+
+
+@pytest.mark.parametrize("overrides, composition", [
+    (["freeze=linear_probe"], "source"),  # a fixed backbone and a plain linear head: the target changes nothing
+    (["freeze=linear_probe", "head.dropout=0.5"], "joint"),  # dropout draws random numbers per forwarded example
+    (["freeze=linear_probe", "head.bottleneck=8"], "joint"),  # the bottleneck's BatchNorm pools the batch
+    (["freeze=full"], "joint"),  # the backbone's BatchNorm trains
+    (["freeze=linear_probe", "adapt=dann"], "joint"),  # a method that uses the target
+])
+def test_a_target_batch_is_drawn_only_where_it_can_change_the_run(tmp_path, mlflow_uri, overrides, composition):
+    run = tiny_run(tmp_path, mlflow_uri, overrides)
+    module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed, steps_per_epoch=2))
+    assert module.batch_composition == composition
+    batch = next(iter(datamodule.train_dataloader()))
+    batch = batch[0] if isinstance(batch, tuple) else batch
+    assert ("target" in batch) == (composition != "source")
 
 
 def test_a_method_that_needs_the_target_cannot_use_source_composition(tmp_path, mlflow_uri):

@@ -124,3 +124,50 @@ def test_two_step_transfer_starts_from_a_recorded_backbone(tmp_path, mlflow_uri)
     finally:
         mlflow.set_tracking_uri(previous)
     assert MlflowClient(mlflow_uri).get_run(trained["run_id"]).data.params["backbone.weights"] == source
+
+
+def test_metric_logger_writes_one_batch_per_epoch_and_keeps_each_point(tmp_path, mlflow_uri, monkeypatch):
+    from tlbench.config import TrackingConfig
+    from tlbench.mlflow_logger import MlflowMetricLogger
+    from tlbench.tracking import recorded_run
+
+    with recorded_run(TrackingConfig(uri=mlflow_uri, experiment="buffer"), "buffered", {}) as recorder:
+        writes = []
+        original = recorder.client.log_batch
+        monkeypatch.setattr(recorder.client, "log_batch", lambda *a, **k: writes.append(len(k.get("metrics", []))) or original(*a, **k))
+        logger = MlflowMetricLogger(recorder)
+        for step in range(3):
+            logger.log_metrics({"train/loss": 1.0 - step / 10, "epoch": 0}, step)
+        assert writes == []  # nothing written mid-epoch
+        logger.log_metrics({"train/loss": 0.5, "epoch": 1}, 3)
+        assert writes == [6]  # epoch 0's three points (loss + epoch each) in one request
+        logger.finalize("success")
+        assert writes == [6, 2]
+    history = MlflowClient(mlflow_uri).get_metric_history(recorder.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.9), (2, 0.8), (3, 0.5)]
+
+
+@pytest.mark.slow
+def test_a_run_late_in_a_sweep_matches_the_same_run_in_a_fresh_process(tmp_path):
+    """What one sweep process reuses between its runs (built domains, objects frozen out of the collector,
+    buffered metric writes) changes nothing: the second job of a sweep records exactly the metrics the
+    same configuration records alone in a new process. Cached and uncached paths both."""
+    def recorded(uri: str, *overrides: str) -> dict:
+        client = MlflowClient(uri)
+        (run,) = [r for r in client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+                  if "tlbench.parent" not in r.data.tags and all(r.data.params[k] == v for k, v in (o.split("=") for o in overrides))]
+        history = {m: [(p.step, p.value) for p in client.get_metric_history(run.info.run_id, m)] for m in ("train/loss", "val/target_acc")}
+        return {"metrics": {k: v for k, v in run.data.metrics.items() if "seconds" not in k}, "history": history}
+
+    base = [sys.executable, "-m", "tlbench", *TINY, "trainer.max_epochs=2", f"checkpoint_dir={tmp_path}/ckpt"]
+    for freeze in ("full", "linear_probe"):
+        sweep_uri, fresh_uri = f"sqlite:///{tmp_path}/sweep_{freeze}.db", f"sqlite:///{tmp_path}/fresh_{freeze}.db"
+        common = [f"freeze={freeze}", "adapt=dann" if freeze == "full" else "adapt=source_only"]
+        sweep = subprocess.run(base[:3] + ["-m"] + base[3:] + common + [f"tracking.uri={sweep_uri}", "optim.lr=0.01,0.003",
+                               f"hydra.sweep.dir={tmp_path}/sweep_{freeze}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert sweep.returncode == 0, sweep.stderr[-2000:]
+        fresh = subprocess.run(base + common + [f"tracking.uri={fresh_uri}", "optim.lr=0.003", f"hydra.run.dir={tmp_path}/fresh_{freeze}"],
+                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert fresh.returncode == 0, fresh.stderr[-2000:]
+        late, alone = recorded(sweep_uri, "optim.lr=0.003"), recorded(fresh_uri, "optim.lr=0.003")
+        assert late["metrics"] and late == alone, freeze

@@ -148,7 +148,7 @@ def module_from_checkpoint(
     head_weights = [value for key, value in state.items() if key.startswith("head.") and key.endswith(".weight")]
     domain = SimpleNamespace(hflip_ok=False)  # augmentations only shape training, which this module will not do
     wiring = SimpleNamespace(num_classes=int(head_weights[-1].shape[0]), in_domain=run.data.source == run.data.target,
-                             source=domain, target=domain, serve=lambda adapter: None)
+                             source=domain, target=domain, serve=lambda adapter, composition: None)
     module, _, _ = build_module(run, wiring)  # type: ignore[arg-type]  (the wiring needs only these)
     missing, unexpected = module.load_state_dict(state, strict=False)
     optional = ("adapter.",) + (() if has_backbone else ("backbone.",))  # method layers only shape training

@@ -16,31 +16,25 @@ import uuid
 import torch
 from torch import nn
 
-from .backbones import Backbone, Preprocessing
-from .data.base import DomainSplits, TensorImages
+from .backbones import Backbone
+from .data.base import DomainSplits, InMemoryExamples, TensorImages
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 
-class TensorFeatures(TensorImages):
+class TensorFeatures(InMemoryExamples):
     """Precomputed float features (N×D) with labels; batched like images by the same fast loader."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor):
-        self.images = features
-        self.labels = labels.long()
-
-    def subset(self, indices) -> "TensorFeatures":
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        return TensorFeatures(self.images[indices], self.labels[indices])
+        if not features.is_floating_point() or features.ndim != 2:
+            raise ValueError(f"features must be float N×D, got {features.dtype} {tuple(features.shape)}")
+        super().__init__(features, labels)
 
 
-@dataclasses.dataclass(frozen=True)
-class PassThrough(Preprocessing):
-    """Preprocessing of cached features: they are already what the backbone would output."""
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images
+def unchanged(inputs: torch.Tensor) -> torch.Tensor:
+    """The preprocessing of cached features: they already are what the backbone would output."""
+    return inputs
 
 
 class CachedBackbone(Backbone):
@@ -50,14 +44,22 @@ class CachedBackbone(Backbone):
         super().__init__()
         self.stage_modules = nn.ModuleList()
         self.out_features = out_features
-        self.preprocessing = PassThrough(input_size=0)
+        self.preprocessing = unchanged
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
 
 
-def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_epochs: int) -> str | None:
-    """None when caching gives the same results as the uncached path; otherwise the reason it would not."""
+def in_memory(domain: DomainSplits) -> bool:
+    return all(isinstance(getattr(domain, split), InMemoryExamples) for split in ("train", "val", "test"))
+
+
+def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_epochs: int, domains=()) -> str | None:
+    """None when caching gives the same results as the uncached path; otherwise the reason it would not.
+    Without `domains`, whether the backbone is a fixed function of the images during the run."""
+    streaming = [domain.name for domain in domains if not in_memory(domain)]
+    if streaming:
+        return f"feature caching needs in-memory splits; {streaming[0]} is streamed from disk"
     stages = len(backbone.stages())
     if schedule.always_frozen_prefix(stages, max_epochs) < stages:
         return "some backbone stages train during the run"
@@ -111,14 +113,15 @@ def featurize_split(backbone: Backbone, data: TensorImages, key: dict) -> Tensor
     return TensorFeatures(features, data.labels)
 
 
+def split_key(backbone: Backbone, backbone_key: str, domain: DomainSplits, split: str, labels: torch.Tensor) -> dict:
+    """Everything a split's features depend on: the cache entry's name."""
+    return {"backbone": backbone_key, "preprocessing": repr(backbone.preprocessing), "domain": domain.name,
+            "fingerprint": domain.fingerprint, "split": split, "labels": hashlib.sha256(labels.numpy().tobytes()).hexdigest()}
+
+
 def featurize_domain(backbone: Backbone, domain: DomainSplits, backbone_key: str) -> DomainSplits:
     splits = {}
     for split in ("train", "val", "test"):
         data = getattr(domain, split)
-        if not isinstance(data, TensorImages):
-            raise TypeError(f"feature caching needs in-memory splits; {domain.name}.{split} is {type(data).__name__}")
-        key = {"backbone": backbone_key, "preprocessing": repr(backbone.preprocessing), "domain": domain.name,
-               "fingerprint": domain.fingerprint, "split": split,
-               "labels": hashlib.sha256(data.labels.numpy().tobytes()).hexdigest()}
-        splits[split] = featurize_split(backbone, data, key)
+        splits[split] = featurize_split(backbone, data, split_key(backbone, backbone_key, domain, split, data.labels))
     return dataclasses.replace(domain, **splits)

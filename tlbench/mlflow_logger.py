@@ -3,6 +3,8 @@ runs, e.g. for reports, does not import Lightning)."""
 
 from __future__ import annotations
 
+import time
+
 from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -11,11 +13,18 @@ from .tracking import RunRecorder
 
 class MlflowMetricLogger(Logger):
     """Lightning logger that writes metrics into an already-open RunRecorder (we own the run's lifecycle,
-    so Lightning's own MLFlowLogger, which ends runs itself, is not used)."""
+    so Lightning's own MLFlowLogger, which ends runs itself, is not used).
 
-    def __init__(self, recorder: RunRecorder):
+    Metrics are written once per epoch, in one batch, rather than every `log_every_n_steps`: each write
+    is a store transaction (a SQLite commit or an HTTP request). Lightning calls `finalize` after fit and
+    test and on any exception or Ctrl-C, so at most the current epoch's points are lost to a SIGKILL."""
+
+    def __init__(self, recorder: RunRecorder, max_buffered: int = 5000):
         super().__init__()
         self.recorder = recorder
+        self.max_buffered = max_buffered
+        self._buffer: list[tuple[dict[str, float], int, int]] = []
+        self._epoch: float | None = None
 
     @property
     def name(self) -> str:
@@ -36,4 +45,19 @@ class MlflowMetricLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.recorder.log_metrics({k: v for k, v in metrics.items()}, step or 0)
+        epoch = metrics.get("epoch")
+        if self._buffer and (epoch != self._epoch or sum(len(m) for m, _, _ in self._buffer) >= self.max_buffered):
+            self.flush()
+        self._epoch = epoch
+        self._buffer.append((dict(metrics), step or 0, int(time.time() * 1000)))  # the time it was measured
+
+    @rank_zero_only
+    def flush(self) -> None:
+        """Write every buffered point in one batch (the recorder splits it into store-sized requests)."""
+        buffered, self._buffer = self._buffer, []
+        if buffered:
+            self.recorder.log_metric_points(buffered)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.flush()

@@ -146,10 +146,10 @@ def source_head(candidate: Candidate, zoo_run_id: str | None):
 def labelled_features(backbone, domain, labelled):
     """Features of the labelled split through the shared feature cache (keyed by weights, preprocessing and images)."""
     from .data.base import fingerprint_tensors
-    from .feature_cache import backbone_digest, featurize_split
+    from .feature_cache import backbone_digest, featurize_split, split_key
 
-    key = {"backbone": backbone_digest(backbone), "preprocessing": repr(backbone.preprocessing), "domain": domain.name,
-           "fingerprint": domain.fingerprint, "split": "labelled", "subset": fingerprint_tensors(labelled.images, labelled.labels)}
+    key = split_key(backbone, backbone_digest(backbone), domain, "labelled", labelled.labels)
+    key["subset"] = fingerprint_tensors(labelled.images, labelled.labels)
     return featurize_split(backbone, labelled, key)
 
 

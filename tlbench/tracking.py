@@ -312,12 +312,15 @@ class RunRecorder:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.log_metric_points([(metrics, step, int(time.time() * 1000))])
+
+    def log_metric_points(self, points: list[tuple[dict[str, float], int, int]]) -> None:
+        """(metrics, step, timestamp in ms) points, written in as few store requests as MLflow allows."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for start in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+        items = [Metric(k, float(v), timestamp, step) for metrics, step, timestamp in points for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -352,6 +355,9 @@ class SilentRecorder(RunRecorder):
         pass
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_metric_points(self, points) -> None:
         pass
 
     def set_tags(self, tags: dict[str, Any]) -> None:

@@ -15,14 +15,13 @@ import torch
 from torch.utils.data import Dataset
 
 
-class TensorImages(Dataset):
-    """In-memory images (uint8, N×C×H×W) with integer labels (int64, N)."""
+class InMemoryExamples(Dataset):
+    """Examples held as one tensor (`images`: images, or features computed from them) with int64 labels:
+    batched by indexing (data/loaders.py), never per sample."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} images")
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} examples")
         self.images = images
         self.labels = labels.long()
 
@@ -32,9 +31,18 @@ class TensorImages(Dataset):
     def __getitem__(self, index: int):
         return self.images[index], self.labels[index]
 
-    def subset(self, indices: torch.Tensor | np.ndarray) -> "TensorImages":
+    def subset(self, indices: torch.Tensor | np.ndarray):
         indices = torch.as_tensor(indices, dtype=torch.long)
-        return TensorImages(self.images[indices], self.labels[indices])
+        return type(self)(self.images[indices], self.labels[indices])
+
+
+class TensorImages(InMemoryExamples):
+    """In-memory images (uint8, N×C×H×W) with integer labels (int64, N)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} {tuple(images.shape)}")
+        super().__init__(images, labels)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError
-from .base import TensorImages
+from .base import InMemoryExamples
 
 
 def dataset_labels(data: Dataset) -> np.ndarray:
@@ -41,7 +41,7 @@ def apply_label_budget(data: Dataset, seed: int, labels_per_class: int | None, l
     if labels_per_class is None and label_fraction is None:
         return data
     indices = budget_indices(dataset_labels(data), seed, labels_per_class, label_fraction)
-    if isinstance(data, TensorImages):
+    if isinstance(data, InMemoryExamples):
         return data.subset(indices)
     subset = Subset(data, indices.tolist())
     subset.labels = dataset_labels(data)[indices]

@@ -3,8 +3,9 @@
 Training batches are `{"source": (x, y), "target": x}`: target labels are dropped here, before any
 training code can see them. Evaluation loaders, in order: source val, target val, target test.
 
-`serve(adapter)` fits the streams to the method: a source-free method (SHOT) gets no source batch in
-training, validation or test, and a method that needs positions gets `"target": (x, index)`.
+`serve(adapter, batch_composition)` fits the streams to the method: a source-free method (SHOT) gets no
+source batch in training, validation or test, a method that needs positions gets `"target": (x, index)`,
+and a run that forwards only the source draws no target batch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import DataConfig
 from ..selection import TEST_SPLITS, VAL_SPLITS
 from . import build_domain
-from .base import DomainSplits, TensorImages
+from .base import DomainSplits, InMemoryExamples
 from .budget import apply_label_budget
 from .loaders import FixedLengthLoader, make_loader
 
@@ -38,8 +39,8 @@ class PositionLabelled(Dataset):
 
 
 def with_positions(data: Dataset) -> Dataset:
-    if isinstance(data, TensorImages):  # stays a TensorImages, so it keeps the fast in-memory loader
-        return TensorImages(data.images, torch.arange(len(data)))
+    if isinstance(data, InMemoryExamples):  # stays in memory, so it keeps the fast loader
+        return type(data)(data.images, torch.arange(len(data)))
     return PositionLabelled(data)
 
 
@@ -91,11 +92,14 @@ class DomainDataModule(pl.LightningDataModule):
         #: Set by `serve`: no source batch anywhere (source-free methods); target batches carry positions.
         self.source_free = False
         self.target_positions = False
+        self.target_stream = True
 
-    def serve(self, adapter) -> "DomainDataModule":
-        """Shape the loaders to what `adapter` may and must read (see the module docstring)."""
+    def serve(self, adapter, batch_composition: str = "joint") -> "DomainDataModule":
+        """Shape the loaders to what `adapter` may and must read (see the module docstring); under
+        batch_composition=source no target training stream is drawn at all."""
         self.source_free = not adapter.uses_source
         self.target_positions = adapter.needs_target_index
+        self.target_stream = batch_composition != "source"
         return self
 
     @property
@@ -133,9 +137,9 @@ class DomainDataModule(pl.LightningDataModule):
         # In-domain runs have no separate unlabelled stream; the source stream stands in as "target".
         target_train = self.source_train if self.in_domain else self.target.train
         streams = {} if self.source_free else {"source": self._loader(self.source_train, train=True)}
-        if self.target_positions:
+        if self.target_stream and self.target_positions:
             streams["target"] = self._loader(with_positions(target_train), train=True, seed_offset=1)
-        else:
+        elif self.target_stream:
             streams["target"] = UnlabelledLoader(self._loader(target_train, train=True, seed_offset=1))
         return CombinedLoader(streams, mode="max_size_cycle")
 
@@ -144,7 +148,7 @@ class DomainDataModule(pl.LightningDataModule):
         fixed order, so position i is example i of the target stream (AdaBN statistics, SHOT labels)."""
         data = self.target.train
         batch_size = self.cfg.batch_size
-        if isinstance(data, TensorImages):
+        if isinstance(data, InMemoryExamples):
             return (data.images[start : start + batch_size] for start in range(0, len(data), batch_size))
         loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=self.cfg.num_workers)
         return (images for images, _ in loader)

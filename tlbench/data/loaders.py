@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from .base import TensorImages
+from .base import InMemoryExamples
 
 
 class EpochSeed:
@@ -26,9 +26,9 @@ class EpochSeed:
 
 
 class TensorBatchLoader:
-    """Iterates (images, labels) batches of a TensorImages; shards across ranks when distributed."""
+    """Iterates (images, labels) batches of in-memory examples; shards across ranks when distributed."""
 
-    def __init__(self, data: TensorImages, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
+    def __init__(self, data: InMemoryExamples, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
         self.data = data
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -60,7 +60,7 @@ class TensorBatchLoader:
 def make_loader(data: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0):
     """The fastest correct loader for `data`: TensorBatchLoader for in-memory tensors, DataLoader otherwise."""
     drop_last = train and len(data) >= batch_size
-    if isinstance(data, TensorImages):
+    if isinstance(data, InMemoryExamples):
         return TensorBatchLoader(data, batch_size, shuffle=train, drop_last=drop_last, seed=seed)
     return DataLoader(
         data,
