@@ -63,3 +63,27 @@ def test_progress_bar_shows_no_run_version():
     assert "v_num" in bar.get_metrics(trainer, module)  # what Lightning shows by default
     summary.setup(trainer, module, "fit")
     assert "v_num" not in bar.get_metrics(trainer, module)
+
+
+def test_sweep_size_counts_command_line_overrides_over_a_presets_sweep_params():
+    """experiment=da_digits sweeps 6 methods × 3 seeds; `adapt=shot` on the command line replaces the
+    preset's adapt list (Hydra's rule), so the sweep has 3 jobs, not 18 (or 6 × 1 × 3)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from tlbench.hydra_callbacks import sweep_size
+    from tlbench.paths import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for overrides, jobs in ((["experiment=da_digits"], 18), (["experiment=da_digits", "adapt=shot"], 3),
+                                (["experiment=da_digits", "adapt=shot", "seed=0,1"], 2), (["adapt=dann,coral", "seed=0,1"], 4)):
+            preset = [o for o in overrides if o.startswith("experiment=")]  # compose takes no sweeps; the task list does
+            config = hydra_compose(config_name="config", overrides=preset, return_hydra_config=True)
+            config.hydra.overrides.task = overrides
+            assert sweep_size(config) == jobs, overrides
+
+
+def test_table_labels_show_a_dash_where_a_key_was_not_recorded():
+    from tlbench.report.tables import as_text
+
+    assert as_text(pd.Series(["0.9", None, float("nan"), 3])).tolist() == ["0.9", "–", "–", "3"]

@@ -13,11 +13,13 @@ def sweep_size(config: DictConfig) -> int | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        overrides = list(config.hydra.overrides.task)
-        params = config.hydra.sweeper.get("params") or {}
-        overrides += [f"{key}={value}" for key, value in params.items()]
+        parser = OverridesParser.create()
+        overrides = parser.parse_overrides(list(config.hydra.overrides.task))
+        given = {override.key_or_group for override in overrides}
+        params = config.hydra.sweeper.get("params") or {}  # the command line wins over a preset's sweep params
+        overrides += parser.parse_overrides([f"{key}={value}" for key, value in params.items() if key not in given])
         total = 1
-        for override in OverridesParser.create().parse_overrides(overrides):
+        for override in overrides:
             if override.is_sweep_override():
                 total *= len(list(override.sweep_string_iterator()))
         return total
@@ -34,7 +36,14 @@ def seed_averaged_table(uri: str, experiment: str, sweep_dir: str, rule: str) ->
     frame = collect(uri, experiment, f"tags.sweep_dir = '{sweep_dir}'", rules=(rule,))
     if frame.empty or "seed" not in frame.columns or frame.groupby("config_id")["seed"].nunique().max() < 2:
         return None
-    varying = [k for k in frame.attrs["config_keys"] if frame[k].astype(str).nunique() > 1]
+    from .report.tables import as_text
+
+    def varies(key: str) -> bool:  # a method's own hyperparameter varies by itself only within one method
+        if key.startswith("adapt.") and key != "adapt.name":
+            return any(as_text(group[key]).nunique() > 1 for _, group in frame.groupby("adapt.name"))
+        return as_text(frame[key]).nunique() > 1
+
+    varying = [k for k in frame.attrs["config_keys"] if varies(k)]
     return paper_table(frame, varying or ["adapt.name"], "data.name", rule).to_markdown()
 
 

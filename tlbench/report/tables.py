@@ -33,6 +33,12 @@ def parse_keys(keys: str | Iterable[str]) -> list[str]:
     return [k.strip() for k in parts if k.strip()]
 
 
+def as_text(values: pd.Series) -> pd.Series:
+    """Values as display text, "–" where a key was not recorded (e.g. a method's own hyperparameter in
+    another method's run); pandas' astype(str) would keep those as missing."""
+    return values.astype(object).where(values.notna(), "–").map(str)
+
+
 def labels(table: pd.DataFrame, keys: list[str]) -> pd.Series:
     """The display label of each `summarize` row for `keys`: values joined by ' / '."""
     return table[[f"label:{k}" for k in keys]].agg(" / ".join, axis=1)
@@ -84,7 +90,7 @@ def _restrict(frame: pd.DataFrame, configs: pd.DataFrame, keys: list[str]) -> pd
         raise ReportError(f"key(s) {', '.join(unknown)} not recorded; known keys: {', '.join(known)}")
     if "freeze.name" not in keys and configs["is_scratch"].any() and not configs["is_scratch"].all():
         configs = configs[~configs["is_scratch"]]
-    configs = configs.assign(**{f"label:{k}": configs[k].astype(str) for k in keys})
+    configs = configs.assign(**{f"label:{k}": as_text(configs[k]) for k in keys})
     _check_one_config_per_cell(configs, keys, config_keys(frame))
     return configs.reset_index(drop=True)
 
@@ -94,9 +100,9 @@ def _check_one_config_per_cell(configs: pd.DataFrame, keys: list[str], config_ke
         if len(group) < 2:
             continue
         differing = [
-            f"{k} ({' | '.join(sorted(group[k].astype(str).unique()))})"
+            f"{k} ({' | '.join(sorted(as_text(group[k]).unique()))})"
             for k in config_keys
-            if k in group.columns and k not in keys and group[k].astype(str).nunique() > 1
+            if k in group.columns and k not in keys and as_text(group[k]).nunique() > 1
         ]
         cell = " / ".join(values if isinstance(values, tuple) else (values,))
         raise ReportError(
