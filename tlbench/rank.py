@@ -193,18 +193,24 @@ def rank_hash(run, candidate: Candidate, estimators: list[str]) -> str:
 def rank(args: list[str]) -> list[dict[str, Any]]:
     """Score every candidate; returns one row per candidate (name, scores, run_id), best LogME first."""
     from .api import compose
-    from .config import flatten, to_plain_dict
-    from .data.datamodule import DomainDataModule
-    from .tracking import finished_run_with_hash, recorded_run, resolve_uri
+    from .backbones.weights import runs_resolved_in
+    from .tracking import resolve_uri
 
     names, estimators, overrides = split_arguments(args)
     candidates = [load_candidate(name) for name in names]  # every name checked before any work
     if not any(o.split("=", 1)[0].lstrip("+") == "tracking.experiment" for o in overrides):
         overrides = [*overrides, f"tracking.experiment={DEFAULT_EXPERIMENT}"]
     base = compose(overrides)
-    import mlflow
+    with runs_resolved_in(resolve_uri(base.tracking.uri)):  # runs:/ weights resolve in this store, as in a run
+        return _rank(base, candidates, estimators, overrides)
 
-    mlflow.set_tracking_uri(resolve_uri(base.tracking.uri))  # runs:/ weights resolve in this store, as in a run
+
+def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: list[str]) -> list[dict[str, Any]]:
+    from .api import compose
+    from .config import flatten, to_plain_dict
+    from .data.datamodule import DomainDataModule
+    from .tracking import finished_run_with_hash, recorded_run
+
     data = DomainDataModule(base.data, base.seed)
     labelled, domain = data.source_train, data.source
     task = f"{base.data.name}" + (f" {base.data.labels_per_class}/class" if base.data.labels_per_class else "") + f" s{base.seed}"

@@ -1,14 +1,19 @@
-"""Performance benchmarks (issue: frozen-feature caching and a lean training step). Writes results/perf.md.
+"""Performance as users meet it: whole `tlbench` commands, timed end to end, arms interleaved (A B, B A,
+A B, ...), the machine's load recorded before every command, medians and minima reported. Writes
+results/perf.md.
 
-    .venv/bin/python experiments/perf/benchmark.py [--repeats 3] [--quick]
+    .venv/bin/python experiments/perf/benchmark.py [--pairs 3] [--quick]
 
-1. Linear-probe sweep (8 configs × 10 epochs, EfficientNet-Lite0 ImageNet on digits): cached vs
-   uncached wall time and accuracy.
-2. Training throughput of TransferModule under the Lightning Trainer vs a plain PyTorch loop on the same
-   model, data and batch size.
-3. Share of training-step time spent waiting for data (Lightning, small_cnn on digits).
-4. Scaling: time per epoch at 1k, 10k and 60k Fashion-MNIST images, with peak memory (one subprocess each).
-Ratios are measured side by side in one invocation; timings are medians over repeats.
+1. Cached vs uncached linear-probe grid: `tlbench -m` over 4 learning rates × 2 heads, EfficientNet-Lite0
+   (ImageNet) on the embedded digits, feature cache cold at the start of every command.
+2. Where a sweep's time goes: process start + imports, each run's train() split into Lightning fit/test
+   and the rest (per-run overhead), and what the sweep spends outside its runs (experiments/perf/timed_tlbench.py).
+3. A 50-run tiny grid as one `tlbench -m` vs 50 invocations of a plain PyTorch script doing the same
+   training (experiments/perf/plain_run.py); RSS of the sweep process after runs 5, 20 and 50.
+4. `tlbench --help` and `tlbench report --help` wall time.
+5. TransferModule under the Trainer that train.py builds (MLflow logger, checkpointing, deterministic
+   mode) vs a plain PyTorch loop on the same model and batches.
+6. A head on cached features with 1 vs 2 intra-op threads (trainer.threads), wall and CPU time.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,58 +30,195 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+PROBE_GRID = ["backbone=efficientnet_lite0", "freeze=linear_probe", "data=digits", "data.synthetic_size=1000",
+              "optim.lr=3e-4,1e-3,3e-3,1e-2", "head.hidden=choice([],[128])"]
+TINY_RUN = ["backbone=small_cnn", "data=digits", "data.synthetic_size=400", "data.batch_size=32", "trainer.max_epochs=1"]
 
 
-def compose_run(overrides: list[str], tmp: Path):
-    from tlbench.cli import compose  # the same composition the CLI uses
-    from tlbench.config import validate
+class Timed:
+    """One command's wall time, child CPU time and the 1-minute load average when it started."""
 
-    run = validate(compose(overrides + [f"tracking.uri=sqlite:///{tmp / 'perf.db'}", "tracking.experiment=perf",
-                                         "trainer.enable_progress_bar=false"]))
-    run.output_dir = str(tmp / "out")
-    run.checkpoint_dir = str(tmp / "ckpt")
-    return run
-
-
-def linear_probe_sweep(tmp: Path, cached: bool, quick: bool) -> tuple[float, list[float]]:
-    """Wall time and target accuracies of 8 linear-probe configs (4 learning rates × 2 heads)."""
-    from tlbench.train import train
-
-    epochs = 2 if quick else 10
-    configs = [[f"optim.lr={lr}", f"head.hidden={hidden}"] for lr in (3e-4, 1e-3, 3e-3, 1e-2) for hidden in ("[]", "[128]")]
-    started = time.perf_counter()
-    accuracies = []
-    for overrides in configs[: 2 if quick else 8]:
-        run = compose_run(["freeze=linear_probe", "data=digits", "data.synthetic_size=1000", f"trainer.max_epochs={epochs}",
-                           f"trainer.feature_cache={str(cached).lower()}", *overrides], tmp)
-        accuracies.append(train(run)["test/target_acc"])
-    return time.perf_counter() - started, accuracies
+    def __init__(self, command: list[str], env: dict, cwd: Path):
+        self.load = os.getloadavg()[0]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+        self.wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if result.returncode != 0:
+            raise SystemExit(f"benchmark command failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
 
 
-def lightning_vs_plain(tmp: Path, steps: int) -> tuple[float, float]:
-    """Images/s of the same model, data and batch size: Trainer.fit vs a hand-written loop."""
-    import pytorch_lightning as pl
-    import torch.nn.functional as F
+def environment(work: Path, name: str, threads: int | None = None) -> dict:
+    """A fresh cache folder (cold feature cache) and offline mode for one command."""
+    env = dict(os.environ, TLBENCH_OFFLINE="1", TLBENCH_CACHE=str(work / "cache" / name))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
-    from tlbench.data.datamodule import DomainDataModule
-    from tlbench.train import build_module
 
-    run = compose_run(["backbone=efficientnet_lite0", "data=digits", f"data.synthetic_size={600 if steps < 20 else 3000}", "trainer.feature_cache=false"], tmp)
-    datamodule = DomainDataModule(run.data, run.seed)
-    batch = run.data.batch_size
+def tlbench(work: Path, name: str, overrides: list[str], timings: Path | None = None, multirun: bool = True) -> list[str]:
+    """A tlbench command recording into its own store; through timed_tlbench.py when `timings` is given."""
+    head = [PYTHON, str(HERE / "timed_tlbench.py"), str(timings)] if timings else [PYTHON, "-m", "tlbench"]
+    folder = work / name
+    return head + (["-m"] if multirun else []) + overrides + [
+        f"tracking.uri=sqlite:///{folder}/mlflow.db", f"checkpoint_dir={folder}/ckpt", "trainer.enable_progress_bar=false",
+        "tracking.log_model=false", f"hydra.sweep.dir={folder}/sweep", f"hydra.run.dir={folder}/run"]
 
-    module, datamodule, _ = build_module(run, datamodule)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0)
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    lightning = steps * batch / (time.perf_counter() - started)
 
-    module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed))
+def interleaved(pairs: int, arms: dict[str, callable]) -> dict[str, list]:
+    """Run each arm once per pair, alternating which goes first."""
+    names = list(arms)
+    results: dict[str, list] = {name: [] for name in names}
+    for index in range(pairs):
+        for name in (names if index % 2 == 0 else names[::-1]):
+            results[name].append(arms[name](index))
+    return results
+
+
+def accuracies(store: Path) -> dict[str, float]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {f"lr={r.data.params['optim.lr']} hidden={r.data.params['head.hidden']}": r.data.metrics["test/target_acc"]
+            for r in runs if "tlbench.parent" not in r.data.tags}
+
+
+def stats(values: list[float], digits: int = 1) -> str:
+    return f"{statistics.median(values):.{digits}f} (min {min(values):.{digits}f})"
+
+
+def loads(timed: list[Timed]) -> str:
+    return ", ".join(f"{t.load:.1f}" for t in timed)
+
+
+def section_probe_grid(work: Path, pairs: int, epochs: int, lines: list[str]) -> dict:
+    def arm(cached: bool):
+        def run(index: int) -> Timed:
+            name = f"probe_{'cached' if cached else 'uncached'}_{index}"
+            overrides = PROBE_GRID + [f"trainer.max_epochs={epochs}", f"trainer.feature_cache={str(cached).lower()}"]
+            timed = Timed(tlbench(work, name, overrides, work / f"{name}.json"), environment(work, name), work)
+            timed.accuracies = accuracies(work / name / "mlflow.db")
+            timed.timings = json.loads((work / f"{name}.json").read_text())
+            return timed
+        return run
+
+    results = interleaved(pairs, {"uncached": arm(False), "cached": arm(True)})
+    cached, uncached = results["cached"], results["uncached"]
+    same = all(c.accuracies == u.accuracies for c, u in zip(cached, uncached))
+    ratio = statistics.median(u.wall for u in uncached) / statistics.median(c.wall for c in cached)
+    lines += [
+        "## 1. Linear-probe grid: cached vs uncached frozen features, end to end", "",
+        f"`tlbench -m {' '.join(PROBE_GRID)} trainer.max_epochs={epochs} trainer.feature_cache=true|false` (8 runs in one process, "
+        "EfficientNet-Lite0 ImageNet at 32 px, 1,000 synthetic source digits, 898 target), a new store and a cold cache "
+        f"folder for every command, {pairs} interleaved pairs.", "",
+        "| arm | wall s, median (min) | load average at start |", "|---|---|---|",
+        f"| uncached | {stats([u.wall for u in uncached])} | {loads(uncached)} |",
+        f"| cached | {stats([c.wall for c in cached])} | {loads(cached)} |", "",
+        f"Speed-up **{ratio:.1f}×** (issue target ≥ 20×, goal 50×); accuracies identical in every pair: **{same}**.", "",
+    ]
+    return {"cached": cached, "uncached": uncached}
+
+
+def overhead_rows(label: str, timed_runs: list[Timed]) -> tuple[str, float]:
+    per_run, outside, imports = [], [], []
+    for timed in timed_runs:
+        runs = timed.timings["runs"]
+        per_run += [r["train_s"] - r.get("fit_s", 0.0) - r.get("test_s", 0.0) for r in runs[1:]]  # the first run pays first-use costs
+        imports.append(timed.timings["imports_s"])
+        outside.append((timed.wall - timed.timings["imports_s"] - sum(r["train_s"] for r in runs)) / len(runs))
+        training = statistics.median(r.get("fit_s", 0.0) + r.get("test_s", 0.0) for r in runs[1:])
+    value = statistics.median(per_run)
+    return (f"| {label} | {statistics.median(imports):.2f} | {training:.2f} | {value:.2f} | {statistics.median(outside):.2f} |", value)
+
+
+def section_overhead(probe: dict, tiny: list[Timed], lines: list[str]) -> None:
+    rows = [overhead_rows("cached linear probe (8 runs)", probe["cached"]), overhead_rows("uncached linear probe (8 runs)", probe["uncached"]),
+            overhead_rows("tiny small_cnn run (50 runs)", tiny)]
+    lines += [
+        "## 2. Where a sweep's time goes", "",
+        "From the commands above, timed inside the process (experiments/perf/timed_tlbench.py: the `tlbench` entry point with",
+        "timers around train(), Trainer.fit and Trainer.test). *Per-run overhead* is a run's train() minus its fit and test",
+        "(data and model build, MLflow run creation and params, checkpoint selection, artifacts, collection), runs 2..N;",
+        "*outside runs* is the command's wall time minus imports minus all train() calls, per run (Hydra composing",
+        "and launching each job, sweep callbacks, the end-of-sweep table and parent run).", "",
+        "| grid | process start + imports s | fit + test s per run | per-run overhead s (goal < 0.5) | outside runs s per run |",
+        "|---|---|---|---|---|", *[row for row, _ in rows], "",
+    ]
+
+
+def section_peer(work: Path, pairs: int, runs: int, steps: int, lines: list[str]) -> list[Timed]:
+    def sweep(index: int) -> Timed:
+        name = f"tiny_sweep_{index}"
+        overrides = TINY_RUN + [f"trainer.limit_train_batches={steps}", f"seed=range(0,{runs})"]
+        timed = Timed(tlbench(work, name, overrides, work / f"{name}.json"), environment(work, "tiny"), work)
+        timed.timings = json.loads((work / f"{name}.json").read_text())
+        return timed
+
+    def scripts(index: int) -> Timed:
+        out = work / f"plain_{index}.jsonl"
+        command = ["bash", "-c", " && ".join(f"{PYTHON} {HERE / 'plain_run.py'} {seed} {steps} {out}" for seed in range(runs))]
+        return Timed(command, environment(work, "tiny"), work)
+
+    results = interleaved(pairs, {"tlbench": sweep, "plain": scripts})
+    ours, peer = results["tlbench"], results["plain"]
+    ratio = statistics.median(t.wall for t in ours) / statistics.median(p.wall for p in peer)
+    rss = {n: statistics.median(t.timings["runs"][n - 1]["rss_mb"] for t in ours) for n in (5, 20, runs) if n <= runs}
+    lines += [
+        f"## 3. A {runs}-run grid: one `tlbench -m` vs {runs} plain scripts", "",
+        f"`tlbench -m {' '.join(TINY_RUN)} trainer.limit_train_batches={steps} seed=range(0,{runs})` against {runs} invocations of",
+        f"experiments/perf/plain_run.py (same network, data, batch and {steps} AdamW steps; it records nothing). tlbench also",
+        "validates every epoch, tests the selected checkpoint, and records params, metrics, config, plots and the sweep's parent run.", "",
+        "| arm | wall s, median (min) | CPU s, median | load average at start |", "|---|---|---|---|",
+        f"| tlbench -m, one process | {stats([t.wall for t in ours])} | {statistics.median(t.cpu for t in ours):.1f} | {loads(ours)} |",
+        f"| {runs} plain scripts | {stats([p.wall for p in peer])} | {statistics.median(p.cpu for p in peer):.1f} | {loads(peer)} |", "",
+        f"Ratio tlbench / scripts **{ratio:.2f}** (goal ≤ 1.0).", "",
+        "RSS of the sweep process after run " + ", ".join(f"{n}: {mb:.0f} MB" for n, mb in rss.items())
+        + (f" (change from run 5 to run {runs}: {100 * (rss[runs] / rss[5] - 1):+.1f}%; goal ±5%)." if 5 in rss and runs in rss else "."), "",
+    ]
+    return ours
+
+
+def section_help(work: Path, repeats: int, lines: list[str]) -> None:
+    rows = []
+    for label, command in (("tlbench --help", [PYTHON, "-m", "tlbench", "--help"]),
+                           ("tlbench report --help", [PYTHON, "-m", "tlbench", "report", "--help"])):
+        timed = [Timed(command, environment(work, "help"), work) for _ in range(repeats)]
+        rows.append(f"| `{label}` | {stats([t.wall for t in timed], 2)} | {loads(timed)} |")
+    lines += ["## 4. Help without the heavy imports", "", f"{repeats} repeats each (goal < 1.5 s).", "",
+              "| command | wall s, median (min) | load average at start |", "|---|---|---|", *rows, ""]
+
+
+LOOP_CHILD = """
+import json, sys, time
+import torch, torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+from tlbench.cli import compose
+from tlbench.config import validate
+from tlbench.data.datamodule import DomainDataModule
+from tlbench.mlflow_logger import MlflowMetricLogger
+from tlbench.tracking import recorded_run
+from tlbench.train import build_module, build_trainer
+work, steps, arm = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+run = validate(compose(["backbone=efficientnet_lite0", "data=digits", "data.synthetic_size=3000", "trainer.feature_cache=false",
+                        "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
+                        "trainer.enable_progress_bar=false", f"tracking.uri=sqlite:///{work}/loop.db"]))
+run.output_dir, run.checkpoint_dir = work + "/out", work + "/ckpt"
+torch.manual_seed(0)
+module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed))
+if arm == "lightning":  # the Trainer train.py builds: MLflow logger, checkpointing, deterministic mode
+    with recorded_run(run.tracking, "loop", {}) as recorder:
+        checkpoint = ModelCheckpoint(dirpath=run.checkpoint_dir, monitor="val/source_acc", mode="max", save_last=True)
+        trainer = build_trainer(run, MlflowMetricLogger(recorder), checkpoint)
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        seconds = time.perf_counter() - started
+else:
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay)
     loader = datamodule.train_dataloader().iterables["source"]
@@ -87,161 +230,87 @@ def lightning_vs_plain(tmp: Path, steps: int) -> tuple[float, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    plain = steps * batch / (time.perf_counter() - started)
-    return lightning, plain
-
-
-def data_wait_share(tmp: Path, quick: bool) -> float:
-    """Fraction of training-loop time between batches (fetching data) rather than inside steps."""
-    import pytorch_lightning as pl
-
-    from tlbench.train import train
-
-    class StepTimer(pl.Callback):
-        def __init__(self):
-            self.inside = 0.0
-            self.between = 0.0
-            self.last_end = None
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            now = time.perf_counter()
-            if self.last_end is not None:
-                self.between += now - self.last_end
-            self.start = now
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.last_end = time.perf_counter()
-            self.inside += self.last_end - self.start
-
-        def on_validation_start(self, trainer, pl_module):
-            self.last_end = None
-
-    timer = StepTimer()
-    size = 600 if quick else 6000
-    train(compose_run(["backbone=small_cnn", "data=digits", "adapt=dann", "trainer.max_epochs=2", f"data.synthetic_size={size}"], tmp),
-          extra_callbacks=[timer])
-    return timer.between / (timer.between + timer.inside)
-
-
-SCALING_CHILD = """
-import json, resource, sys, time
-from tlbench.cli import compose
-from tlbench.config import validate
-from tlbench.data.datamodule import DomainDataModule
-from tlbench.train import build_module
-import pytorch_lightning as pl
-run = validate(compose(["backbone=small_cnn", "backbone.input_size=28", "data=fashion", "data.batch_size=128",
-                        "data.labels_per_class={per_class}", "trainer.feature_cache=false"]))
-dm = DomainDataModule(run.data, run.seed)
-module, dm, _ = build_module(run, dm)
-times = []
-class T(pl.Callback):
-    def on_train_epoch_start(self, *a): self.t = time.perf_counter()
-    def on_train_epoch_end(self, *a): times.append(time.perf_counter() - self.t)
-trainer = pl.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, callbacks=[T()], num_sanity_val_steps=0)
-trainer.fit(module, datamodule=dm)
-print(json.dumps({{"images": len(dm.source_train), "epoch_s": min(times), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+    seconds = time.perf_counter() - started
+print(json.dumps({"images_per_s": steps * run.data.batch_size / seconds}))
 """
 
 
-def scaling(per_class: int) -> dict:
-    code = SCALING_CHILD.format(per_class=per_class)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def section_loop(work: Path, pairs: int, steps: int, lines: list[str]) -> None:
+    def arm(name: str):
+        def run(index: int) -> float:
+            out = subprocess.run([PYTHON, "-c", LOOP_CHILD, str(work / f"loop_{name}_{index}"), str(steps), name],
+                                 env=environment(work, "loop"), cwd=work, capture_output=True, text=True, check=True)
+            return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+        return run
+
+    results = interleaved(pairs, {"lightning": arm("lightning"), "plain": arm("plain")})
+    lightning, plain = statistics.median(results["lightning"]), statistics.median(results["plain"])
+    lines += [
+        "## 5. The Trainer tlbench builds vs a plain PyTorch loop", "",
+        f"EfficientNet-Lite0 full fine-tune at 32 px, source-only, batch 64, {steps} steps of the same loader, one process per",
+        "measurement. The Lightning side is `train.build_trainer` with the MLflow logger, a ModelCheckpoint and",
+        "`deterministic=True`, plus one validation batch per loader and the checkpoint write at the epoch's end; the plain loop",
+        f"does only the steps. {pairs} interleaved pairs.", "",
+        "| loop | images/s, median (min) |", "|---|---|",
+        f"| plain PyTorch | {stats(results['plain'])} |", f"| TransferModule + tlbench's Trainer | {stats(results['lightning'])} |", "",
+        f"Ratio **{lightning / plain:.2f}×** (goal ≥ 0.9×).", "",
+    ]
+
+
+def section_threads(work: Path, pairs: int, epochs: int, lines: list[str]) -> None:
+    def arm(threads: int):
+        def run(index: int) -> Timed:
+            name = f"threads_{threads}_{index}"
+            overrides = ["backbone=efficientnet_lite0", "freeze=linear_probe", "data=digits", "data.synthetic_size=1000",
+                         f"trainer.max_epochs={epochs}", f"trainer.threads={threads}"]
+            env = environment(work, "threads")  # one warm cache for all: the head's training is what differs
+            return Timed(tlbench(work, name, overrides, multirun=False), env, work)
+        return run
+
+    Timed(tlbench(work, "threads_warm", ["backbone=efficientnet_lite0", "freeze=linear_probe", "data=digits",
+                                         "data.synthetic_size=1000", "trainer.max_epochs=1"], multirun=False),
+          environment(work, "threads"), work)
+    results = interleaved(pairs, {"1 thread": arm(1), "2 threads": arm(2)})
+    lines += [
+        "## 6. A head on cached features: 1 vs 2 intra-op threads", "",
+        f"`tlbench backbone=efficientnet_lite0 freeze=linear_probe data=digits data.synthetic_size=1000 trainer.max_epochs={epochs}"
+        " trainer.threads=1|2`, features cached beforehand (warm cache), one run per command. The automatic setting",
+        "(trainer.threads=null) picks 1 thread for exactly this case.", "",
+        "| threads | wall s, median (min) | CPU s, median | load average at start |", "|---|---|---|---|",
+        *[f"| {name} | {stats([t.wall for t in timed])} | {statistics.median(t.cpu for t in timed):.1f} | {loads(timed)} |"
+          for name, timed in results.items()], "",
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved repeats of every comparison")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script works")
     args = parser.parse_args()
-    os.environ.setdefault("TLBENCH_OFFLINE", "1")
-    from tlbench.console import quiet_libraries
+    import torch
 
-    quiet_libraries()
-    torch.set_num_threads(os.cpu_count() or 1)
+    quick = args.quick
     lines = [
-        "# Performance benchmarks",
-        "",
-        f"Command: `.venv/bin/python experiments/perf/benchmark.py --repeats {args.repeats}{' --quick' if args.quick else ''}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}. Medians over {args.repeats} repeats.",
-        "",
+        "# Performance, end to end", "",
+        f"Command: `.venv/bin/python experiments/perf/benchmark.py --pairs {args.pairs}{' --quick' if quick else ''}` "
+        f"(this file was written by it, {time.strftime('%Y-%m-%d')}).  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}. Every comparison runs its arms interleaved "
+        f"({args.pairs} pairs, the first arm alternating); the 1-minute load average is recorded when each command starts.", "",
     ]
-    with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder)
-        os.environ["TLBENCH_CACHE"] = str(tmp / "cache")  # cold feature cache: its build time is counted
-        cached, uncached, acc_cached, acc_uncached = [], [], None, None
-        for repeat in range(args.repeats):
-            for path in (tmp / "cache" / "features").glob("*.pt"):
-                path.unlink()
-            seconds, acc_cached = linear_probe_sweep(tmp, cached=True, quick=args.quick)
-            cached.append(seconds)
-            seconds, acc_uncached = linear_probe_sweep(tmp, cached=False, quick=args.quick)
-            uncached.append(seconds)
-        c, u = statistics.median(cached), statistics.median(uncached)
-        same = all(abs(a - b) < 1e-6 for a, b in zip(acc_cached, acc_uncached))
-        lines += [
-            "## 1. Linear-probe sweep: cached vs uncached frozen features",
-            "",
-            f"{len(acc_cached)} configs (learning rate × head) × {2 if args.quick else 10} epochs, EfficientNet-Lite0 "
-            "(ImageNet, 32 px) on digits (1,000 synthetic source images, 898 target), feature cache cold at the start of each repeat.",
-            "",
-            "| path | wall time (s) | target acc per config |",
-            "|---|---|---|",
-            f"| uncached | {u:.1f} | {', '.join(f'{a:.4f}' for a in acc_uncached)} |",
-            f"| cached | {c:.1f} | {', '.join(f'{a:.4f}' for a in acc_cached)} |",
-            "",
-            f"Speed-up **{u / c:.1f}×** (target ≥ 20×); accuracies identical: **{same}**.",
-            "",
-        ]
-
-        steps = 10 if args.quick else 60
-        pairs = [lightning_vs_plain(tmp, steps) for _ in range(args.repeats)]
-        lightning = statistics.median(p[0] for p in pairs)
-        plain = statistics.median(p[1] for p in pairs)
-        lines += [
-            "## 2. Lightning Trainer vs a plain PyTorch loop",
-            "",
-            f"EfficientNet-Lite0 full fine-tune at 32 px, source-only, batch 64, {steps} steps, same data loader.",
-            "",
-            "| loop | images/s |",
-            "|---|---|",
-            f"| plain PyTorch | {plain:.1f} |",
-            f"| TransferModule + Trainer | {lightning:.1f} |",
-            "",
-            f"Ratio **{lightning / plain:.2f}×** (target ≥ 0.9×).",
-            "",
-        ]
-
-        shares = [data_wait_share(tmp, args.quick) for _ in range(args.repeats)]
-        lines += [
-            "## 3. Share of step time waiting for data",
-            "",
-            "small_cnn + DANN on digits, 2 epochs: time between a batch's end and the next batch's start over total loop time.",
-            "",
-            f"Median share **{100 * statistics.median(shares):.1f}%** (target < 10%); repeats: "
-            + ", ".join(f"{100 * s:.1f}%" for s in shares),
-            "",
-        ]
-
-    sizes = (10, 100) if args.quick else (100, 1000, 5400)
-    rows = [scaling(n) for n in sizes]
-    lines += [
-        "## 4. Scaling with dataset size",
-        "",
-        "small_cnn at 28 px, batch 128, Fashion-MNIST labelled subsets, best of 2 epochs; one process per size.",
-        "",
-        "| images | epoch time (s) | µs per image | peak RSS (MB) |",
-        "|---|---|---|---|",
-        *[f"| {r['images']} | {r['epoch_s']:.2f} | {1e6 * r['epoch_s'] / r['images']:.0f} | {r['peak_mb']:.0f} |" for r in rows],
-        "",
-    ]
-    out = ROOT / "results" / "perf.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines))
+    with tempfile.TemporaryDirectory(prefix="tlbench-perf-") as folder:
+        work = Path(folder)
+        probe = section_probe_grid(work, args.pairs, 2 if quick else 10, lines)
+        tiny_lines: list[str] = []
+        tiny = section_peer(work, args.pairs, 6 if quick else 50, 5 if quick else 20, tiny_lines)
+        section_overhead(probe, tiny, lines)
+        lines += tiny_lines
+        section_help(work, 3 if quick else 5, lines)
+        section_loop(work, args.pairs, 10 if quick else 60, lines)
+        section_threads(work, args.pairs, 2 if quick else 20, lines)
     print("\n".join(lines))
+    if not quick:  # a quick check only prints
+        (ROOT / "results" / "perf.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
