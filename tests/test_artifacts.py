@@ -29,7 +29,7 @@ def test_run_logs_a_pyfunc_model_that_predicts_like_the_selected_checkpoint(tmp_
     result = train(run)
     client = MlflowClient(mlflow_uri)
     sizes = _artifact_sizes(client, result["run_id"])
-    assert {"model/MLmodel", "plots/learning_curves.png", "plots/confusion_source_val.png",
+    assert {"model/MLmodel", "plots/learning_curves.png", "plots/confusion_source_test.png",
             "plots/confusion_target_test.png"} <= set(sizes)
     assert sum(sizes.values()) < 3_000_000, sizes  # a tiny run stays small
     assert any(path.startswith("model/") and path.endswith("model.ckpt") for path in sizes)
@@ -54,3 +54,17 @@ def test_run_logs_a_pyfunc_model_that_predicts_like_the_selected_checkpoint(tmp_
 def test_models_are_logged_automatically_only_when_small(log_model, params, expected):
     module = torch.nn.Linear(params - 1, 1)  # weight (params-1) + bias 1
     assert should_log_model(log_model, module) is expected
+
+
+def test_confusion_matrices_come_from_the_test_pass_and_match_its_accuracy(tmp_path, mlflow_uri):
+    import pytorch_lightning as pl
+
+    module, datamodule = tlbench.build(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1"]))
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=datamodule)
+    (results,) = [{k: v for r in trainer.test(module, datamodule=datamodule, verbose=False) for k, v in r.items()}]
+    confusion = module.test_confusion()
+    assert set(confusion) == {"test/source", "test/target"}
+    for split, counts in confusion.items():
+        assert counts.shape == (10, 10) and counts.sum() == len(getattr(datamodule, split.split("/")[1]).test)
+        assert (counts.diag().sum() / counts.sum()).item() == pytest.approx(results[f"{split}_acc"], abs=1e-6)

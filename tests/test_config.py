@@ -158,3 +158,35 @@ def test_schema_types_overrides_at_compose_time():
 )
 def test_one_line_is_the_first_line_or_the_type(exc, kwargs, expected):
     assert one_line(exc, **kwargs) == expected
+
+
+def test_trainer_options_pass_through_to_lightning_and_bad_keys_are_one_line(tmp_path):
+    from tlbench.train import trainer_arguments
+
+    run = validate(compose(["trainer.limit_train_batches=3", "+trainer.options.accumulate_grad_batches=4"]))
+    args = trainer_arguments(run.trainer)
+    assert args["accumulate_grad_batches"] == 4 and args["limit_train_batches"] == 3 and isinstance(args["limit_train_batches"], int)
+    assert "steps_per_epoch" not in args and "options" not in args
+    import pytorch_lightning as pl
+
+    assert pl.Trainer(**args, logger=False).accumulate_grad_batches == 4
+    with pytest.raises(ConfigError, match=r"trainer.options.acumulate_grad_batches: not a pytorch_lightning.Trainer argument.*accumulate_grad_batches"):
+        trainer_arguments(validate(compose(["+trainer.options.acumulate_grad_batches=4"])).trainer)
+    with pytest.raises(ConfigError, match="trainer.options.logger: tlbench sets it"):
+        trainer_arguments(validate(compose(["+trainer.options.logger=false"])).trainer)
+
+
+def test_an_empty_trainer_options_leaves_config_hashes_unchanged():
+    from tlbench.tracking import config_hash
+
+    run = validate(compose([]))
+    with_options = validate(compose(["+trainer.options.benchmark=true"]))
+    assert config_hash(run) != config_hash(with_options)
+    plain = dataclasses.asdict(run)
+    plain["trainer"].pop("options")  # what a run recorded before the field existed
+    from tlbench.config import flatten
+    import hashlib, json
+    from tlbench.tracking import NON_SEMANTIC_KEYS
+
+    semantic = {k: v for k, v in flatten(plain).items() if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)}
+    assert config_hash(run) == hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -93,6 +93,10 @@ class TrainerConfig:
     #: Intra-op CPU threads: null = auto (1 for a head on cached features, where more threads only cost
     #: CPU; else the process's setting), N = exactly N (1 when several sweep workers share the cores).
     threads: Optional[int] = None
+    #: Any other `pytorch_lightning.Trainer` argument, passed as is (e.g. `+trainer.options.accumulate_grad_batches=4`,
+    #: `+trainer.options.benchmark=true`); the fields above are Trainer arguments too, except the tlbench-only ones
+    #: (train.TLBENCH_TRAINER_FIELDS). Arguments tlbench sets itself (logger, callbacks, ...) are refused.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

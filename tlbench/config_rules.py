@@ -164,6 +164,7 @@ def _rules() -> dict[str, Rule]:
         "trainer.gradient_clip_val": above(0),
         "trainer.feature_cache": FREE,
         "trainer.threads": Rule(lambda v: v is None or v >= 1, "must be null (auto) or a number of threads ≥ 1"),
+        "trainer.options": FREE,  # checked against pl.Trainer's signature when the Trainer is built (train.build_trainer)
         # tracking
         "tracking.uri": FREE,
         "tracking.experiment": non_empty_text(),
@@ -206,6 +207,12 @@ def _rules() -> dict[str, Rule]:
         "adapt.unbiased": FREE,
         "adapt.ramp": FREE,
         "adapt.temperature": above(0),
+        "adapt.threshold": within(0, 1),
+        "adapt.source_model": FREE,  # a runs:/ URI or a method name, resolved when the run starts (source_model.py)
+        "adapt.pseudo_label_weight": at_least(0),
+        "adapt.diversity": FREE,
+        "adapt.rounds": within(0, 100),
+        "adapt.epsilon": above(0),
     }
 
 

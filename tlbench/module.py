@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from .adapt import Adapter
 from .adapt.layers import prediction_entropy
@@ -86,6 +86,9 @@ class TransferModule(pl.LightningModule):
             self.metrics[key + "_acc"] = MulticlassAccuracy(num_classes, average="micro")
             self.metrics[key + "_entropy"] = MeanMetric()
             self.metrics[key + "_loss"] = MeanMetric()
+        #: Confusion matrices of the test pass (the selected checkpoint), drawn as run artifacts without
+        #: a second inference pass; synced across devices like the other metrics.
+        self.confusion = nn.ModuleDict({split.replace("/", "_"): MulticlassConfusionMatrix(num_classes) for split in TEST_SPLITS})
 
     # ----------------------------------------------------------------- model
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -279,6 +282,17 @@ class TransferModule(pl.LightningModule):
             metric = self.metrics[f"{key}_{metric_name}"]
             metric.update(*args)
             self.log(f"{split}_{metric_name}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False, batch_size=labels.shape[0])
+        if key in self.confusion:
+            self.confusion[key].update(logits.argmax(1), labels)
+
+    def on_test_epoch_start(self) -> None:
+        for matrix in self.confusion.values():
+            matrix.reset()
+
+    def test_confusion(self) -> dict[str, torch.Tensor]:
+        """Test split → its confusion matrix (true × predicted counts) from the last test pass."""
+        return {split: self.confusion[split.replace("/", "_")].compute().cpu()
+                for split in TEST_SPLITS if self.confusion[split.replace("/", "_")].update_count}
 
     def _splits(self, kind: str) -> tuple[str, ...]:
         """The evaluation splits in loader order: the datamodule's (a source-free run has no source

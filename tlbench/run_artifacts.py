@@ -33,7 +33,7 @@ def should_log_model(log_model: bool | None, module) -> bool:
     return sum(p.numel() for p in module.parameters() if id(p) not in method) <= AUTO_MODEL_MAX_PARAMS
 
 
-def log_run_artifacts(recorder, module, raw_datamodule, datamodule, output_dir: str, log_model: bool | None) -> None:
+def log_run_artifacts(recorder, module, raw_datamodule, output_dir: str, log_model: bool | None) -> None:
     """Everything above, for a run whose module holds its selected weights (after trainer.test)."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,9 +41,10 @@ def log_run_artifacts(recorder, module, raw_datamodule, datamodule, output_dir: 
     if hydra_folder.is_dir():
         recorder.client.log_artifacts(recorder.run_id, str(hydra_folder), ".hydra")
     _log_figure(recorder, learning_curves(recorder), "plots/learning_curves.png")
-    for split, (images, labels), title in _labelled_splits(datamodule):
-        _log_figure(recorder, confusion_figure(module, images, labels, raw_datamodule.target.class_names, title),
-                    f"plots/confusion_{split}.png")
+    for split, counts in module.test_confusion().items():  # counted during the test pass: no extra inference
+        title = f"{split.replace('test/', '')} test (the selected checkpoint)"
+        _log_figure(recorder, confusion_figure(counts, raw_datamodule.target.class_names, title),
+                    f"plots/confusion_{split.replace('test/', '')}_test.png")
     from .feature_cache import CachedBackbone
 
     has_images = hasattr(raw_datamodule.target.test, "images")
@@ -52,20 +53,6 @@ def log_run_artifacts(recorder, module, raw_datamodule, datamodule, output_dir: 
 
         example = raw_datamodule.target.test.images[:EXAMPLE_IMAGES].numpy()
         log_mlflow_model(recorder, module, example, folder)
-
-
-#: Examples per split in a confusion matrix (bounds the extra inference on big test sets).
-CONFUSION_MAX_EXAMPLES = 5000
-
-
-def _labelled_splits(datamodule):
-    """(name, (inputs, labels), title): the split source-val selection reads, and the target test split,
-    which only evaluates. In-memory splits only (a streaming folder dataset is skipped)."""
-    splits = [] if datamodule.source_free else [("source_val", datamodule.source.val, "source val (the split the default rule selects on)")]
-    splits.append(("target_test", datamodule.target.test, "target test (evaluation only, never selects)"))
-    for name, split, title in splits:
-        if hasattr(split, "images"):
-            yield name, (split.images[:CONFUSION_MAX_EXAMPLES], split.labels[:CONFUSION_MAX_EXAMPLES]), title
 
 
 def learning_curves(recorder):
@@ -90,19 +77,15 @@ def learning_curves(recorder):
     return figure
 
 
-def confusion_figure(module, inputs, labels, class_names: list[str], title: str):
-    """Row-normalised confusion matrix of `module` on one labelled split (true class × predicted class)."""
+def confusion_figure(counts, class_names: list[str], title: str):
+    """Row-normalised confusion matrix (true class × predicted class) from its counts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
-    from .api import predict
-
-    predicted = predict(module, inputs, domain="source" if title.startswith("source") else "target").argmax(1)
     classes = len(class_names)
-    counts = torch.bincount(labels.long() * classes + predicted, minlength=classes * classes).reshape(classes, classes).float()
+    counts = counts.float()
     rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
     figure, axes = plt.subplots(figsize=(0.45 * classes + 2.5, 0.45 * classes + 2))
     axes.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)

@@ -123,7 +123,8 @@ def check_server(uri: str, timeout_s: float) -> None:
 def config_hash(run: RunConfig) -> str:
     """Hash of everything that changes what a run computes (seed included): the key for skip_done."""
     flat = flatten(to_plain_dict(run))
-    semantic = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)}
+    semantic = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)
+                and v != {}}  # an empty options dict computes what its absence did: hashes of older runs stay valid
     return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -123,23 +123,37 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
     return module, datamodule, "on" if reason is None else f"off: {reason}"
 
 
+#: TrainerConfig fields that are tlbench's own, not pl.Trainer arguments.
+TLBENCH_TRAINER_FIELDS = ("steps_per_epoch", "feature_cache", "threads", "options")
+#: pl.Trainer arguments tlbench sets itself: a run's recording, checkpoints and output folder depend on them.
+RESERVED_TRAINER_ARGS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins",
+                         "num_sanity_val_steps", "enable_model_summary")
+
+
+def trainer_arguments(t) -> dict[str, Any]:
+    """pl.Trainer keyword arguments from a TrainerConfig: its Trainer fields as they are, then
+    `options`; a key pl.Trainer does not take, or one tlbench sets itself, is a ConfigError."""
+    import inspect
+
+    accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(set(t.options) - accepted)
+    if unknown:
+        from .suggestions import closest
+
+        raise ConfigError(f"trainer.options.{unknown[0]}: not a pytorch_lightning.Trainer argument{closest(unknown[0], sorted(accepted))}")
+    reserved = sorted(set(t.options) & set(RESERVED_TRAINER_ARGS))
+    if reserved:
+        raise ConfigError(f"trainer.options.{reserved[0]}: tlbench sets it for every run; it cannot be overridden")
+    args = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in TLBENCH_TRAINER_FIELDS}
+    for limit in ("limit_train_batches", "limit_val_batches"):  # > 1 means a number of batches
+        args[limit] = int(args[limit]) if args[limit] > 1 else args[limit]
+    args["enable_progress_bar"] = t.enable_progress_bar and sys.stderr.isatty()
+    return {**args, **t.options}
+
+
 def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, callbacks: list | None = None) -> pl.Trainer:
-    t = run.trainer
-    limit_train = int(t.limit_train_batches) if t.limit_train_batches > 1 else t.limit_train_batches
-    limit_val = int(t.limit_val_batches) if t.limit_val_batches > 1 else t.limit_val_batches
     return pl.Trainer(
-        max_epochs=t.max_epochs,
-        limit_train_batches=limit_train,
-        limit_val_batches=limit_val,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        precision=t.precision,
-        deterministic=t.deterministic,
-        log_every_n_steps=t.log_every_n_steps,
-        fast_dev_run=t.fast_dev_run,
-        enable_progress_bar=t.enable_progress_bar and sys.stderr.isatty(),
-        gradient_clip_val=t.gradient_clip_val,
+        **trainer_arguments(run.trainer),
         logger=logger,
         callbacks=([checkpoint] if checkpoint else []) + [EpochSummary()] + (callbacks or []),
         enable_checkpointing=checkpoint is not None,
@@ -251,7 +265,7 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         if recorder.run_id and checkpoint is not None:  # rank 0 records; fast_dev_run selects nothing
             from .run_artifacts import log_run_artifacts
 
-            log_run_artifacts(recorder, module, raw_datamodule, datamodule, run.output_dir, run.tracking.log_model)
+            log_run_artifacts(recorder, module, raw_datamodule, run.output_dir, run.tracking.log_model)
         if run.tracking.log_model and not isinstance(module.backbone, CachedBackbone):
             from .backbones.weights import save_backbone
 
