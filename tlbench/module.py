@@ -288,11 +288,16 @@ class TransferModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         for matrix in self.confusion.values():
             matrix.reset()
+        self._test_confusion: dict[str, torch.Tensor] = {}
+
+    def on_test_epoch_end(self) -> None:
+        # Every rank computes (the sync across devices is collective); only rank 0 draws them afterwards.
+        self._test_confusion = {split: self.confusion[split.replace("/", "_")].compute().cpu()
+                                for split in TEST_SPLITS if self.confusion[split.replace("/", "_")].update_count}
 
     def test_confusion(self) -> dict[str, torch.Tensor]:
         """Test split → its confusion matrix (true × predicted counts) from the last test pass."""
-        return {split: self.confusion[split.replace("/", "_")].compute().cpu()
-                for split in TEST_SPLITS if self.confusion[split.replace("/", "_")].update_count}
+        return getattr(self, "_test_confusion", {})
 
     def _splits(self, kind: str) -> tuple[str, ...]:
         """The evaluation splits in loader order: the datamodule's (a source-free run has no source
