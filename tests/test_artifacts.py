@@ -68,3 +68,9 @@ def test_confusion_matrices_come_from_the_test_pass_and_match_its_accuracy(tmp_p
     for split, counts in confusion.items():
         assert counts.shape == (10, 10) and counts.sum() == len(getattr(datamodule, split.split("/")[1]).test)
         assert (counts.diag().sum() / counts.sum()).item() == pytest.approx(results[f"{split}_acc"], abs=1e-6)
+
+
+def test_plots_can_be_turned_off_for_large_grids(tmp_path, mlflow_uri):
+    result = train(tiny_run(tmp_path, mlflow_uri, ["tracking.plots=false", "tracking.log_model=false"]))
+    sizes = _artifact_sizes(MlflowClient(mlflow_uri), result["run_id"])
+    assert sizes and not any(path.startswith("plots/") for path in sizes)

@@ -110,6 +110,9 @@ class TrackingConfig:
     #: The selected model as an MLflow model (`runs:/<id>/model`): null = only small models (≤ 1M
     #: parameters, see run_artifacts); true = always, plus the backbone alone for `backbone.weights=runs:/...`.
     log_model: Optional[bool] = None
+    #: Per-run plots (learning curves, confusion matrices): ~0.15 s each on a 2-core CPU. Turn off for
+    #: grids of hundreds of seconds-long runs; sweep parents and reports draw their own.
+    plots: bool = True
     #: Skip a run whose config hash already has a FINISHED run in the experiment.
     skip_done: bool = False
     #: Seconds any wait on the tracking store may take (a remote server, a SQLite file locked by another process).

@@ -33,18 +33,20 @@ def should_log_model(log_model: bool | None, module) -> bool:
     return sum(p.numel() for p in module.parameters() if id(p) not in method) <= AUTO_MODEL_MAX_PARAMS
 
 
-def log_run_artifacts(recorder, module, raw_datamodule, output_dir: str, log_model: bool | None) -> None:
-    """Everything above, for a run whose module holds its selected weights (after trainer.test)."""
+def log_run_artifacts(recorder, module, raw_datamodule, output_dir: str, log_model: bool | None, plots: bool = True) -> None:
+    """Everything above (the plots only with `plots`), for a run whose module holds its selected weights
+    (after trainer.test)."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     hydra_folder = folder / ".hydra"
     if hydra_folder.is_dir():
         recorder.client.log_artifacts(recorder.run_id, str(hydra_folder), ".hydra")
-    _log_figure(recorder, learning_curves(recorder), "plots/learning_curves.png")
-    for split, counts in module.test_confusion().items():  # counted during the test pass: no extra inference
-        title = f"{split.replace('test/', '')} test (the selected checkpoint)"
-        _log_figure(recorder, confusion_figure(counts, raw_datamodule.target.class_names, title),
-                    f"plots/confusion_{split.replace('test/', '')}_test.png")
+    if plots:
+        _log_figure(recorder, learning_curves(recorder), "plots/learning_curves.png")
+        for split, counts in module.test_confusion().items():  # counted in the test pass: no extra inference
+            name = split.replace("test/", "")
+            _log_figure(recorder, confusion_figure(counts, raw_datamodule.target.class_names, f"{name} test (the selected checkpoint)"),
+                        f"plots/confusion_{name}_test.png")
     from .feature_cache import CachedBackbone
 
     has_images = hasattr(raw_datamodule.target.test, "images")

@@ -265,7 +265,7 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         if recorder.run_id and checkpoint is not None:  # rank 0 records; fast_dev_run selects nothing
             from .run_artifacts import log_run_artifacts
 
-            log_run_artifacts(recorder, module, raw_datamodule, run.output_dir, run.tracking.log_model)
+            log_run_artifacts(recorder, module, raw_datamodule, run.output_dir, run.tracking.log_model, run.tracking.plots)
         if run.tracking.log_model and not isinstance(module.backbone, CachedBackbone):
             from .backbones.weights import save_backbone
 
