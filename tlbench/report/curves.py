@@ -24,6 +24,7 @@ from .tables import parse_keys
 CURVES = (
     ("val/source_acc", "source val accuracy (selects)"),
     ("eval/target_test_acc", "target test accuracy (never selects)"),
+    ("val/target_entropy", "target val prediction entropy (label-free)"),
     ("train_epoch/source_ce", "source cross-entropy (train, epoch mean)"),
     ("train_epoch/domain_acc", "domain discriminator accuracy (train)"),
     ("train_epoch/dann_lambda", "λ (gradient reversal)"),
@@ -80,20 +81,24 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def plateau_markdown(curves: pd.DataFrame, metric: str = "val/source_acc") -> str:
-    """Did training converge? Per configuration: the seed-mean of `metric` at the last evaluation, its
-    change over the last quarter of the steps, and the best value seen; a small change says more steps
-    would not have moved the selection metric."""
+def plateau_markdown(curves: pd.DataFrame, metric: str = "val/source_acc", labels=None, percent: bool = True,
+                     best=max) -> str:
+    """Did training converge? Per configuration (all, or `labels`): the seed-mean of `metric` at the last
+    evaluation, its change over the last quarter of the steps, and the best value seen; a small change
+    says more steps would not have moved the selection metric."""
     stats = curves[curves["metric"] == metric].groupby(["label", "step"])["value"].mean().reset_index()
-    lines = [f"| configuration | steps | {metric} at the end | change over the last quarter (points) | best |",
+    if labels is not None:
+        stats = stats[stats["label"].isin(labels)]
+    scale, unit = (100, "points") if percent else (1, "nats")
+    lines = [f"| configuration | steps | {metric} at the end | change over the last quarter ({unit}) | best |",
              "|:--|--:|--:|--:|--:|"]
     for label, line in stats.groupby("label"):
         line = line.sort_values("step")
         last = line.iloc[-1]
         quarter = line[line["step"] <= 0.75 * last["step"]]
         before = quarter.iloc[-1]["value"] if not quarter.empty else float("nan")
-        lines.append(f"| {label} | {int(last['step']) + 1} | {100 * last['value']:.2f} | "
-                     f"{100 * (last['value'] - before):+.2f} | {100 * line['value'].max():.2f} |")
+        lines.append(f"| {label} | {int(last['step']) + 1} | {scale * last['value']:.2f} | "
+                     f"{scale * (last['value'] - before):+.2f} | {scale * best(line['value']):.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +122,14 @@ def write_curves(uri: str, experiment: str, rows: str, out: Path, filter_string:
     (curves.groupby(["label", "metric", "step"])["value"].agg(["mean", "std", "count"]).reset_index()
      .round(5).to_csv(csv, index=False))
     cost = out / "cost.md"
-    cost.write_text("## Convergence (seed means)\n\n" + plateau_markdown(curves) + "\n## Cost\n\n" + cost_markdown(runs))
+    text = "## Convergence (seed means)\n\n" + plateau_markdown(curves)
+    with_source = set(curves.loc[curves["metric"] == "val/source_acc", "label"])
+    source_free = sorted(set(curves["label"]) - with_source)
+    if source_free:  # no source validation split: the label-free target entropy shows whether they settled
+        text += ("\nWithout a source validation split (source-free methods): mean target prediction entropy, "
+                 "lower = more confident; best = lowest.\n\n"
+                 + plateau_markdown(curves, "val/target_entropy", source_free, percent=False, best=min))
+    cost.write_text(text + "\n## Cost\n\n" + cost_markdown(runs))
     return [plot_curves(curves, out / "curves.png"), csv, cost]
 
 
