@@ -171,3 +171,26 @@ def test_a_run_late_in_a_sweep_matches_the_same_run_in_a_fresh_process(tmp_path)
         assert fresh.returncode == 0, fresh.stderr[-2000:]
         late, alone = recorded(sweep_uri, "optim.lr=0.003"), recorded(fresh_uri, "optim.lr=0.003")
         assert late["metrics"] and late == alone, freeze
+
+
+def test_garbage_made_between_runs_is_not_frozen_forever(tmp_path, mlflow_uri):
+    """train() freezes what is alive so its own collection is cheap; a reference cycle dropped before the
+    run must still be collectable afterwards."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    gc.disable()  # no automatic collection may free the cycle before train() starts
+    node = Node()
+    node.self = node  # a cycle: only the cyclic collector frees it
+    alive = weakref.ref(node)
+    del node
+    try:
+        train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1"]))
+        gc.collect()
+        assert alive() is None
+    finally:
+        gc.enable()
+        gc.unfreeze()

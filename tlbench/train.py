@@ -208,7 +208,9 @@ def train(run: RunConfig, extra_callbacks: list | None = None, extra_tags: dict[
     """
     # What is alive now (imported libraries, caches) outlives every run: frozen out of the collector's
     # view, the collection below scans only this run's objects (a full collection after the imports
-    # took 0.28-0.35 s per run; see results/perf.md).
+    # took 0.28-0.35 s per run). Garbage made since the last run is collected first, or freezing would
+    # keep it forever; that collection too only scans what is not frozen yet.
+    gc.collect()
     gc.freeze()
     try:
         return _train(run, extra_callbacks, extra_tags)
