@@ -260,3 +260,15 @@ def test_domain_bn_run_trains_and_records_its_composition(tmp_path, mlflow_uri):
     assert runs["status"].tolist() == ["FINISHED"]
     assert runs["tags.batch_composition"].tolist() == ["domain_bn"] and runs["params.batch_composition"].tolist() == ["domain_bn"]
     assert "domain_bn" in runs["run_name"].iloc[0].split(" · ")  # a non-default composition is in the name
+
+
+def test_a_split_streamed_from_disk_is_a_reason_not_to_cache_and_in_memory_ones_are_not():
+    from tlbench.data.base import DomainSplits
+    from tlbench.data.datamodule import PositionLabelled
+    from tlbench.feature_cache import streamed
+
+    memory = InMemoryExamples(torch.zeros(4, 2), torch.zeros(4))
+    in_memory = DomainSplits("a", memory, memory, memory, ["x"])
+    on_disk = DomainSplits("folder", PositionLabelled(memory), memory, memory, ["x"])
+    assert streamed([in_memory]) is None
+    assert streamed([in_memory, on_disk]) == "feature caching needs in-memory splits; folder is streamed from disk"

@@ -54,12 +54,15 @@ def in_memory(domain: DomainSplits) -> bool:
     return all(isinstance(getattr(domain, split), InMemoryExamples) for split in ("train", "val", "test"))
 
 
-def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_epochs: int, domains=()) -> str | None:
-    """None when caching gives the same results as the uncached path; otherwise the reason it would not.
-    Without `domains`, whether the backbone is a fixed function of the images during the run."""
-    streaming = [domain.name for domain in domains if not in_memory(domain)]
-    if streaming:
-        return f"feature caching needs in-memory splits; {streaming[0]} is streamed from disk"
+def streamed(domains) -> str | None:
+    """Why the features of `domains` cannot be cached although the backbone is fixed: a split streamed from disk."""
+    names = [domain.name for domain in domains if not in_memory(domain)]
+    return f"feature caching needs in-memory splits; {names[0]} is streamed from disk" if names else None
+
+
+def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_epochs: int) -> str | None:
+    """None when the backbone is a fixed function of the images for the whole run, so caching its
+    features gives the same results as the uncached path; otherwise the reason it is not."""
     stages = len(backbone.stages())
     if schedule.always_frozen_prefix(stages, max_epochs) < stages:
         return "some backbone stages train during the run"

@@ -23,7 +23,7 @@ from .backbones.weights import runs_resolved_in
 from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
-from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, why_not_cacheable
+from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, streamed, why_not_cacheable
 from .freeze import SCHEDULES
 from .errors import ConfigError
 from .heads import build_bottleneck, build_head
@@ -101,10 +101,12 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
     check_method_fits(run, adapter, datamodule)
     head = build_head(feature_dim, datamodule.num_classes, run.head.hidden, run.head.dropout)
     bottleneck = build_bottleneck(backbone.out_features, run.head.bottleneck)
-    fixed_backbone = why_not_cacheable(schedule, backbone, adapter, run.data.augment, run.trainer.max_epochs) is None
-    composition = effective_batch_composition(run, adapter, datamodule, fixed_backbone and not batch_dependent(bottleneck, head))
-    reason = "trainer.feature_cache=false" if not run.trainer.feature_cache else why_not_cacheable(
-        schedule, backbone, adapter, run.data.augment, run.trainer.max_epochs, (datamodule.source, datamodule.target))
+    not_fixed = why_not_cacheable(schedule, backbone, adapter, run.data.augment, run.trainer.max_epochs)
+    composition = effective_batch_composition(run, adapter, datamodule, not_fixed is None and not batch_dependent(bottleneck, head))
+    if not run.trainer.feature_cache:
+        reason = "trainer.feature_cache=false"
+    else:
+        reason = not_fixed or streamed((datamodule.source, datamodule.target))
     if reason is None:
         key = backbone_digest(backbone)
         source = featurize_domain(backbone, datamodule.source, key)
