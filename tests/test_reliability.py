@@ -73,8 +73,8 @@ def test_sigterm_marks_the_run_killed(tmp_path, mlflow_uri):
     assert run is not None, "the run never finished an epoch"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode != 0
-    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert process.returncode != 0, stderr[-3000:]
+    assert client.get_run(run.info.run_id).info.status == "KILLED", stderr[-3000:]
     assert (tmp_path / "ckpt" / run.data.tags["config_hash"] / "last.ckpt").exists()
 
 

@@ -298,19 +298,25 @@ def finished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
 
 
 class RunRecorder:
-    """One MLflow run; use `recorded_run(...)` to get the status handling right."""
+    """One MLflow run; use `recorded_run(...)` to get the status handling right. Every write holds
+    Ctrl-C/SIGTERM until it is done: an interrupt landing inside the store's own code (a SQLite commit,
+    a pooled connection being returned) could leave that store unable to close the run as KILLED."""
 
     def __init__(self, client, run_id: str, uri: str):
         self.client = client
         self.run_id = run_id
         self.uri = uri
 
+    def _write(self, method: str, *args) -> None:
+        with signals_held():
+            getattr(self.client, method)(self.run_id, *args)
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+            self._write("log_batch", [], items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.log_metric_points([(metrics, step, int(time.time() * 1000))])
@@ -321,18 +327,18 @@ class RunRecorder:
 
         items = [Metric(k, float(v), timestamp, step) for metrics, step, timestamp in points for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+            self._write("log_batch", items[start : start + 1000])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._write("log_batch", [], [], [RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, text: str, path: str) -> None:
-        self.client.log_text(self.run_id, text, path)
+        self._write("log_text", text, path)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        self._write("log_artifact", str(local_path), artifact_path)
 
 
 def process_rank() -> int:
