@@ -159,17 +159,21 @@ def test_a_run_late_in_a_sweep_matches_the_same_run_in_a_fresh_process(tmp_path)
         history = {m: [(p.step, p.value) for p in client.get_metric_history(run.info.run_id, m)] for m in ("train/loss", "val/target_acc")}
         return {"metrics": {k: v for k, v in run.data.metrics.items() if "seconds" not in k}, "history": history}
 
-    base = [sys.executable, "-m", "tlbench", *TINY, "trainer.max_epochs=2", f"checkpoint_dir={tmp_path}/ckpt"]
-    for freeze in ("full", "linear_probe"):
-        sweep_uri, fresh_uri = f"sqlite:///{tmp_path}/sweep_{freeze}.db", f"sqlite:///{tmp_path}/fresh_{freeze}.db"
-        common = [f"freeze={freeze}", "adapt=dann" if freeze == "full" else "adapt=source_only"]
-        sweep = subprocess.run(base[:3] + ["-m"] + base[3:] + common + [f"tracking.uri={sweep_uri}", "optim.lr=0.01,0.003",
-                               f"hydra.sweep.dir={tmp_path}/sweep_{freeze}"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert sweep.returncode == 0, sweep.stderr[-2000:]
-        fresh = subprocess.run(base + common + [f"tracking.uri={fresh_uri}", "optim.lr=0.003", f"hydra.run.dir={tmp_path}/fresh_{freeze}"],
-                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert fresh.returncode == 0, fresh.stderr[-2000:]
-        late, alone = recorded(sweep_uri, "optim.lr=0.003"), recorded(fresh_uri, "optim.lr=0.003")
+    base = [sys.executable, "-m", "tlbench", *TINY, "trainer.max_epochs=2", "adapt=dann", f"checkpoint_dir={tmp_path}/ckpt"]
+    freezes = ("full", "linear_probe")  # the uncached and the cached path
+    commands = {"sweep": base[:3] + ["-m"] + base[3:] + [f"freeze={','.join(freezes)}", "optim.lr=0.01,0.003",
+                                                         f"tracking.uri=sqlite:///{tmp_path}/sweep.db", f"hydra.sweep.dir={tmp_path}/sweep"]}
+    for freeze in freezes:  # each alone in a new process, with the sweep's last learning rate
+        commands[freeze] = base + [f"freeze={freeze}", "optim.lr=0.003", f"tracking.uri=sqlite:///{tmp_path}/{freeze}.db",
+                                   f"hydra.run.dir={tmp_path}/{freeze}"]
+    processes = {name: subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                 for name, command in commands.items()}  # at once: the three processes are independent
+    for name, process in processes.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
+    for freeze in freezes:  # in the sweep, lr=0.003 is each freeze's second job
+        late = recorded(f"sqlite:///{tmp_path}/sweep.db", f"freeze.name={freeze}", "optim.lr=0.003")
+        alone = recorded(f"sqlite:///{tmp_path}/{freeze}.db", "optim.lr=0.003")
         assert late["metrics"] and late == alone, freeze
 
 

@@ -307,16 +307,16 @@ class RunRecorder:
         self.run_id = run_id
         self.uri = uri
 
-    def _write(self, method: str, *args) -> None:
+    def _write(self, method: str, *args, **kwargs) -> None:
         with signals_held():
-            getattr(self.client, method)(self.run_id, *args)
+            getattr(self.client, method)(self.run_id, *args, **kwargs)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            self._write("log_batch", [], items[start : start + 100])
+            self._write("log_batch", params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.log_metric_points([(metrics, step, int(time.time() * 1000))])
@@ -327,12 +327,12 @@ class RunRecorder:
 
         items = [Metric(k, float(v), timestamp, step) for metrics, step, timestamp in points for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
-            self._write("log_batch", items[start : start + 1000])
+            self._write("log_batch", metrics=items[start : start + 1000])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self._write("log_batch", [], [], [RunTag(k, str(v)) for k, v in tags.items()])
+        self._write("log_batch", tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, text: str, path: str) -> None:
         self._write("log_text", text, path)
