@@ -113,6 +113,7 @@ SUBCOMMANDS = {
     "report": "tlbench.report.cli:main",
     "search": "tlbench.search.cli:main",
     "rank": "tlbench.rank:main",
+    "compare": "tlbench.compare.cli:main",
 }
 
 

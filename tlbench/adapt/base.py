@@ -63,6 +63,14 @@ class Adapter(nn.Module):
         set `needs_strong_view` / `needs_target_index` also receive `logits_t_strong` / `target_index`."""
         raise NotImplementedError
 
+    def weight(self, progress: float) -> float:
+        """The adaptation loss's weight at `progress`: `trade_off`, times the DANN ramp where the method's
+        config has `ramp: true` (methods without a `ramp` field keep their own schedules)."""
+        from .layers import dann_lambda
+
+        cfg = self.cfg
+        return cfg.trade_off * (dann_lambda(progress) if getattr(cfg, "ramp", False) else 1.0)
+
     @property
     def changes_backbone_before_evaluation(self) -> bool:
         """True for methods that override `before_evaluation` (so evaluations need target batches, and

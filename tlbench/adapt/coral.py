@@ -13,6 +13,9 @@ from .base import AdaptOutput, Adapter, check_normalisation
 class CORALConfig:
     name: str = "coral"
     trade_off: float = 1.0
+    #: Warm the weight up from 0 with the DANN ramp 2/(1+e^(−10p))−1 over training progress p, as DANN and CDAN do
+    #: (off: the paper); alignment of still-random features can otherwise collapse them before the classifier learns.
+    ramp: bool = False
     #: paper: ‖C_s − C_t‖²_F / (4d²). tllib: mean of (C_s − C_t)² plus mean of (μ_s − μ_t)², i.e. ≈ 4×
     #: the paper's value plus a mean term (TLlib/DomainBed); pick it to compare trade-offs with theirs.
     normalisation: str = "paper"
@@ -39,7 +42,7 @@ class CORAL(Adapter):
 
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         transfer = coral_loss(features_s, features_t, self.cfg.normalisation)
-        return AdaptOutput(loss=self.cfg.trade_off * transfer, logs={"transfer_loss": transfer.detach()})
+        return AdaptOutput(loss=self.weight(progress) * transfer, logs={"transfer_loss": transfer.detach()})
 
 
 @ADAPTERS.register("coral", CORALConfig)

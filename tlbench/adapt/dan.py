@@ -16,6 +16,9 @@ from .layers import mk_mmd2
 class DANConfig:
     name: str = "dan"
     trade_off: float = 1.0
+    #: Warm the weight up from 0 with the DANN ramp 2/(1+e^(−10p))−1 over training progress p, as DANN and CDAN do
+    #: (off: the paper); alignment of still-random features can otherwise collapse them before the classifier learns.
+    ramp: bool = False
     #: Gaussian bandwidths as multiples of the batch's mean squared pairwise distance.
     kernel_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     unbiased: bool = False
@@ -33,7 +36,7 @@ class DAN(Adapter):
         mmd2 = mk_mmd2(features_s, features_t, self.cfg.kernel_multipliers, self.cfg.unbiased)
         if self.cfg.normalisation == "tllib":
             mmd2 = mmd2 * len(self.cfg.kernel_multipliers)
-        return AdaptOutput(loss=self.cfg.trade_off * mmd2, logs={"transfer_loss": mmd2.detach()})
+        return AdaptOutput(loss=self.weight(progress) * mmd2, logs={"transfer_loss": mmd2.detach()})
 
 
 @ADAPTERS.register("dan", DANConfig)

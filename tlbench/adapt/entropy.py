@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import ADAPTERS
 from .base import AdaptOutput, Adapter
-from .layers import dann_lambda, prediction_entropy
+from .layers import prediction_entropy
 
 
 @dataclass
@@ -27,7 +27,7 @@ class EntropyMinimization(Adapter):
 
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         target_entropy = prediction_entropy(logits_t).mean()
-        weight = self.cfg.trade_off * (dann_lambda(progress) if self.cfg.ramp else 1.0)
+        weight = self.weight(progress)
         return AdaptOutput(loss=weight * target_entropy,
                            logs={"transfer_loss": target_entropy.detach()})
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from . import ADAPTERS
 from .base import AdaptOutput, Adapter
-from .layers import confident_pseudo_labels, dann_lambda, masked_cross_entropy
+from .layers import confident_pseudo_labels, masked_cross_entropy
 
 
 @dataclass
@@ -29,7 +29,7 @@ class PseudoLabel(Adapter):
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         labels, mask = confident_pseudo_labels(logits_t, self.cfg.threshold)
         transfer = masked_cross_entropy(logits_t, labels, mask)
-        weight = self.cfg.trade_off * (dann_lambda(progress) if self.cfg.ramp else 1.0)
+        weight = self.weight(progress)
         return AdaptOutput(loss=weight * transfer, logs={"transfer_loss": transfer.detach(), "mask_rate": mask.mean()})
 
 

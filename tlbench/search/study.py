@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -110,7 +111,9 @@ def create_or_load_study(job: SearchJob) -> tuple[optuna.Study, bool]:
         raise ConfigError(f"--storage {masked(job.storage)}: cannot open the Optuna storage: {str(exc).splitlines()[0]}") from None
     try:
         study = optuna.create_study(study_name=job.study_name, storage=storage, direction=job.direction)
-        study.set_metric_names([job.monitor])
+        with warnings.catch_warnings():  # experimental in Optuna 3-4, stable in what it does for us
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([job.monitor])
         study.set_user_attr(ATTR_DEFINITION, study_definition(job))
         return study, True
     except optuna.exceptions.DuplicatedStudyError:

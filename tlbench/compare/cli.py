@@ -1,0 +1,69 @@
+"""`tlbench compare`: a fair comparison, from tuning to the committed export and tables.
+
+    tlbench compare fair_da_digits --workers 2          # tune every arm, evaluate, bound, sensitivity, report
+    tlbench compare fair_da_digits --stages tune,eval --arms source_only,dann
+    tlbench compare --list
+
+Running the same command again resumes: finished trials and runs are kept. The output folder
+(results/<name> by default) gets the MLflow store and Optuna storage (not committed), `runs.csv` (every
+run with its per-epoch history: the tables rebuild from it with `tlbench report --from`), `tuning.csv`
+and the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import TlbenchError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tlbench compare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("name", nargs="?", help="conf/compare/<name>.yaml or a yaml path")
+    p.add_argument("--workers", type=int, default=1, help="worker processes per stage (default 1; 2 on a 2-core machine)")
+    p.add_argument("--out", help="output folder (default results/<name>)")
+    p.add_argument("--stages", default="tune,eval,upper_bound,sensitivity,report",
+                   help="comma-separated subset of tune,eval,upper_bound,sensitivity,report (default: all, in that order)")
+    p.add_argument("--arms", help="comma-separated arms for tune/eval (default: all)")
+    p.add_argument("--list", action="store_true", help="list the comparisons in conf/compare and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from ..console import quiet_libraries
+    from .spec import available, load_spec
+
+    if args.list:
+        print("\n".join(available()))
+        return 0
+    if not args.name:
+        print("tlbench compare: error: name a comparison (tlbench compare --list)", file=sys.stderr)
+        return 2
+    quiet_libraries()
+    try:
+        spec = load_spec(args.name)
+        from .protocol import Where, run
+
+        where = Where(Path(args.out or Path("results") / spec.name))
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        run(spec, where, [s for s in stages if s != "report"], args.arms.split(",") if args.arms else None, args.workers)
+        if "report" in stages:
+            from .records import write_records
+
+            for path in write_records(spec, where):
+                print(f"[tlbench compare] wrote {path}")
+    except TlbenchError as exc:
+        print(f"tlbench compare: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (KeyboardInterrupt, SystemExit):
+        print("tlbench compare: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
