@@ -9,6 +9,7 @@ import pytest
 from helpers import tiny_run
 from tlbench.hydra_callbacks import seed_averaged_table
 from tlbench.report.curves import write_curves
+from tlbench.report.sources import StoreSource
 from tlbench.train import train
 
 SWEEP = "/sweeps/test"
@@ -27,7 +28,7 @@ def store(tmp_path_factory):
 
 def test_curves_have_one_point_per_epoch_per_configuration_and_costs(store):
     tmp, uri = store
-    paths = write_curves(uri, "tlbench", "adapt.name,batch_composition", tmp / "out")
+    paths = write_curves(StoreSource(uri, "tlbench"), "adapt.name,batch_composition", tmp / "out")
     assert sorted(p.name for p in paths) == ["cost.md", "curves.csv", "curves.png"]
     curves = pd.read_csv(tmp / "out" / "curves.csv")
     source_val = curves[curves["metric"] == "val/source_acc"]

@@ -18,7 +18,8 @@ def load_runs(uri: str = "", experiment: str = "tlbench", filter_string: str = "
     while True:
         page = client.search_runs([found.experiment_id], filter_string, max_results=1000, page_token=page_token)
         for run in page:
-            row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status, "start_time": run.info.start_time}
+            row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status, "start_time": run.info.start_time,
+                   "end_time": run.info.end_time}
             row.update({f"params.{k}": v for k, v in run.data.params.items()})
             row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
             row.update({f"tags.{k}": v for k, v in run.data.tags.items()})

@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=sys.argv[0] if sys.argv and sys.argv[0].startswith("tlbench") else "tlbench report",
         description="Tables and plots of recorded runs, one model-selection rule per table.",
     )
+    parser.add_argument("--from", dest="from_export", metavar="RUNS_CSV", help="rebuild a study's tables from its committed "
+                        "export (results/<study>/runs.csv) instead of an MLflow store; its layout says which tables (with --out)")
     parser.add_argument("--uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir)")
     parser.add_argument("--experiment", default="tlbench", help="MLflow experiment name (default: tlbench)")
     parser.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.backbone.name = 'resnet50'\"")
@@ -46,8 +48,28 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
+def report_from_export(args: argparse.Namespace) -> int:
+    """`--from runs.csv --out DIR`: the tables the export's layout names, byte for byte as committed."""
+    from .sources import ExportSource
+
+    if not args.out:
+        raise ReportError("--from needs --out DIR (where the rebuilt tables go)")
+    source = ExportSource(Path(args.from_export))
+    kind = source.layout.get("kind")
+    if kind != "comparison":
+        raise ReportError(f"--from {args.from_export}: layout kind '{kind}' is not known; known: comparison")
+    from .fair import write_comparison
+
+    written = write_comparison(source, source.layout, Path(args.out))
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
 def report(args: argparse.Namespace) -> int:
     from .collection import collect, exclusion_notes
+
+    if args.from_export:
+        return report_from_export(args)
     from .tables import load_reference, paper_table
 
     if args.timeout <= 0:

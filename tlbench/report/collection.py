@@ -24,6 +24,8 @@ NOT_CONFIG = ("seed", "selection", "data_summary")
 #: Keys in which a transfer run may differ from its from-scratch baseline.
 BASELINE_FREE = ("freeze", "backbone.weights")
 SCRATCH = "scratch"
+#: Tags carried into the frame: which comparison, arm and stage a run belongs to (tlbench compare).
+COMPARE_TAGS = "tags.compare."
 RESULT_COLUMNS = [
     "run_id", "run_name", "status", "start_time", "rule", "uses_target_labels", "target_acc", "source_acc",
     "selected_step", "selected_epoch", "epochs", "config_id", "baseline_id", "is_scratch", "task",
@@ -81,28 +83,28 @@ def collect(
     rules: Iterable[str] = DEFAULT_RULES,
     statuses: Iterable[str] = ("FINISHED",),
 ) -> pd.DataFrame:
-    """One row per (run, rule): config columns (flattened keys, e.g. `adapt.name`), `target_acc` (target
-    test accuracy at the rule's epoch), `source_acc` (source val accuracy there), `selected_step/epoch`.
+    """`collect_runs` of the runs of `experiment` in the MLflow store at `uri` (optionally filtered)."""
+    from .sources import StoreSource
+
+    return collect_runs(StoreSource(uri, experiment, filter_string), rules, statuses)
+
+
+def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterable[str] = ("FINISHED",)) -> pd.DataFrame:
+    """One row per (run, rule) of the runs in `source` (a store or an export, see `sources`): config
+    columns (flattened keys, e.g. `adapt.name`), `target_acc` (target test accuracy at the rule's epoch),
+    `source_acc` (source val accuracy there), `selected_step/epoch`.
 
     `attrs`: `config_keys` (params that tell configurations apart), `excluded` {status: count},
     `excluded_runs` [(name, status, failure_reason)], `duplicates` (older repeats dropped),
     `missing` [(run_name, rule)] where a run lacks the rule's metric (its accuracies are NaN).
     """
-    from ..runs import load_runs  # imports Lightning: only when runs are actually read
-    from ..tracking import NON_SEMANTIC_KEYS, resolve_uri
+    from ..tracking import NON_SEMANTIC_KEYS
 
     rule_objects = [get_rule(name) for name in rules]
-    uri = resolve_uri(uri)
-    client = existing_store_client(uri)
-    check_experiment(client, uri, experiment)
-    try:
-        runs = load_runs(uri, experiment, filter_string)
-    except Exception as exc:  # MLflow rejects the filter string
-        if not filter_string:
-            raise
-        raise ReportError(f"--filter {filter_string!r}: {str(exc).splitlines()[0]}") from None
+    runs = source.runs()
     attrs = {
-        "uri": uri, "experiment": experiment, "filter": filter_string, "config_keys": [],
+        "uri": getattr(source, "uri", str(getattr(source, "path", ""))), "experiment": getattr(source, "experiment", ""),
+        "filter": getattr(source, "filter_string", ""), "config_keys": [],
         "excluded": {}, "excluded_runs": [], "duplicates": 0, "missing": [],
     }
     if "tags.tlbench.parent" in runs.columns:  # sweep and search parents hold children, not results
@@ -118,6 +120,7 @@ def collect(
         for _, r in dropped.iterrows()
     ]
     params = sorted(c[len("params.") :] for c in runs.columns if c.startswith("params."))
+    compare_tags = sorted(c for c in runs.columns if c.startswith(COMPARE_TAGS))
     runs = runs[keep].rename(columns=lambda c: c[len("params.") :] if c.startswith("params.") else c)
     if runs.empty:
         return _frame([], params, attrs)
@@ -129,18 +132,19 @@ def collect(
     )
     seed = runs["seed"] if "seed" in runs.columns else pd.Series("", index=runs.index)
     before = len(runs)
-    runs = runs.assign(_seed=seed).sort_values("start_time").drop_duplicates(["config_id", "_seed"], keep="last").drop(columns="_seed")
+    # a comparison's stages may run one configuration and seed twice on purpose (a sensitivity point at the tuned value)
+    runs = runs.assign(_seed=seed).sort_values("start_time").drop_duplicates(["config_id", "_seed", *compare_tags], keep="last").drop(columns="_seed")
     attrs["duplicates"] = before - len(runs)
 
     rows = []
     for _, run in runs.iterrows():
-        history = epoch_table({m: client.get_metric_history(run["run_id"], m) for m in HISTORY_METRICS})
+        history = epoch_table({m: source.history(run["run_id"], m) for m in HISTORY_METRICS})
         base = {
             "run_id": run["run_id"], "run_name": run["run_name"], "status": run["status"], "start_time": run["start_time"],
             "epochs": len(history), "config_id": run["config_id"], "baseline_id": run["baseline_id"],
             "is_scratch": run.get("freeze.name") == SCRATCH,
             "task": f"{run['data.source']}→{run['data.target']}" if {"data.source", "data.target"} <= set(run.index) else None,
-            **{k: run[k] for k in params},
+            **{k: run[k] for k in params}, **{t: run[t] for t in compare_tags},
         }
         for rule in rule_objects:
             choice = rule.choose(history)
@@ -153,7 +157,7 @@ def collect(
                 "selected_step": choice.step if choice else None,
                 "selected_epoch": choice.epoch if choice else None,
             })
-    return _frame(rows, params, attrs)
+    return _frame(rows, params + compare_tags, attrs)
 
 
 def _frame(rows: list[dict], params: list[str], attrs: dict) -> pd.DataFrame:

@@ -143,3 +143,25 @@ def _typed(out: pd.DataFrame, baseline: Baseline) -> pd.DataFrame:
     out[numeric] = out[numeric].astype(float)
     out[[f"{p}_n", f"{p}_n_pairs"]] = out[[f"{p}_n", f"{p}_n_pairs"]].astype("Int64")
     return out
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> float:
+    """Half-width of the two-sided Student-t confidence interval of the mean of `values` (NaN below two)."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return math.nan
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN entries are not part of the family and
+    stay NaN): sorted ascending, the k-th (1-based) becomes max over j ≤ k of min(1, (m − j + 1)·p_(j))."""
+    present = [(p, i) for i, p in enumerate(p_values) if not math.isnan(p)]
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    m = len(present)
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collection import collect
+from .collection import collect_runs
 from .plots import _pyplot
 from .tables import parse_keys
 
@@ -32,24 +32,22 @@ CURVES = (
 )
 
 
-def curve_frame(uri: str, experiment: str, rows: str, filter_string: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(curves: one row per run × metric × step, runs: one row per FINISHED run with its label and seconds)."""
-    from .collection import existing_store_client
-
-    frame = collect(uri, experiment, filter_string, rules=("source_val",))
+def curve_frame(source, rows: str, runs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves: one row per run × metric × step, runs: one row per FINISHED run with its label and
+    seconds). `source` is a store or an export (`sources`); `runs` narrows to a `collect_runs` frame."""
+    frame = collect_runs(source, rules=("source_val",)) if runs is None else runs
     if frame.empty:
         return pd.DataFrame(columns=["label", "run_id", "metric", "step", "value"]), frame
     keys = parse_keys(rows)
     frame = frame.assign(label=frame[keys].astype(str).agg(" / ".join, axis=1))
-    client = existing_store_client(frame.attrs["uri"])
-    records, seconds = [], []
+    recorded = source.runs().set_index("run_id")
+    wall = (recorded["end_time"] - recorded["start_time"]) / 1000.0
+    records = []
     for _, run in frame.iterrows():
-        info = client.get_run(run["run_id"]).info
-        seconds.append((info.end_time - info.start_time) / 1000.0 if info.end_time else float("nan"))
         for metric, _ in CURVES:
-            for point in client.get_metric_history(run["run_id"], metric):
-                records.append({"label": run["label"], "run_id": run["run_id"], "metric": metric, "step": point.step, "value": point.value})
-    return pd.DataFrame(records), frame.assign(seconds=seconds)
+            for step, value in source.history(run["run_id"], metric):
+                records.append({"label": run["label"], "run_id": run["run_id"], "metric": metric, "step": step, "value": value})
+    return pd.DataFrame(records), frame.assign(seconds=frame["run_id"].map(wall).astype(float))
 
 
 def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
@@ -113,8 +111,8 @@ def cost_markdown(runs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_curves(uri: str, experiment: str, rows: str, out: Path, filter_string: str = "") -> list[Path]:
-    curves, runs = curve_frame(uri, experiment, rows, filter_string)
+def write_curves(source, rows: str, out: Path, runs: pd.DataFrame | None = None) -> list[Path]:
+    curves, runs = curve_frame(source, rows, runs)
     out.mkdir(parents=True, exist_ok=True)
     if curves.empty:
         return []
@@ -141,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default="")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    for path in write_curves(args.uri, args.experiment, args.rows, Path(args.out), args.filter):
+    from .sources import StoreSource
+
+    for path in write_curves(StoreSource(args.uri, args.experiment, args.filter), args.rows, Path(args.out)):
         print(path)
     return 0
 
