@@ -126,6 +126,13 @@ def _kept(column: str) -> bool:
     return column in ("run_id", "run_name", "status", "start_time", "end_time")
 
 
+def _without_machine_overrides(overrides: Any) -> Any:
+    """A search parent's override string names the store's path on this machine; keep the rest."""
+    if not isinstance(overrides, str):
+        return overrides
+    return " ".join(w for w in overrides.split() if not w.split("=", 1)[0].lstrip("+~").startswith(DROPPED_PARAMS))
+
+
 def export_runs(source: RunSource, path: Path, layout: dict[str, Any]) -> Path:
     """Write `source`'s runs (all statuses: the tuning record counts pruned and failed trials too) to
     `path` with `layout` in the first line. Rows and columns are sorted, so an export of the same runs is
@@ -134,6 +141,8 @@ def export_runs(source: RunSource, path: Path, layout: dict[str, Any]) -> Path:
     if runs.empty:
         raise ReportError(f"nothing to export: no runs in {source.description}")
     runs = runs[[c for c in runs.columns if _kept(c)]].sort_values(["start_time", "run_id"]).reset_index(drop=True)
+    if "params.search.fixed_overrides" in runs:
+        runs["params.search.fixed_overrides"] = runs["params.search.fixed_overrides"].map(_without_machine_overrides)
     metrics = exported_metrics()
     histories = []
     for run_id in runs["run_id"]:

@@ -1,0 +1,170 @@
+"""Fair comparisons (tlbench compare): the spec refuses unfair protocols, the statistics match hand
+computations, a tiny real comparison gives every arm the same trials and its export rebuilds its tables
+byte for byte, and every committed study rebuilds from its committed export."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from helpers import CONF_DIR, compose
+from tlbench.compare.spec import load_spec, spec_from_dict
+from tlbench.errors import ConfigError
+from tlbench.report.compare import holm, t_interval
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+
+
+def spec(**changes):
+    raw = {"tuning": {"n_trials": 2, "seed": 100}, "eval_seeds": [0, 1, 2, 3, 4], "shared": SHARED,
+           "arms": {"source_only": {"overrides": ["adapt=source_only"]}, "dann": {"overrides": ["adapt=dann"]}}}
+    raw.update(changes)
+    return spec_from_dict("t", raw)
+
+
+# ------------------------------------------------------------------ the spec refuses what is not fair
+@pytest.mark.parametrize("changes, message", [
+    ({"eval_seeds": [0, 1, 2, 3, 100]}, "disjoint"),
+    ({"eval_seeds": [0, 1, 2]}, "at least 5"),
+    ({"rule": "oracle"}, "without target labels"),
+    ({"rule": "last"}, "without target labels"),
+    ({"tuning": {"n_trials": 0}}, "n_trials"),
+    ({"tuning": {"n_trials": 2, "sampler": "grid"}}, "sampler"),
+    ({"tuning": {"n_trials": 2, "trials_for_dann": 9}}, "unknown tuning key"),
+    ({"baseline": "erm"}, "baseline 'erm' is not an arm"),
+    ({"shared": None}, "searches nothing"),
+    ({"sensitivity": {"arms": ["cdan"], "key": "adapt.trade_off", "values": [1]}}, "unknown: cdan"),
+    ({"budget": 3}, "unknown key"),
+])
+def test_spec_refuses_unfair_or_broken_protocols(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        spec(**changes)
+
+
+def test_every_arm_searches_the_shared_space_plus_its_own_knobs():
+    s = spec(arms={"source_only": {}, "dann": {"params": {"adapt.trade_off": {"type": "float", "low": 0.1, "high": 3}}}})
+    assert list(s.arms["source_only"].params) == ["optim.lr"]
+    assert list(s.arms["dann"].params) == ["optim.lr", "adapt.trade_off"]
+    assert s.n_trials == 2  # one budget for the whole comparison: no arm can declare its own
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "compare").glob("*.yaml")))
+def test_committed_comparisons_compose_every_arm_at_its_search_bounds(name):
+    from tlbench.compare.protocol import arm_overrides
+    from tlbench.config import validate
+
+    s = load_spec(name)
+    for arm in s.arms.values():
+        for key, param in arm.params.items():
+            for value in (param.choices if param.type == "categorical" else [param.low, param.high]):
+                run = validate(compose([*arm_overrides(s, arm), f"{key}={value}"]))
+                assert run.selection == s.rule
+    if s.upper_bound:
+        run = validate(compose([*arm_overrides(s, s.arms[s.upper_bound.arm]), *s.upper_bound.overrides]))
+        assert run.data.source == run.data.target  # trained on the target's own labelled split
+
+
+# ------------------------------------------------------------------ statistics against hand computations
+def test_holm_matches_the_step_down_by_hand():
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → max so far 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.2, math.nan, 0.9])
+    assert math.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.4) and adjusted[2] == pytest.approx(0.9)
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_t_interval_matches_the_textbook_value():
+    # mean 2.5, sd 1.2910, t(0.975, 3) = 3.1824 → 3.1824 · 1.2910 / 2
+    assert t_interval([1, 2, 3, 4]) == pytest.approx(3.182446 * 1.290994 / 2, rel=1e-5)
+    assert math.isnan(t_interval([3.0]))
+
+
+# ------------------------------------------------------------------ a real, tiny comparison end to end
+TINY_COMPARISON = {
+    "experiment": "tiny_fair",
+    "overrides": ["backbone=small_cnn", "data=digits", "data.synthetic_size=300", "data.batch_size=16",
+                  "trainer.max_epochs=2", "trainer.steps_per_epoch=2", "trainer.enable_progress_bar=false", "tracking.plots=false"],
+    "tuning": {"n_trials": 2, "seed": 100, "sampler": "random", "pruner": "none"},
+    "eval_seeds": [0, 1, 2, 3, 4],
+    "shared": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+    "arms": {"source_only": {"overrides": ["adapt=source_only"]},
+             "coral": {"overrides": ["adapt=coral"], "params": {"adapt.ramp": {"type": "categorical", "choices": [True, False]}}}},
+    "upper_bound": {"name": "train_on_target", "arm": "source_only", "overrides": ["data.source=sklearn_digits"]},
+}
+
+
+@pytest.mark.slow
+def test_tiny_comparison_tunes_every_arm_equally_and_rebuilds_from_its_export(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from tlbench.compare.cli import main as compare_main
+    from tlbench.report.cli import main as report_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_COMPARISON))
+    assert compare_main([str(tmp_path / "tiny.yaml"), "--out", "out"]) == 0
+    out = tmp_path / "out"
+
+    runs = pd.read_csv(out / "runs.csv", skiprows=1)
+    tune = runs[runs["tags.compare.stage"] == "tune"]
+    assert tune.groupby("tags.compare.arm").size().to_dict() == {"coral": 2, "source_only": 2}  # same budget
+    assert set(tune["params.seed"]) == {100}
+    evaluated = runs[runs["tags.compare.stage"] == "eval"]
+    assert evaluated.groupby("tags.compare.arm")["params.seed"].apply(sorted).to_dict() == {
+        "coral": [0, 1, 2, 3, 4], "source_only": [0, 1, 2, 3, 4]}
+    children = runs[runs["tags.compare.stage"].notna() & runs["params.seed"].notna()]
+    assert set(children["params.selection"]) == {"source_val"}  # every trial run chose its epoch label-free
+
+    # the evaluated configuration is the tuning trial Optuna's study ranks best, and tuning.csv names it
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    record = pd.read_csv(out / "tuning.csv").set_index("arm")
+    for arm in ("source_only", "coral"):
+        best = optuna.load_study(study_name=f"{arm}.tune", storage=storage).best_trial
+        assert record.loc[arm, "chosen_trial"] == best.number
+        lrs = set(evaluated.loc[evaluated["tags.compare.arm"] == arm, "params.optim.lr"])
+        assert len(lrs) == 1 and lrs.pop() == pytest.approx(best.params["optim.lr"])
+    upper = runs[runs["tags.compare.stage"] == "upper_bound"]
+    assert set(upper["params.data.source"]) == {"sklearn_digits"} and len(upper) == 5
+
+    table = (out / "table.md").read_text()
+    assert "| coral | method |" in table and "p (Holm)" in table and "| train_on_target | upper bound (target labels) |" in table
+    assert "ORACLE" in (out / "oracle.md").read_text() and "ORACLE" not in table
+
+    assert report_main(["--from", str(out / "runs.csv"), "--out", str(tmp_path / "again")]) == 0
+    for path in (tmp_path / "again").iterdir():
+        assert path.read_bytes() == (out / path.name).read_bytes(), path.name
+    # the export says nothing about the machine that made it
+    assert str(tmp_path) not in (out / "runs.csv").read_text()
+
+
+# ------------------------------------------------------------------ committed studies rebuild from the repo
+EXPORTS = sorted((ROOT / "results").glob("*/runs.csv"))
+
+
+@pytest.mark.parametrize("export", EXPORTS, ids=[p.parent.name for p in EXPORTS])
+def test_committed_tables_rebuild_byte_for_byte_from_the_committed_export(export, tmp_path):
+    from tlbench.report.cli import main as report_main
+
+    assert report_main(["--from", str(export), "--out", str(tmp_path)]) == 0
+    rebuilt = sorted(p.name for p in tmp_path.iterdir())
+    assert rebuilt, "the export rebuilt nothing"
+    changed = [name for name in rebuilt if (tmp_path / name).read_bytes() != (export.parent / name).read_bytes()]
+    assert not changed, f"{export.parent.name}: committed files differ from what the export rebuilds: {changed}"
+
+
+def test_report_from_refuses_a_file_that_is_not_an_export(tmp_path, capsys):
+    from tlbench.report.cli import main as report_main
+
+    (tmp_path / "runs.csv").write_text("run_id,status\nabc,FINISHED\n")
+    assert report_main(["--from", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a tlbench runs export" in capsys.readouterr().err
+    layout = "# tlbench runs export; layout: " + json.dumps({"kind": "poster"}) + "\nrun_id,history\n"
+    (tmp_path / "runs.csv").write_text(layout)
+    assert report_main(["--from", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "layout kind 'poster'" in capsys.readouterr().err
