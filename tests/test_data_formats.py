@@ -382,3 +382,48 @@ def test_too_small_classes_fail_with_split_message(tmp_path):
     write_domain(tmp_path / "tiny", per_class=2)
     with pytest.raises(DataError, match="the val split is empty: too few images per class to split them 0.8/0.1/0.1"):
         build_domain(f"folder:{tmp_path / 'tiny'}", cfg_for(tmp_path), 0)
+
+
+def test_concurrent_writers_of_one_cache_entry_never_share_a_temp_file(tmp_path):
+    """Two sweep workers building the same blended-image cache at once: each writes its own temp file, the
+    entry ends whole, and no temp file is left behind (a shared name made one worker's rename fail)."""
+    import threading
+
+    import numpy as np
+
+    from tlbench.atomic_files import atomic_write
+
+    target = tmp_path / "cache" / "entry.npy"
+    arrays = [np.full((64, 64), i, dtype=np.uint8) for i in range(8)]
+    errors = []
+
+    def writer(array):
+        try:
+            atomic_write(target, lambda handle: np.save(handle, array))
+        except Exception as exc:  # pragma: no cover - the failure this test exists to catch
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(a,)) for a in arrays]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stored = np.load(target)
+    assert stored.shape == (64, 64) and len(set(stored.ravel())) == 1  # one writer's whole array
+    assert sorted(p.name for p in target.parent.iterdir()) == ["entry.npy"]
+
+
+def test_a_failed_write_leaves_the_old_entry_and_no_temp_file(tmp_path):
+    from tlbench.atomic_files import atomic_write
+
+    target = tmp_path / "entry.json"
+    target.write_bytes(b"old")
+
+    def broken(handle):
+        handle.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["entry.json"]

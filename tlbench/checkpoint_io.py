@@ -7,13 +7,13 @@ later `resume=true` died on. Here the temp file sits beside the target, is synce
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from .atomic_files import atomic_write
 from .errors import WeightsError, one_line
 from .interrupts import signals_held
 
@@ -23,18 +23,8 @@ def _local(path) -> bool:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to `<dir>/.<name>.tmp-<pid>`, fsync, rename over `path`; the temp file goes on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    """torch.save through a temp file renamed over `path` (atomic_files.atomic_write)."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

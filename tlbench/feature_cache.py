@@ -10,12 +10,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import uuid
 
 import torch
 from torch import nn
 
+from .atomic_files import atomic_write
 from .backbones import Backbone
 from .data.base import DomainSplits, InMemoryExamples, TensorImages
 from .paths import cache_dir
@@ -110,9 +109,7 @@ def featurize_split(backbone: Backbone, data: TensorImages, key: dict) -> Tensor
         except Exception:  # a corrupt or partial cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     features = _compute_features(backbone, data)
-    tmp = path.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")  # no torch RNG: keep runs' randomness intact
-    torch.save({"features": features, "labels": data.labels}, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda handle: torch.save({"features": features, "labels": data.labels}, handle))
     return TensorFeatures(features, data.labels)
 
 

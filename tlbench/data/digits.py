@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..atomic_files import atomic_write
 from ..errors import DataError
 from ..paths import cache_dir
 from . import register_domain
@@ -101,9 +102,7 @@ def cached_synthetic_digits(size: int, seed: int = 0) -> tuple[np.ndarray, np.nd
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # corrupt cache: regenerate
     counts, labels = generate_synthetic_digits(size, seed)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, counts=counts, labels=labels)
-    tmp.replace(path)
+    atomic_write(path, lambda handle: np.savez_compressed(handle, counts=counts, labels=labels))
     return counts, labels
 
 

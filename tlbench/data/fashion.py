@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic_files import atomic_write
 from ..errors import ConfigError, DataError
 from ..paths import cache_dir, data_root
 from . import register_domain
@@ -157,10 +158,7 @@ def blended_domain(name: str, class_names: list[str], arrays: Arrays, photo_path
             colour = None
     if colour is None:
         colour = blend_with_photos(gray, [_read_rgb(p) for p in photo_paths], generation_seed)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, colour)
-        tmp.replace(path)
+        atomic_write(path, lambda handle: np.save(handle, colour))
     n_train = len(train_x)
     return official_splits(name, class_names, colour[:n_train], train_y, colour[n_train:], test_y, hflip_ok=hflip_ok)
 

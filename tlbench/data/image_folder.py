@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..atomic_files import atomic_write
 from ..errors import ConfigError, DataError
 from ..paths import cache_dir, data_root
 from . import register_domain
@@ -169,9 +170,7 @@ def scan_folder(folder: Path, label: str) -> Manifest:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise DataError(f"{label}: {len(problems)} unreadable image(s): {shown}{more}; remove or replace them")
     manifest = Manifest([c.name for c in classes], files, labels, fingerprint_files(folder, files, labels))
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest.__dict__))
-    tmp.replace(cached)
+    atomic_write(cached, lambda handle: handle.write(json.dumps(manifest.__dict__).encode()))
     return manifest
 
 
