@@ -131,7 +131,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     #: Which metric chooses the checkpoint: source_val (default, honest) | oracle (target labels) |
-    #: target_entropy (label-free).
+    #: target_entropy, im, bnm, snd, dev, devn, classami (label-free validators) | last.
     selection: str = "source_val"
     #: BatchNorm batch composition of a training step (see config_rules.BATCH_COMPOSITIONS); recorded with every run.
     batch_composition: str = "joint"

@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from .adapt import Adapter
+from . import validators
 from .adapt.layers import prediction_entropy
 from .backbones import Backbone
 from .config import OptimConfig
@@ -264,20 +265,44 @@ class TransferModule(pl.LightningModule):
     def on_validation_start(self) -> None:
         self._adapt_before_evaluation()
 
+    def on_validation_epoch_start(self) -> None:
+        self._validator_inputs: dict[str, list] = {"val/source": [], "val/target": []}
+
+    def on_validation_epoch_end(self) -> None:
+        """Log every label-free validator (tlbench.validators) of this epoch's target validation pass."""
+        kept, self._validator_inputs = self._validator_inputs, None
+        if not kept["val/target"]:
+            return
+        target_features, target_probs = (torch.cat(parts) for parts in zip(*kept["val/target"]))
+        source_features = source_losses = None
+        if kept["val/source"]:
+            source_features, source_losses = (torch.cat(parts) for parts in zip(*kept["val/source"]))
+        scores = validators.validator_scores(target_probs, target_features, source_features, source_losses)
+        for name, value in scores.items():
+            self.log(name, value, on_epoch=True, sync_dist=True)
+
     def on_test_start(self) -> None:
         self._adapt_before_evaluation()
 
     def _evaluate(self, split: str, batch) -> None:
-        """Update and log accuracy, prediction entropy (label-free) and loss of one evaluation split."""
+        """Update and log accuracy, prediction entropy (label-free) and loss of one evaluation split; keep
+        what the label-free validators read (see on_validation_epoch_end)."""
         images, labels = batch
         with self._batchnorm_domain("source" if "source" in split else "target"):
-            logits = self.head(self.features(self.preprocess(images)))
+            features = self.features(self.preprocess(images))
+            logits = self.head(features)
         key = split.replace("/", "_")
+        losses = F.cross_entropy(logits, labels, reduction="none")
         updates = {
             "acc": (logits, labels),
             "entropy": (prediction_entropy(logits),),
-            "loss": (F.cross_entropy(logits, labels, reduction="none"),),
+            "loss": (losses,),
         }
+        kept = getattr(self, "_validator_inputs", None)
+        if kept is not None and split in kept and len(kept[split]) * labels.shape[0] < validators.MAX_EXAMPLES:
+            # target: predictions and features, never labels; source: features and per-example losses
+            second = logits.softmax(1) if split == "val/target" else losses
+            kept[split].append((features.detach().flatten(1).float().cpu(), second.detach().float().cpu()))
         for metric_name, args in updates.items():
             metric = self.metrics[f"{key}_{metric_name}"]
             metric.update(*args)

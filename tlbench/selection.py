@@ -1,12 +1,15 @@
 """The vocabulary of evaluation and model selection, in one place: the evaluation splits and their metric
-keys, and the rules that choose a run's epoch (`source_val`, `oracle`, `target_entropy`, `last`).
+keys, and the rules that choose a run's epoch (`source_val`, `oracle`, `target_entropy`, the label-free
+validators, `last`).
 
 Training checkpoints on a rule's metric, the report re-applies rules to recorded histories, searches
 optimise a rule's metric: all of them read the names here. Pure Python, so the config layer (imported
 on every `tlbench --help`) can use it.
 
 A rule never reads target labels unless it is `oracle`: `source_val` reads source labels only,
-`target_entropy` reads unlabelled target predictions, `last` reads nothing. Ties go to the earliest
+`target_entropy` and the validators of tlbench/validators.py (`im`, `bnm`, `snd`, `classami`) read
+unlabelled target predictions and features, `dev`/`devn` add source-validation losses, `last` reads
+nothing. Ties go to the earliest
 epoch, so a rule is deterministic and never rewards training longer for free.
 """
 
@@ -45,6 +48,8 @@ class Rule:
     mode: str
     uses_target_labels: bool
     description: str
+    #: Reads the source validation split (so a source-free run, which has none, cannot use it).
+    reads_source: bool = False
 
     def choose(self, history: Any) -> Choice | None:
         """Pick an epoch from an epoch table (a pandas frame, see `report.selection.epoch_table`); None
@@ -74,9 +79,15 @@ class Rule:
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
-        Rule("source_val", "val/source_acc", "max", False, "max source validation accuracy"),
+        Rule("source_val", "val/source_acc", "max", False, "max source validation accuracy", reads_source=True),
         Rule("oracle", "val/target_acc", "max", True, "max target validation accuracy — ORACLE, uses target labels"),
         Rule("target_entropy", "val/target_entropy", "min", False, "min mean prediction entropy on target val (label-free)"),
+        Rule("im", "val/target_im", "max", False, "max information maximisation on target val: entropy of the mean prediction − mean entropy (label-free)"),
+        Rule("bnm", "val/target_bnm", "max", False, "max nuclear norm of the target-val prediction matrix / N (label-free)"),
+        Rule("snd", "val/target_snd", "max", False, "max soft neighbourhood density of target-val predictions (label-free)"),
+        Rule("dev", "val/dev", "min", False, "min importance-weighted source-val loss, deep embedded validation (label-free)", reads_source=True),
+        Rule("devn", "val/devn", "min", False, "min DEV with max-normalised importance weights (label-free)", reads_source=True),
+        Rule("classami", "val/target_classami", "max", False, "max AMI between target-val predictions and k-means clusters of target features (label-free)"),
         Rule("last", None, "last", False, "last epoch"),
     )
 }

@@ -30,7 +30,7 @@ from .heads import build_bottleneck, build_head
 from .module import TransferModule
 from .interrupts import sigterm_as_interrupt
 from .progress import EpochSummary
-from .selection import SELECTION_METRICS
+from .selection import RULES, SELECTION_METRICS
 from .threads import intra_op_threads, threads_for
 from .mlflow_logger import MlflowMetricLogger
 from .tracking import (
@@ -59,9 +59,10 @@ def check_method_fits(run: RunConfig, adapter, datamodule: DomainDataModule) -> 
     and no second domain in an in-domain run."""
     if adapter.uses_source:
         return
-    if run.selection == "source_val":
-        raise ConfigError(f"selection=source_val: adapt={run.adapt.name} is source-free, so there is no source "
-                          "validation split; use selection=last or target_entropy (or oracle, labelled as such)")
+    if RULES[run.selection].reads_source:
+        usable = ", ".join(name for name, rule in RULES.items() if not rule.reads_source and not rule.uses_target_labels)
+        raise ConfigError(f"selection={run.selection}: adapt={run.adapt.name} is source-free, so there is no source "
+                          f"validation split; use selection= one of {usable} (or oracle, labelled as such)")
     if datamodule.in_domain:
         raise ConfigError(f"adapt={run.adapt.name} is source-free: it needs a target domain different from the source")
 

@@ -34,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="default: the space name")
     p.add_argument("--sampler", choices=("tpe", "random", "grid", "cmaes"))
     p.add_argument("--pruner", choices=("median", "percentile", "hyperband", "successive_halving", "threshold", "none"))
+    p.add_argument("--rule", help="selection rule whose metric the trials optimise (same as selection=<rule>; "
+                   "e.g. bnm or im to tune without target labels)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the space's study.seed)")
     p.add_argument("--out-dir", help="trial outputs (default outputs/search/<study name>)")
     p.add_argument("--list", action="store_true", help="list the search spaces in conf/search and exit")
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             print(name)
         return 0
     quiet_libraries()
+    if args.rule:
+        args.overrides.append(f"selection={args.rule}")
     try:
         job = prepare(
             load_space(args.space), args.overrides, n_trials=args.n_trials, storage=args.storage,

@@ -88,7 +88,7 @@ def prepare(
         raise ConfigError(f"study.grace_period: must be a whole number of seconds > heartbeat_interval, got {settings.grace_period!r}")
     monitor, mode = SELECTION_METRICS[run.selection]
     if monitor is None:
-        raise ConfigError(f"selection={run.selection}: a search needs a metric to optimise; use source_val, target_entropy or oracle")
+        raise ConfigError(f"selection={run.selection}: a search needs a metric to optimise; use any rule but last")
     name = settings.study_name or space.name
     return SearchJob(
         space=space, fixed=fixed, config_dir=config_dir, config_name=config_name,
