@@ -115,3 +115,53 @@ def test_source_free_runs_refuse_a_validator_that_reads_the_source_split(tmp_pat
     run = tiny_run(tmp_path, mlflow_uri, ["adapt=shot", "adapt.source_model=runs:/0123456789abcdef0123456789abcdef", "selection=dev"])
     with pytest.raises(ConfigError, match="selection=dev: adapt=shot is source-free.*im"):
         train(run)
+
+
+# ------------------------------------------------------------- benchmark
+def test_weighted_spearman_is_one_for_the_same_order_minus_one_reversed_and_weights_the_top():
+    from tlbench.report.validator_benchmark import weighted_spearman
+
+    acc = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert weighted_spearman(acc * 7 + 1, acc) == pytest.approx(1.0)
+    assert weighted_spearman(-acc, acc) == pytest.approx(-1.0)
+    # by hand: ranks (1..5), weights (r/5)², weighted Pearson of the two rank vectors
+    scores = np.array([2.0, 1.0, 3.0, 5.0, 4.0])
+    rs, ra = np.array([2, 1, 3, 5, 4.0]), np.arange(1, 6.0)
+    w = (ra / 5) ** 2
+    w /= w.sum()
+    cov = (w * (rs - (w * rs).sum()) * (ra - (w * ra).sum())).sum()
+    expected = cov / np.sqrt((w * (rs - (w * rs).sum()) ** 2).sum() * (w * (ra - (w * ra).sum()) ** 2).sum())
+    assert weighted_spearman(scores, acc) == pytest.approx(expected)
+    # a swap among the best checkpoints costs more than the same swap among the worst
+    top_swapped, bottom_swapped = np.array([1, 2, 3, 5, 4.0]), np.array([2, 1, 3, 4, 5.0])
+    assert weighted_spearman(top_swapped, acc) < weighted_spearman(bottom_swapped, acc)
+
+
+def test_regrets_of_a_rule_on_two_trials_by_hand():
+    import pandas as pd
+
+    from tlbench.report.validator_benchmark import rule_scores
+
+    frame = pd.DataFrame({
+        "run_id": ["a"] * 3 + ["b"] * 3, "arm": "dann", "epoch": [0, 1, 2] * 2,
+        "target_acc": [0.50, 0.70, 0.60, 0.40, 0.45, 0.80],
+        "val/target_im": [0.1, 0.3, 0.2, 0.5, 0.9, 0.4],  # picks epoch 1 in a (0.70, best), epoch 1 in b (0.45; best 0.80)
+    })
+    scores = rule_scores(frame, "im")
+    assert scores["checkpoint_regret"] == pytest.approx(100 * (0 + 0.35) / 2)
+    # the trial whose chosen checkpoint scores best is b (0.9): 0.45 against the better trial's 0.70
+    assert scores["hp_regret"] == pytest.approx(100 * (0.70 - 0.45))
+    assert scores["checkpoints"] == 6
+
+
+def test_weights_turned_non_finite_by_the_last_step_fail_the_run_before_evaluation(tmp_path):
+    from tlbench.api import build, compose
+
+    module, _ = build(compose(["backbone=small_cnn", "data=digits", "data.synthetic_size=200"]))
+    module._check_weights_finite()  # healthy weights pass
+    with torch.no_grad():
+        next(module.head.parameters()).view(-1)[0] = float("nan")
+    from tlbench.errors import TrainingError
+
+    with pytest.raises(TrainingError, match=r"non-finite weights \(head\..*training diverged"):
+        module._check_weights_finite()

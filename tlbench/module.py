@@ -267,6 +267,16 @@ class TransferModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._validator_inputs: dict[str, list] = {"val/source": [], "val/target": []}
+        if self.trainer.training or self.trainer.state.fn == "fit":
+            self._check_weights_finite()
+
+    def _check_weights_finite(self) -> None:
+        """A last optimizer step can turn the weights to NaN/inf after a finite loss; evaluating them would
+        record chance accuracy as a FINISHED result, so the run fails here instead."""
+        broken = next((name for name, p in self.named_parameters() if not torch.isfinite(p).all()), None)
+        if broken is not None:
+            raise TrainingError(f"non-finite weights ({broken}) at epoch {self.current_epoch}, step {self.global_step} "
+                                f"(lr={self.optim_cfg.lr}): training diverged; lower optim.lr or check the data")
 
     def on_validation_epoch_end(self) -> None:
         """Log every label-free validator (tlbench.validators) of this epoch's target validation pass."""
