@@ -47,7 +47,7 @@ def test_curves_have_one_point_per_epoch_per_configuration_and_costs(store):
 
 def test_sweep_summary_averages_seeds_and_pairs_the_gain_over_source_only(store):
     _, uri = store
-    text = seed_averaged_table(uri, "tlbench", SWEEP, "source_val")
+    text = seed_averaged_table(uri, "tlbench", (f"tags.sweep_dir = '{SWEEP}'",), "source_val")
     assert "n = 2" in text and "| dann " in text and "| source_only " in text
     assert "Gain over source-only" in text and "n=2)" in text
-    assert seed_averaged_table(uri, "tlbench", "/sweeps/other", "source_val") is None  # nothing recorded there
+    assert seed_averaged_table(uri, "tlbench", ("tags.sweep_dir = '/sweeps/other'",), "source_val") is None  # nothing recorded there

@@ -119,6 +119,6 @@ def test_skip_done_reruns_nothing_that_finished(tmp_path, mlflow_uri):
     first = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1"]))
     again = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1", "tracking.skip_done=true"]))
     other = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1", "tracking.skip_done=true", "seed=5"]))
-    assert again == {"skipped": 1.0} and "run_id" in first and "run_id" in other
+    assert again == {"skipped": 1.0, "run_id": first["run_id"]} and "run_id" in other
     client = MlflowClient(mlflow_uri)
     assert len(client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])) == 2

@@ -198,3 +198,32 @@ def test_garbage_made_between_runs_is_not_frozen_forever(tmp_path, mlflow_uri):
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+@pytest.mark.slow
+def test_a_skip_done_sweep_counts_reused_runs_as_done_and_tables_include_them(tmp_path, mlflow_uri):
+    """The restart path: a sweep rerun with tracking.skip_done=true reuses the finished runs — exit 0, parent
+    FINISHED, nothing counted as failed — and its gain table and `report --sweep` include the reused baseline."""
+    base = [sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}",
+            f"checkpoint_dir={tmp_path}/ckpt", "seed=0,1"]
+    first = subprocess.run(base + ["adapt=source_only", f"hydra.sweep.dir={tmp_path}/sweep1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run(base + ["adapt=source_only,dann", "tracking.skip_done=true", f"hydra.sweep.dir={tmp_path}/sweep2"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "4/4 run(s) done" in again.stdout and "failed" not in again.stdout
+    client = MlflowClient(mlflow_uri)
+    experiment_id = client.get_experiment_by_name("tlbench").experiment_id
+    parent = client.search_runs([experiment_id], "tags.`tlbench.parent` = 'sweep'", order_by=["attributes.start_time DESC"])[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["runs_reused"] == 2 and parent.data.metrics["runs_failed"] == 0
+    assert "dann" in again.stdout.split("paired on seed")[-1] and "source_only" in again.stdout.split("paired on seed")[-1]
+    assert len(client.search_runs([experiment_id], "tags.`tlbench.parent` != ''")) == 2  # no run trained twice
+    assert len(client.search_runs([experiment_id])) == 2 + 4
+
+    from tlbench.report.cli import main as report_main
+    from tlbench.report.collection import collect, sweep_filter
+
+    frame = collect(mlflow_uri, "tlbench", sweep_filter(mlflow_uri, "tlbench", parent.info.run_id), rules=("source_val",))
+    assert sorted(frame["adapt.name"]) == ["dann", "dann", "source_only", "source_only"]
+    assert report_main(["--uri", mlflow_uri, "--sweep", parent.info.run_id]) == 0

@@ -70,6 +70,10 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
             if os.environ.get(ENV_PARENT):  # set by the sweep callback when this job started
                 tags["mlflow.parentRunId"] = os.environ[ENV_PARENT]
     metrics = train(run, extra_tags=tags)
+    if metrics.get("skipped") and tags.get("mlflow.parentRunId"):  # skip_done: the finished run joins this sweep
+        from .sweep_run import mark_reused
+
+        mark_reused(run.tracking.uri, metrics["run_id"], tags["mlflow.parentRunId"], tags["sweep_dir"])
     if not _in_multirun() and metrics.get("run_id"):  # "" on DDP ranks other than 0, which record nothing
         runs = load_runs(run.tracking.uri, run.tracking.experiment, f"attributes.run_id = '{metrics['run_id']}'")
         print(summary_table(runs))

@@ -27,13 +27,13 @@ def sweep_size(config: DictConfig) -> int | None:
         return None
 
 
-def seed_averaged_table(uri: str, experiment: str, sweep_dir: str, rule: str) -> str | None:
+def seed_averaged_table(uri: str, experiment: str, sweep_filter: tuple[str, ...], rule: str) -> str | None:
     """The sweep as a paper table (rows = the config keys the sweep varies, seeds averaged, gains over a
     source-only/scratch baseline with a paired test), when some configuration has at least two seeds."""
     from .report.collection import collect
     from .report.tables import paper_table
 
-    frame = collect(uri, experiment, f"tags.sweep_dir = '{sweep_dir}'", rules=(rule,))
+    frame = collect(uri, experiment, sweep_filter, rules=(rule,))
     if frame.empty or "seed" not in frame.columns or frame.groupby("config_id")["seed"].nunique().max() < 2:
         return None
     from .report.tables import as_text
@@ -97,15 +97,15 @@ class SweepSummary(Callback):
 
         sweep_dir = sweep_run.sweep_dir_of(config)
         uri, experiment, _ = sweep_run.tracking_of(config)
-        runs = load_runs(uri, experiment, f"tags.sweep_dir = '{sweep_dir}'")
+        parent = None if _owns_parent_runs(config) else sweep_run.find_parent(sweep_dir)
+        runs = load_runs(uri, experiment, sweep_run.sweep_runs_filter(parent, sweep_dir))
         table = summary_table(runs)
         print(f"\n[tlbench] {len(runs)} run(s) of this sweep (test accuracies of the checkpoint chosen by 'selection'):")
         print(table)
-        averaged = seed_averaged_table(uri, experiment, sweep_dir, str(config.selection))
+        averaged = seed_averaged_table(uri, experiment, sweep_run.sweep_runs_filter(parent, sweep_dir), str(config.selection))
         if averaged:
             table += "\n\nmean ± std over seeds, and each gain over its baseline paired on seed:\n" + averaged
             print("\n[tlbench] mean ± std over seeds, and each gain over its baseline paired on seed:\n" + averaged)
-        parent = None if _owns_parent_runs(config) else sweep_run.find_parent(sweep_dir)
         if parent:
             sweep_run.failed_jobs = sweep_run.close_sweep_run(uri, parent, table, runs, self.total)
             failures = sweep_run.failure_lines(runs, self.total)

@@ -7,17 +7,30 @@ import pandas as pd
 from .tracking import client_for, resolve_uri
 
 
-def load_runs(uri: str = "", experiment: str = "tlbench", filter_string: str = "", include_running: bool = True) -> pd.DataFrame:
-    """Columns: run_id, run_name, status, `params.<key>`, `metrics.<name>` (last value), `tags.<key>`."""
+def load_runs(uri: str = "", experiment: str = "tlbench", filter_string: str | tuple[str, ...] = "", include_running: bool = True) -> pd.DataFrame:
+    """Columns: run_id, run_name, status, `params.<key>`, `metrics.<name>` (last value), `tags.<key>`.
+    A tuple of filter strings is their union (MLflow's filter language has no OR)."""
     client = client_for(resolve_uri(uri))
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return pd.DataFrame()
-    rows = []
+    rows, seen = [], set()
+    for one_filter in (filter_string if isinstance(filter_string, tuple) else (filter_string,)):
+        _collect_rows(client, found.experiment_id, one_filter, rows, seen)
+    frame = pd.DataFrame(rows)
+    if not include_running and not frame.empty:
+        frame = frame[frame["status"] != "RUNNING"]
+    return frame.sort_values("start_time").reset_index(drop=True) if not frame.empty else frame
+
+
+def _collect_rows(client, experiment_id: str, filter_string: str, rows: list, seen: set) -> None:
     page_token = None
     while True:
-        page = client.search_runs([found.experiment_id], filter_string, max_results=1000, page_token=page_token)
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=page_token)
         for run in page:
+            if run.info.run_id in seen:
+                continue
+            seen.add(run.info.run_id)
             row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status, "start_time": run.info.start_time,
                    "end_time": run.info.end_time}
             row.update({f"params.{k}": v for k, v in run.data.params.items()})
@@ -26,11 +39,7 @@ def load_runs(uri: str = "", experiment: str = "tlbench", filter_string: str = "
             rows.append(row)
         page_token = page.token
         if not page_token:
-            break
-    frame = pd.DataFrame(rows)
-    if not include_running and not frame.empty:
-        frame = frame[frame["status"] != "RUNNING"]
-    return frame.sort_values("start_time").reset_index(drop=True) if not frame.empty else frame
+            return
 
 
 #: Widest line of `summary_table`: a terminal's width; run names are cut to fit, the rest is in MLflow.

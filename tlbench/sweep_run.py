@@ -31,6 +31,10 @@ SWEEP_FILE = ".tlbench_sweep.json"
 PARENT_FILE = ".tlbench_parent_run"
 #: Written into a job's output folder when the job ends, recorded run or not (e.g. a config error).
 DONE_MARKER = ".tlbench_job_done"
+#: Tag prefix on a FINISHED run that a `tracking.skip_done` sweep reused instead of training again:
+#: `tlbench.reused_by.<parent run id>` = the sweep folder. The sweep counts it as done, not failed, and
+#: its tables include it.
+REUSED_TAG_PREFIX = "tlbench.reused_by."
 #: (uri, experiment, sweep dir) of the sweep this process launched, to close its parent on Ctrl-C.
 _launched: tuple[str, str, str] | None = None
 #: Jobs of the last sweep of this process that failed or recorded no run; the CLI exits 1 when > 0.
@@ -93,6 +97,26 @@ def _create_parent(uri: str, experiment: str, timeout_s: float, sweep_dir: str) 
     return run_id
 
 
+def reused_filter(parent_id: str) -> str:
+    return f"tags.`{REUSED_TAG_PREFIX}{parent_id}` != ''"
+
+
+def mark_reused(uri: str, run_id: str, parent_id: str, sweep_dir: str) -> None:
+    """Tag a finished run that this sweep's job skipped (skip_done) as part of the sweep."""
+    client_for(uri).set_tag(run_id, REUSED_TAG_PREFIX + parent_id, sweep_dir)
+
+
+def sweep_runs_filter(parent_id: str | None, sweep_dir: str) -> tuple[str, ...]:
+    """The runs of a sweep (load_runs union): its jobs' runs and the finished runs it reused."""
+    return (f"tags.sweep_dir = '{sweep_dir}'",) + ((reused_filter(parent_id),) if parent_id else ())
+
+
+def reused_count(uri: str, parent_id: str) -> int:
+    client = client_for(uri)
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return len(client.search_runs([experiment_id], reused_filter(parent_id), max_results=5000))
+
+
 def child_statuses(uri: str, parent_id: str) -> dict[str, int]:
     """Status → number of the parent's child runs (RUNNING ones included)."""
     client = client_for(uri)
@@ -115,13 +139,15 @@ def progress_line(uri: str, parent_id: str, sweep_dir: str) -> str:
     total = int(parent.data.params.get("sweep.jobs", 0)) or None
     done = len(list(Path(sweep_dir).glob(f"*/{DONE_MARKER}")))
     counts = child_statuses(uri, parent_id)
+    reused = reused_count(uri, parent_id)
     recorded = sum(n for status, n in counts.items() if status != "RUNNING")
-    failed = counts.get("FAILED", 0) + counts.get("KILLED", 0) + max(done - recorded, 0)
+    failed = counts.get("FAILED", 0) + counts.get("KILLED", 0) + max(done - recorded - reused, 0)
     elapsed = time.time() - parent.info.start_time / 1000
     per_run = elapsed / max(done, 1)
     of = f"/{total}" if total else ""
     eta = f", ETA {per_run * max(total - done, 0):.0f}s" if total else ""
     failures = f" ({failed} failed)" if failed else ""
+    failures += f" ({reused} already finished, reused)" if reused else ""
     return f"sweep: {done}{of} run(s) done{failures} in {elapsed:.0f}s ({per_run:.0f}s per run{eta})"
 
 
@@ -131,10 +157,12 @@ def close_sweep_run(uri: str, parent_id: str, summary: str, runs: Any, expected:
     global _launched
     client = client_for(uri)
     counts = child_statuses(uri, parent_id)
+    reused = reused_count(uri, parent_id)
     recorded = sum(counts.values())
-    missing = max((expected or 0) - recorded, 0)
+    missing = max((expected or 0) - recorded - reused, 0)
     failed = counts.get("FAILED", 0) + counts.get("KILLED", 0) + missing
-    for name, value in {"runs_finished": counts.get("FINISHED", 0), "runs_failed": failed, "runs_missing": missing}.items():
+    for name, value in {"runs_finished": counts.get("FINISHED", 0), "runs_reused": reused, "runs_failed": failed,
+                        "runs_missing": missing}.items():
         client.log_metric(parent_id, name, value)
     client.log_text(parent_id, summary, "sweep_summary.txt")
     plot = _accuracy_plot(runs)

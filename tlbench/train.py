@@ -229,7 +229,7 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         done = finished_run_with_hash(run.tracking, digest)
         if done:
             log.info("skip_done: config %s already finished as run %s", digest, done)
-            return {"skipped": 1.0}
+            return {"skipped": 1.0, "run_id": done}
     pl.seed_everything(run.seed, workers=True, verbose=False)
     raw_datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
     source_tags = {}

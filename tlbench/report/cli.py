@@ -81,7 +81,7 @@ def report(args: argparse.Namespace) -> int:
     if args.sweep:
         from .collection import sweep_filter
 
-        filter_string = " and ".join(f for f in (sweep_filter(uri, args.experiment, args.sweep), args.filter) if f)
+        filter_string = tuple(" and ".join(f for f in (one, args.filter) if f) for one in sweep_filter(uri, args.experiment, args.sweep))
     try:
         frame = collect(args.uri, args.experiment, filter_string, rules=rules)
     except Exception as exc:

@@ -52,9 +52,10 @@ def existing_store_client(uri: str):
     return client_for(uri)
 
 
-def sweep_filter(uri: str, experiment: str, sweep: str) -> str:
-    """The filter string for the child runs of a sweep or search: `latest` (the newest parent run in the
-    experiment), a parent run id, or a parent run name."""
+def sweep_filter(uri: str, experiment: str, sweep: str) -> tuple[str, str]:
+    """The filter strings (a union) for the runs of a sweep or search — its child runs and the finished
+    runs a skip_done sweep reused: `latest` (the newest parent run in the experiment), a parent run id, or
+    a parent run name."""
     client = existing_store_client(uri)
     check_experiment(client, uri, experiment)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
@@ -67,7 +68,9 @@ def sweep_filter(uri: str, experiment: str, sweep: str) -> str:
     if not chosen:
         known = ", ".join(f"{p.info.run_name} ({p.info.run_id[:8]})" for p in parents[:5]) or "none"
         raise ReportError(f"--sweep {sweep}: no sweep or search of that id or name in experiment '{experiment}'; newest: {known}")
-    return f"tags.mlflow.parentRunId = '{chosen[0].info.run_id}'"
+    from ..sweep_run import reused_filter
+
+    return f"tags.mlflow.parentRunId = '{chosen[0].info.run_id}'", reused_filter(chosen[0].info.run_id)
 
 
 def check_experiment(client, uri: str, experiment: str) -> None:
@@ -79,7 +82,7 @@ def check_experiment(client, uri: str, experiment: str) -> None:
 def collect(
     uri: str = "",
     experiment: str = "tlbench",
-    filter_string: str = "",
+    filter_string: str | tuple[str, ...] = "",
     rules: Iterable[str] = DEFAULT_RULES,
     statuses: Iterable[str] = ("FINISHED",),
 ) -> pd.DataFrame:
