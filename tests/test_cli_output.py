@@ -87,3 +87,34 @@ def test_table_labels_show_a_dash_where_a_key_was_not_recorded():
     from tlbench.report.tables import as_text
 
     assert as_text(pd.Series(["0.9", None, float("nan"), 3])).tolist() == ["0.9", "–", "–", "3"]
+
+
+def test_the_ui_hint_is_the_server_url_for_a_server_and_mlflow_ui_for_a_local_store():
+    from tlbench.tracking import ui_hint
+
+    assert ui_hint("http://127.0.0.1:5000").startswith("open http://127.0.0.1:5000")
+    assert "--backend-store-uri" not in ui_hint("https://mlflow.example.org")
+    assert ui_hint("sqlite:///tmp/mlflow.db").startswith("mlflow ui --backend-store-uri sqlite:///tmp/mlflow.db")
+
+
+def test_trainer_gpu_without_a_gpu_is_one_line_and_a_failed_run(tmp_path, mlflow_uri):
+    import subprocess
+    import sys
+
+    import pytest
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from helpers import TINY
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = subprocess.run([sys.executable, "-m", "tlbench", *TINY, "trainer=gpu", f"tracking.uri={mlflow_uri}",
+                             f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tlbench: error:")]
+    assert len(errors) == 1 and "trainer.accelerator=gpu" in errors[0] and "trainer=default" in errors[0]
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    assert run.info.status == "FAILED" and "trainer.accelerator=gpu" in run.data.tags["failure_reason"]

@@ -43,12 +43,13 @@ def test_interrupted_run_is_killed_and_resumes_to_the_uninterrupted_result(tmp_p
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("tlbench").experiment_id
     (killed,) = client.search_runs([experiment])
-    assert killed.info.status == "KILLED"
+    assert killed.info.status == "KILLED" and killed.data.tags["failure_reason"] == "interrupted"
     assert (tmp_path / "ckpt" / killed.data.tags["config_hash"] / "last.ckpt").exists()
 
     resumed = train(tiny_run(tmp_path, mlflow_uri, epochs + ["resume=true"]))
     assert resumed["run_id"] == killed.info.run_id  # the same MLflow run continues
-    assert client.get_run(killed.info.run_id).info.status == "FINISHED"
+    finished = client.get_run(killed.info.run_id)
+    assert finished.info.status == "FINISHED" and "failure_reason" not in finished.data.tags  # why it stopped once, not now
     for name in ("test/target_acc", "test/source_acc", "selected_epoch"):
         assert resumed[name] == pytest.approx(reference[name], abs=1e-6), name
     assert [v for _, v in _history(client, resumed["run_id"], "val/source_acc")] == pytest.approx(

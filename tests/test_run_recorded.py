@@ -227,3 +227,21 @@ def test_a_skip_done_sweep_counts_reused_runs_as_done_and_tables_include_them(tm
     frame = collect(mlflow_uri, "tlbench", sweep_filter(mlflow_uri, "tlbench", parent.info.run_id), rules=("source_val",))
     assert sorted(frame["adapt.name"]) == ["dann", "dann", "source_only", "source_only"]
     assert report_main(["--uri", mlflow_uri, "--sweep", parent.info.run_id]) == 0
+
+
+@pytest.mark.slow
+def test_the_printed_report_command_works_for_the_sweep_that_printed_it(tmp_path, mlflow_uri):
+    """A freeze × seed grid: `report` by adapt alone refuses to average mixed freezes, so the printed command
+    must group by what the sweep varies."""
+    import shlex
+
+    command = [sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}",
+               f"checkpoint_dir={tmp_path}/ckpt", "freeze=full,linear_probe", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("Tables of this sweep:"))
+    printed = shlex.split(line.split(":", 1)[1])
+    assert printed[:2] == ["tlbench", "report"] and "freeze.name" in printed[printed.index("--rows") + 1]
+    rerun = subprocess.run([sys.executable, "-m", "tlbench", *printed[1:]], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "full" in rerun.stdout and "linear_probe" in rerun.stdout

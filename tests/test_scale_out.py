@@ -60,6 +60,13 @@ def test_joblib_sweep_records_on_the_tracking_server_with_artifacts_on_the_serve
         stored = {p.relative_to(server.artifacts).as_posix() for p in server.artifacts.rglob("*") if run.info.run_id in p.as_posix()}
         assert any(p.endswith("config.yaml") for p in stored) and any(p.endswith("model/MLmodel") for p in stored), stored
     assert not (tmp_path / "mlruns").exists()
+    # the printed way to look at the runs works: against a server it is the server's own URL
+    hint = next(line for line in output.splitlines() if line.startswith("Open them in the MLflow UI:"))
+    assert "--backend-store-uri" not in hint and server.uri in hint
+    import urllib.request
+
+    with urllib.request.urlopen(hint.split()[hint.split().index("open") + 1], timeout=30) as page:
+        assert page.status == 200
     report = _tlbench(["report", "--experiment", "scale_out", "--sweep", "latest"], tmp_path, server.uri)
     assert report.wait(timeout=120) == 0, report.stdout.read()
 

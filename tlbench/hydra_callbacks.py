@@ -27,15 +27,9 @@ def sweep_size(config: DictConfig) -> int | None:
         return None
 
 
-def seed_averaged_table(uri: str, experiment: str, sweep_filter: tuple[str, ...], rule: str) -> str | None:
-    """The sweep as a paper table (rows = the config keys the sweep varies, seeds averaged, gains over a
-    source-only/scratch baseline with a paired test), when some configuration has at least two seeds."""
-    from .report.collection import collect
-    from .report.tables import paper_table
-
-    frame = collect(uri, experiment, sweep_filter, rules=(rule,))
-    if frame.empty or "seed" not in frame.columns or frame.groupby("config_id")["seed"].nunique().max() < 2:
-        return None
+def sweep_rows(frame) -> list[str]:
+    """The config keys a sweep varies (its table's rows), `adapt.name` if none: what the end-of-sweep table
+    and the printed `tlbench report` command both group by."""
     from .report.tables import as_text
 
     def varies(key: str) -> bool:  # a method's own hyperparameter varies by itself only within one method
@@ -43,8 +37,24 @@ def seed_averaged_table(uri: str, experiment: str, sweep_filter: tuple[str, ...]
             return any(as_text(group[key]).nunique() > 1 for _, group in frame.groupby("adapt.name"))
         return as_text(frame[key]).nunique() > 1
 
-    varying = [k for k in frame.attrs["config_keys"] if varies(k)]
-    return paper_table(frame, varying or ["adapt.name"], "data.name", rule).to_markdown()
+    return [k for k in frame.attrs.get("config_keys", []) if k != "data.name" and varies(k)] or ["adapt.name"]
+
+
+def sweep_frame(uri: str, experiment: str, sweep_filter: tuple[str, ...], rule: str):
+    from .report.collection import collect
+
+    return collect(uri, experiment, sweep_filter, rules=(rule,))
+
+
+def seed_averaged_table(uri: str, experiment: str, sweep_filter: tuple[str, ...], rule: str, frame=None) -> str | None:
+    """The sweep as a paper table (rows = the config keys the sweep varies, seeds averaged, gains over a
+    source-only/scratch baseline with a paired test), when some configuration has at least two seeds."""
+    from .report.tables import paper_table
+
+    frame = sweep_frame(uri, experiment, sweep_filter, rule) if frame is None else frame
+    if frame.empty or "seed" not in frame.columns or frame.groupby("config_id")["seed"].nunique().max() < 2:
+        return None
+    return paper_table(frame, sweep_rows(frame), "data.name", rule).to_markdown()
 
 
 def _owns_parent_runs(config: DictConfig) -> bool:
@@ -102,7 +112,8 @@ class SweepSummary(Callback):
         table = summary_table(runs)
         print(f"\n[tlbench] {len(runs)} run(s) of this sweep (test accuracies of the checkpoint chosen by 'selection'):")
         print(table)
-        averaged = seed_averaged_table(uri, experiment, sweep_run.sweep_runs_filter(parent, sweep_dir), str(config.selection))
+        frame = sweep_frame(uri, experiment, sweep_run.sweep_runs_filter(parent, sweep_dir), str(config.selection))
+        averaged = seed_averaged_table(uri, experiment, (), str(config.selection), frame=frame)
         if averaged:
             table += "\n\nmean ± std over seeds, and each gain over its baseline paired on seed:\n" + averaged
             print("\n[tlbench] mean ± std over seeds, and each gain over its baseline paired on seed:\n" + averaged)
@@ -111,6 +122,11 @@ class SweepSummary(Callback):
             failures = sweep_run.failure_lines(runs, self.total)
             if failures:
                 print("\n[tlbench] " + "; ".join(failures), flush=True)
-        print(f"\nOpen them in the MLflow UI:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+        from .tracking import ui_hint
+
+        print(f"\nOpen them in the MLflow UI:  {ui_hint(uri)}")
         if parent:
-            print(f"Tables of this sweep:        tlbench report --experiment {experiment} --sweep {parent}")
+            rows = ",".join(sweep_rows(frame)) if not frame.empty else "adapt.name"
+            rule = f" --rule {config.selection}" if str(config.selection) != "source_val" else ""
+            where = f" --uri {uri}" if str(config.tracking.uri or "") else ""
+            print(f"Tables of this sweep:        tlbench report{where} --experiment {experiment} --sweep {parent} --rows {rows}{rule}")

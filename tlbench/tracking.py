@@ -47,6 +47,13 @@ def resolve_uri(configured: str) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def ui_hint(uri: str) -> str:
+    """How to look at the runs in `uri`: a tracking server is already a UI; a local store needs `mlflow ui`."""
+    if is_remote(uri):
+        return f"open {uri} in a browser (the tracking server is the UI)"
+    return f"mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
+
+
 def is_remote(uri: str) -> bool:
     return urlparse(uri).scheme in ("http", "https")
 
@@ -423,6 +430,8 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
             client.set_tag(resume_run_id, PROCESS_TAG, owner[PROCESS_TAG])
+            if "failure_reason" in client.get_run(resume_run_id).data.tags:  # why it stopped last time, not now
+                client.delete_tag(resume_run_id, "failure_reason")
             run_id = resume_run_id
         else:
             exp_id = experiment_id(client, tracking.experiment)

@@ -155,8 +155,23 @@ def trainer_arguments(t) -> dict[str, Any]:
 
 
 def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, callbacks: list | None = None) -> pl.Trainer:
+    """The Lightning Trainer of a run; an accelerator or device count this machine lacks (trainer=gpu on a
+    CPU-only machine) is one ConfigError line, not Lightning's traceback."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    arguments = trainer_arguments(run.trainer)
+    try:
+        return _trainer(run, arguments, logger, checkpoint, callbacks)
+    except (MisconfigurationException, RuntimeError) as exc:
+        if not isinstance(exc, MisconfigurationException) and "device" not in str(exc).lower():
+            raise
+        raise ConfigError(f"trainer.accelerator={arguments.get('accelerator')} trainer.devices={arguments.get('devices')}: "
+                          f"{str(exc).splitlines()[0]} on this machine; use trainer=default (CPU) or check the drivers") from None
+
+
+def _trainer(run: RunConfig, arguments: dict, logger, checkpoint, callbacks) -> pl.Trainer:
     return pl.Trainer(
-        **trainer_arguments(run.trainer),
+        **arguments,
         logger=logger,
         callbacks=([checkpoint] if checkpoint else []) + [EpochSummary()] + (callbacks or []),
         enable_checkpointing=checkpoint is not None,

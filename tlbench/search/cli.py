@@ -83,7 +83,9 @@ def print_result(result: dict, job) -> None:
 
         rerun = shlex.join(result.get("best_overrides") or [*job.fixed, *params.split()])
         print(f"[tlbench search] best run: {result['best_run_id']}  (rerun: tlbench {rerun})")
-    print(f"[tlbench search] MLflow parent run {result['parent_run_id']}: mlflow ui --backend-store-uri {job.tracking_uri}")
+    from ..tracking import ui_hint
+
+    print(f"[tlbench search] MLflow parent run {result['parent_run_id']}: {ui_hint(job.tracking_uri)}")
 
 
 if __name__ == "__main__":
