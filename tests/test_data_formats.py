@@ -427,3 +427,83 @@ def test_a_failed_write_leaves_the_old_entry_and_no_temp_file(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(target, broken)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["entry.json"]
+
+
+def test_feature_cache_entries_are_verified_and_rebuilt_when_damaged_or_for_another_key(tmp_path, monkeypatch, caplog):
+    """Flipped bytes, another split's entry copied over, a truncated file: each is noticed, said in one line,
+    and rebuilt — never trained on."""
+    import logging
+
+    import torch
+
+    from tlbench.api import build, compose
+    from tlbench.data.base import TensorImages
+    from tlbench.feature_cache import featurize_split
+
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path))
+    backbone = build(compose(["backbone=small_cnn", "data=digits", "data.synthetic_size=200"]))[0].backbone
+    generator = torch.Generator().manual_seed(0)
+    splits = {name: TensorImages(torch.randint(0, 255, (40, 3, 16, 16), dtype=torch.uint8, generator=generator), torch.arange(40) % 4)
+              for name in ("train", "val")}
+    keys = {name: {"split": name} for name in splits}
+    fresh = {name: featurize_split(backbone, splits[name], keys[name]).images.clone() for name in splits}
+    entries = {name: next(p for p in (tmp_path / "features").glob("*.pt") if torch.load(p, weights_only=True)["key"].endswith(f'"{name}"}}')) for name in splits}
+
+    def damage_and_reload(how):
+        how(entries["train"])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tlbench.feature_cache"):
+            again = featurize_split(backbone, splits["train"], keys["train"]).images
+        assert torch.equal(again, fresh["train"])
+        return " ".join(r.getMessage() for r in caplog.records)
+
+    def flip(path):
+        raw = bytearray(path.read_bytes())
+        middle = len(raw) // 2
+        raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
+        path.write_bytes(bytes(raw))
+
+    assert "rebuilding" in damage_and_reload(flip)
+    assert "another split" in damage_and_reload(lambda p: p.write_bytes(entries["val"].read_bytes()))
+    assert "unreadable" in damage_and_reload(lambda p: p.write_bytes(p.read_bytes()[:100]))
+    assert damage_and_reload(lambda p: None) == ""  # a whole, matching entry is used silently
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_generated_digits_file_is_regenerated_with_one_line(damage, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import numpy as np
+
+    from tlbench.data.digits import cached_synthetic_digits
+
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path))
+    counts, labels = cached_synthetic_digits(60, seed=3)
+    (path,) = (tmp_path / "synthetic_digits").glob("*.npz")
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:
+        middle = len(raw) // 2
+        raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
+    path.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="tlbench.data.digits"):
+        again_counts, again_labels = cached_synthetic_digits(60, seed=3)
+    assert np.array_equal(again_counts, counts) and np.array_equal(again_labels, labels)
+    assert [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()]
+
+
+def test_a_temp_file_left_by_a_dead_writer_is_removed_by_the_next_write_and_a_live_one_is_kept(tmp_path):
+    import os
+    import time
+
+    from tlbench.atomic_files import STALE_AFTER_S, atomic_write
+
+    target = tmp_path / "entry.npy"
+    dead, live = tmp_path / ".entry.npy.111-deadbeef.tmp", tmp_path / ".entry.npy.222-cafecafe.tmp"
+    dead.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    old = time.time() - STALE_AFTER_S - 60
+    os.utime(dead, (old, old))
+    atomic_write(target, lambda handle: handle.write(b"whole"))
+    assert target.read_bytes() == b"whole" and not dead.exists() and live.exists()

@@ -4,10 +4,16 @@ never share a temp file."""
 
 from __future__ import annotations
 
+import glob
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+#: A temp file this old belongs to a writer that died (kill -9, power loss): removed by the next writer
+#: of the same entry. A live writer's temp file is younger (the largest cache entries take minutes).
+STALE_AFTER_S = 3600.0
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -15,6 +21,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     temp file goes on any failure. (uuid4 reads os.urandom: no library's random state is touched.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temp, "wb") as handle:
@@ -25,3 +32,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temps(path: Path) -> None:
+    now = time.time()
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - temp.stat().st_mtime > STALE_AFTER_S:
+                temp.unlink()
+        except FileNotFoundError:  # another writer removed or renamed it meanwhile
+            pass

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -98,18 +99,40 @@ def _compute_features(backbone: Backbone, data: TensorImages, batch_size: int = 
     return torch.cat(chunks) if chunks else torch.empty(0, backbone.out_features)
 
 
+def _content_digest(features: torch.Tensor, labels: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in (features, labels):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _verified_entry(path: Path, key_json: str) -> TensorFeatures | None:
+    """The cache entry at `path` if it is whole and is what it claims to be: built for exactly this key,
+    its content matching the digest written with it. Anything else is removed, with one line saying why."""
+    try:
+        stored = torch.load(path, weights_only=True)
+        problem = ("it was built for another split or backbone" if stored.get("key") != key_json
+                   else "its content does not match its digest" if _content_digest(stored["features"], stored["labels"]) != stored.get("digest")
+                   else None)
+    except Exception as exc:  # unreadable, truncated, or not a cache entry at all
+        problem = f"it is unreadable ({type(exc).__name__})"
+    if problem is None:
+        return TensorFeatures(stored["features"], stored["labels"])
+    log.warning("feature cache: rebuilding %s: %s", path.name, problem)
+    path.unlink(missing_ok=True)
+    return None
+
+
 def featurize_split(backbone: Backbone, data: TensorImages, key: dict) -> TensorFeatures:
-    """Features of one split, from the disk cache when present (atomically written when not)."""
-    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = cache_dir("features") / f"{name}.pt"
-    if path.exists():
-        try:
-            stored = torch.load(path, weights_only=True)
-            return TensorFeatures(stored["features"], stored["labels"])
-        except Exception:  # a corrupt or partial cache entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
+    """Features of one split, from the disk cache when present and verified (atomically written when not)."""
+    key_json = json.dumps(key, sort_keys=True, default=str)
+    path = cache_dir("features") / f"{hashlib.sha256(key_json.encode()).hexdigest()[:24]}.pt"
+    if path.exists() and (cached := _verified_entry(path, key_json)) is not None:
+        return cached
     features = _compute_features(backbone, data)
-    atomic_write(path, lambda handle: torch.save({"features": features, "labels": data.labels}, handle))
+    entry = {"features": features, "labels": data.labels, "key": key_json, "digest": _content_digest(features, data.labels)}
+    atomic_write(path, lambda handle: torch.save(entry, handle))
     return TensorFeatures(features, data.labels)
 
 

@@ -9,6 +9,9 @@ what matters for adaptation (printed vs handwritten shapes), not in file format.
 from __future__ import annotations
 
 import hashlib
+import logging
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,8 @@ from ..errors import DataError
 from ..paths import cache_dir
 from . import register_domain
 from .base import DomainSplits, TensorImages, fingerprint_tensors, stratified_split
+
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -99,8 +104,9 @@ def cached_synthetic_digits(size: int, seed: int = 0) -> tuple[np.ndarray, np.nd
         try:
             with np.load(path) as stored:
                 return stored["counts"], stored["labels"]
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # corrupt cache: regenerate
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # truncated or damaged: regenerate
+            log.warning("synthetic digits cache: rebuilding %s: it is unreadable (%s)", path.name, type(exc).__name__)
+            path.unlink(missing_ok=True)
     counts, labels = generate_synthetic_digits(size, seed)
     atomic_write(path, lambda handle: np.savez_compressed(handle, counts=counts, labels=labels))
     return counts, labels
