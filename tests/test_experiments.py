@@ -95,3 +95,19 @@ def test_runner_lists_missing_data_and_does_not_start(tmp_path):
     assert result.returncode == 2
     assert "mnist" in result.stdout and "usps" in result.stdout and "svhn" in result.stdout
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("name", ["dann_digits", "tllib_digits", "office31"])
+def test_real_data_specs_compose_their_preset_and_every_run_has_the_recorded_recipe(name):
+    """Each real-data reproduction names its recipe preset (not a stale restatement) and every run of every
+    sweep composes to the recipe values written in the spec."""
+    from tlbench.config import flatten, to_plain_dict
+
+    spec = yaml.safe_load((EXPERIMENTS / name / "spec.yaml").read_text())
+    assert spec["recipe"]
+    for sweep in spec["sweeps"]:
+        assert sweep[0].startswith("experiment="), sweep
+        for overrides in _variants(sweep):
+            flat = flatten(to_plain_dict(validate(compose(overrides))))
+            wrong = {key: (flat.get(key), value) for key, value in spec["recipe"].items() if flat.get(key) != value}
+            assert not wrong, f"{name} {overrides}: (composed, recipe) {wrong}"

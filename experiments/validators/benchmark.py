@@ -54,7 +54,11 @@ def load_checkpoints(exports: dict[str, Path]) -> dict[str, pd.DataFrame]:
     for task, path in exports.items():
         source = ExportSource(path)
         runs = source.runs()
-        runs = runs[(runs["status"] == "FINISHED") & (runs.get("tags.compare.stage") == "tune")]
+        runs = runs[(runs["status"] == "FINISHED") & (runs.get("tags.compare.stage") == "tune")].copy()
+        # the same number of trials per method: the first ones by Optuna trial number
+        runs["trial"] = pd.to_numeric(runs["tags.optuna.trial"])
+        per_arm = runs.groupby("tags.compare.arm").size().min()
+        runs = runs.sort_values("trial").groupby("tags.compare.arm").head(per_arm)
         frame = checkpoints(source, runs)
         if not frame.empty and frame["val/target_im"].notna().any():  # studies recorded before the validators existed have none
             frames[task] = frame[frame["val/target_im"].notna()]
