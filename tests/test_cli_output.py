@@ -118,3 +118,14 @@ def test_trainer_gpu_without_a_gpu_is_one_line_and_a_failed_run(tmp_path, mlflow
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
     assert run.info.status == "FAILED" and "trainer.accelerator=gpu" in run.data.tags["failure_reason"]
+
+
+def test_the_feature_cache_line_appears_only_where_the_backbone_could_be_cached(tmp_path, mlflow_uri, caplog):
+    with caplog.at_level(logging.DEBUG, logger="tlbench.train"):
+        train(tiny_run(tmp_path / "full", mlflow_uri, ["trainer.max_epochs=1"]))
+        full = [r for r in caplog.records if "feature cache" in r.getMessage()]
+        caplog.clear()
+        train(tiny_run(tmp_path / "probe", mlflow_uri, ["trainer.max_epochs=1", "freeze=linear_probe"]))
+        probe = [r for r in caplog.records if "feature cache" in r.getMessage()]
+    assert [r.levelno for r in full] == [logging.DEBUG]  # fine-tuning: nothing to say on the console
+    assert [(r.levelno, r.getMessage()) for r in probe] == [(logging.INFO, "feature cache: on")]

@@ -49,5 +49,5 @@ def test_launcher_records_every_run_under_the_sweep_parent_and_fails_the_command
     assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
     assert parent.info.status == "FAILED" and parent.data.params["sweep.jobs"] == "4"
     assert parent.data.metrics["runs_finished"] == 2 and parent.data.metrics["runs_missing"] == 2
-    assert {"sweep_summary.txt", "sweep_accuracy.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.md", "sweep_accuracy.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "2 job(s) recorded no run" in result.stdout

@@ -74,7 +74,7 @@ def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path,
     assert parent.info.status == "FINISHED" and parent.data.tags["tlbench.parent"] == "sweep"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert parent.data.params["sweep.jobs"] == "4" and "adapt=source_only,dann" in parent.data.params["sweep.overrides"]
-    summary = client.download_artifacts(parent.info.run_id, "sweep_summary.txt", str(tmp_path))
+    summary = client.download_artifacts(parent.info.run_id, "sweep_summary.md", str(tmp_path))
     assert all(r.info.run_name in open(summary).read() for r in runs)
     assert "4/4 run(s) done" in result.stdout
 

@@ -164,7 +164,7 @@ def close_sweep_run(uri: str, parent_id: str, summary: str, runs: Any, expected:
     for name, value in {"runs_finished": counts.get("FINISHED", 0), "runs_reused": reused, "runs_failed": failed,
                         "runs_missing": missing}.items():
         client.log_metric(parent_id, name, value)
-    client.log_text(parent_id, summary, "sweep_summary.txt")
+    client.log_text(parent_id, summary, "sweep_summary.md")
     plot = _accuracy_plot(runs)
     if plot is not None:
         import matplotlib.pyplot as plt

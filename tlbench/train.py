@@ -103,6 +103,7 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
     head = build_head(feature_dim, datamodule.num_classes, run.head.hidden, run.head.dropout)
     bottleneck = build_bottleneck(backbone.out_features, run.head.bottleneck)
     not_fixed = why_not_cacheable(schedule, backbone, adapter, run.data.augment, run.trainer.max_epochs)
+    backbone_trains = schedule.always_frozen_prefix(len(backbone.stages()), run.trainer.max_epochs) < len(backbone.stages())
     composition = effective_batch_composition(run, adapter, datamodule, not_fixed is None and not batch_dependent(bottleneck, head))
     if not run.trainer.feature_cache:
         reason = "trainer.feature_cache=false"
@@ -114,7 +115,9 @@ def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[Transfer
         target = source if datamodule.in_domain else featurize_domain(backbone, datamodule.target, key)
         datamodule = DomainDataModule(run.data, run.seed, source, target, run.trainer.steps_per_epoch)
         backbone = CachedBackbone(backbone.out_features)
-    log.info("feature cache: %s", "on" if reason is None else f"off ({reason})")
+    # said when it matters (on, or off although the backbone never trains); a fine-tuning run needs no line
+    (log.debug if backbone_trains and reason is not None else log.info)(
+        "feature cache: %s", "on" if reason is None else f"off ({reason})")
     datamodule.serve(adapter, composition)
     module = TransferModule(
         backbone, head, adapter, schedule, run.optim, datamodule.num_classes,
