@@ -65,3 +65,28 @@ def test_load_from_checkpoint_rebuilds_the_model(tmp_path):
         TransferModule.load_from_checkpoint(tmp_path / "bare.ckpt")
     given = TransferModule.load_from_checkpoint(tmp_path / "bare.ckpt", run_config=run)
     assert torch.allclose(tlbench.predict(given, images), tlbench.predict(module, images), atol=1e-6)
+
+
+def test_predict_accepts_what_the_docs_say_and_refuses_the_rest_in_one_line():
+    import numpy as np
+
+    from tlbench.errors import DataError
+
+    module, _ = tlbench.build(tlbench.compose(["backbone=small_cnn", "data=digits", "data.synthetic_size=200"]))
+    generator = np.random.default_rng(0)
+    raw = generator.integers(0, 256, (4, 3, 20, 20)).astype(np.uint8)
+    reference = tlbench.predict(module, raw)
+    # the same pixels as int64 0..255 and as floats in [0, 1] give the same probabilities
+    assert torch.allclose(tlbench.predict(module, raw.astype(np.int64)), reference, atol=1e-6)
+    assert torch.allclose(tlbench.predict(module, raw.astype(np.float32) / 255), reference, atol=1e-5)
+    cases = {
+        "float images must lie in \\[0, 1\\], got 0..255": raw.astype(np.float32) * (255 / max(raw.max(), 1)),
+        "NaN or infinite": np.full((2, 3, 20, 20), np.nan, dtype=np.float32),
+        "expected N × C × H × W": raw[0],
+        "integer images must lie in 0..255": raw.astype(np.int64) * 2 - 300,
+        "expected uint8 or floats": raw > 100,
+    }
+    for message, images in cases.items():
+        with pytest.raises(DataError, match=message) as caught:
+            tlbench.predict(module, images)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
