@@ -235,3 +235,26 @@ def test_disk_full_during_a_checkpoint_write_is_one_line_and_the_run_failed(tmp_
         assert statuses == [("FAILED",)]
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_bad_places_and_values_are_one_line_naming_the_setting(tmp_path, monkeypatch, capsys):
+    """TLBENCH_CACHE that is a file, report --timeout nan/inf, an image folder with one class."""
+    from tlbench.errors import DataError
+    from tlbench.paths import cache_dir
+    from tlbench.report.cli import main as report_main
+
+    blocker = tmp_path / "cache_is_a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("TLBENCH_CACHE", str(blocker))
+    with pytest.raises(DataError, match="TLBENCH_CACHE"):
+        cache_dir("features")
+    monkeypatch.delenv("TLBENCH_CACHE")
+    for value in ("nan", "inf", "-1"):
+        assert report_main(["--uri", f"sqlite:///{tmp_path}/m.db", "--timeout", value]) == 2
+        assert "--timeout: must be a positive number of seconds" in capsys.readouterr().err
+
+    from tlbench.data.image_folder import scan_folder
+
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    with pytest.raises(DataError, match="one class folder \\(cats\\).*at least two"):
+        scan_folder(tmp_path / "one", "data=folder")

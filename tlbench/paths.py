@@ -13,7 +13,13 @@ def cache_dir(*parts: str) -> Path:
     """$TLBENCH_CACHE or ~/.cache/tlbench: generated datasets and frozen-feature caches."""
     root = Path(os.environ.get("TLBENCH_CACHE") or Path.home() / ".cache" / "tlbench")
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only or missing mount
+        from .errors import DataError
+
+        raise DataError(f"cache folder {path}: cannot create it ({exc.strerror or exc}); point TLBENCH_CACHE to a "
+                        "writable folder") from None
     return path
 
 

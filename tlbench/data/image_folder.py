@@ -144,6 +144,8 @@ def scan_folder(folder: Path, label: str) -> Manifest:
     classes = _class_folders(folder)
     if not classes:
         raise DataError(f"{label}: no class folders in {folder}; expected {folder}/<class>/<image>")
+    if len(classes) < 2:
+        raise DataError(f"{label}: one class folder ({classes[0].name}) in {folder}; classification needs at least two")
     cached = cache_dir("manifests") / f"{_manifest_key(folder, classes)}.json"
     if cached.exists():
         try:

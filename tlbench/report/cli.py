@@ -4,6 +4,7 @@ plus PNG plots. Mistakes (missing experiment, unknown key, mixed cells) are one 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def report(args: argparse.Namespace) -> int:
         return report_from_export(args)
     from .tables import load_reference, paper_table
 
-    if args.timeout <= 0:
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise ReportError(f"--timeout: must be a positive number of seconds, got {args.timeout:g}")
     rules = [args.rule] + (["oracle"] if args.oracle else [])
     uri = resolve_uri(args.uri)
