@@ -99,3 +99,15 @@ def test_every_client_call_is_bounded_not_only_the_first(silent_server, monkeypa
         with pytest.raises(TrackingError, match=re.escape(silent_server)):
             call()
         assert time.time() - started < 3
+
+
+def test_a_sweep_whose_store_is_unreachable_exits_non_zero_with_one_line_per_job(tmp_path, closed_port):
+    """Every job fails in one line; the sweep's end cannot read the store, says so once, counts the jobs'
+    own failure markers and exits 1 (it exited 0 with Hydra callback warnings)."""
+    uri = closed_port
+    result = subprocess.run([sys.executable, "-m", "tlbench", "-m", *TINY, f"tracking.uri={uri}", "tracking.timeout_s=3",
+                             "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Callback" not in result.stderr and "Traceback" not in result.stderr
+    assert "2 of 2 job(s) failed" in result.stderr and "tracking.skip_done=true" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("tlbench: error: tracking.uri: cannot reach")]) == 2

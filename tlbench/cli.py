@@ -108,7 +108,10 @@ def hydra_entry(cfg: DictConfig) -> float | None:
 
 def _fail(message: str, exit_code: int) -> None:
     print(f"tlbench: error: {message}", file=sys.stderr)
-    if _in_multirun():  # the sweep goes on; its end counts failed jobs from the store (sweep_run)
+    if _in_multirun():  # the sweep goes on; its end counts failed jobs (from the store, and from this marker)
+        from .sweep_run import mark_job_failed
+
+        mark_job_failed(HydraConfig.get().runtime.output_dir, message)
         return None
     raise SystemExit(exit_code)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from .errors import TlbenchError
 
 
 def sweep_size(config: DictConfig) -> int | None:
@@ -87,7 +90,10 @@ class SweepSummary(Callback):
         from . import sweep_run
 
         if _in_multirun(config) and not _owns_parent_runs(config):
-            sweep_run.ensure_parent(*sweep_run.tracking_of(config), sweep_run.sweep_dir_of(config))
+            try:
+                sweep_run.ensure_parent(*sweep_run.tracking_of(config), sweep_run.sweep_dir_of(config))
+            except TlbenchError:  # the store is unreachable: the job says so in one line and fails
+                pass
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
         from . import sweep_run
@@ -98,14 +104,32 @@ class SweepSummary(Callback):
         uri, experiment, _ = sweep_run.tracking_of(config)
         sweep_dir = sweep_run.sweep_dir_of(config)
         parent = sweep_run.find_parent(sweep_dir)
-        if parent:
-            print(f"[tlbench] {sweep_run.progress_line(uri, parent, sweep_dir)}", flush=True)
+        try:
+            line = sweep_run.progress_line(uri, parent, sweep_dir) if parent else None
+        except TlbenchError:  # the store went away: the job's own line said why; the sweep's end counts it
+            line = None
+        if line:
+            print(f"[tlbench] {line}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from . import sweep_run
-        from .runs import load_runs, summary_table
 
         sweep_dir = sweep_run.sweep_dir_of(config)
+        failed_here = sweep_run.failed_job_count(sweep_dir)
+        try:
+            self._summarise(config, sweep_dir)
+        except TlbenchError as exc:  # the store is unreachable now: what the jobs said is what we know
+            sweep_run.failed_jobs = max(failed_here, 1)
+            print(f"tlbench: error: the sweep's end could not read the store ({exc}); {failed_here} of {self.total or '?'} "
+                  "job(s) failed; when the store is back, the same command with tracking.skip_done=true runs only "
+                  "what did not finish", file=sys.stderr, flush=True)
+            return
+        sweep_run.failed_jobs = max(sweep_run.failed_jobs, failed_here)
+
+    def _summarise(self, config: DictConfig, sweep_dir: str) -> None:
+        from . import sweep_run
+        from .runs import load_runs, summary_table
+
         uri, experiment, _ = sweep_run.tracking_of(config)
         parent = None if _owns_parent_runs(config) else sweep_run.find_parent(sweep_dir)
         runs = load_runs(uri, experiment, sweep_run.sweep_runs_filter(parent, sweep_dir))

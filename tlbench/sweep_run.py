@@ -31,6 +31,8 @@ SWEEP_FILE = ".tlbench_sweep.json"
 PARENT_FILE = ".tlbench_parent_run"
 #: Written into a job's output folder when the job ends, recorded run or not (e.g. a config error).
 DONE_MARKER = ".tlbench_job_done"
+#: Written beside it when the job failed, with its one-line error.
+FAILED_MARKER = ".tlbench_job_failed"
 #: Tag prefix on a FINISHED run that a `tracking.skip_done` sweep reused instead of training again:
 #: `tlbench.reused_by.<parent run id>` = the sweep folder. The sweep counts it as done, not failed, and
 #: its tables include it.
@@ -129,6 +131,20 @@ def child_statuses(uri: str, parent_id: str) -> dict[str, int]:
 
 def mark_job_done(job_output_dir: str) -> None:
     Path(job_output_dir, DONE_MARKER).touch()
+
+
+def mark_job_failed(job_output_dir: str, message: str) -> None:
+    """Written by a job that failed with a one-line error: the sweep's end counts it even when the store
+    that should have recorded the failure is unreachable."""
+    try:
+        Path(job_output_dir).mkdir(parents=True, exist_ok=True)
+        Path(job_output_dir, FAILED_MARKER).write_text(message)
+    except OSError:  # e.g. the full disk that made the job fail: the store still counts it if reachable
+        pass
+
+
+def failed_job_count(sweep_dir: str) -> int:
+    return len(list(Path(sweep_dir).glob(f"*/{FAILED_MARKER}")))
 
 
 def progress_line(uri: str, parent_id: str, sweep_dir: str) -> str:
