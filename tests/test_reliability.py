@@ -123,3 +123,23 @@ def test_skip_done_reruns_nothing_that_finished(tmp_path, mlflow_uri):
     assert again == {"skipped": 1.0, "run_id": first["run_id"]} and "run_id" in other
     client = MlflowClient(mlflow_uri)
     assert len(client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])) == 2
+
+
+def test_runs_and_sweep_parents_left_running_by_a_dead_process_are_closed_by_the_next_run(tmp_path, mlflow_uri):
+    """A store that went away mid-sweep leaves a job's run and the sweep's parent RUNNING; the next command
+    against the store (any configuration) closes both as KILLED."""
+    from tlbench.processes import PROCESS_TAG
+
+    dead = subprocess.Popen([sys.executable, "-c", "import os, socket; print(socket.gethostname(), os.getpid())"],
+                            stdout=subprocess.PIPE, text=True)
+    host, pid = dead.communicate()[0].split()
+    token = f"{host}:{pid}:"  # its start time unknown: the pid alone says it is gone
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("tlbench")
+    job = client.create_run(experiment, tags={PROCESS_TAG: token, "config_hash": "another"}).info.run_id
+    parent = client.create_run(experiment, tags={PROCESS_TAG: token, "tlbench.parent": "sweep"}).info.run_id
+    alive = client.create_run(experiment, tags={"tlbench.parent": "sweep"}).info.run_id  # no owner known: left alone
+    train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1"]))
+    assert client.get_run(job).info.status == "KILLED" and client.get_run(parent).info.status == "KILLED"
+    assert "ended without closing" in client.get_run(parent).data.tags["failure_reason"]
+    assert client.get_run(alive).info.status == "RUNNING"

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .tracking import client_for, experiment_id, resolve_uri, standard_tags
+from .tracking import PROCESS_TAG, client_for, experiment_id, resolve_uri, standard_tags
 
 #: Tag of runs that hold children rather than results: "sweep" or "search". Reports leave them out.
 PARENT_TAG = "tlbench.parent"
@@ -54,7 +54,10 @@ def plan_sweep(uri: str, experiment: str, sweep_dir: str, overrides: list[str], 
     """At multirun start, in the launching process: note what the sweep is in its folder. Touches no store."""
     global _launched, failed_jobs
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    Path(sweep_dir, SWEEP_FILE).write_text(json.dumps({"overrides": overrides, "jobs": jobs}))
+    from .processes import this_process
+
+    # the launching process owns the parent: when it is gone, a later command closes a parent left RUNNING
+    Path(sweep_dir, SWEEP_FILE).write_text(json.dumps({"overrides": overrides, "jobs": jobs, "owner": this_process()}))
     os.environ.pop(ENV_PARENT, None)
     _launched, failed_jobs = (uri, experiment, sweep_dir), 0
 
@@ -88,7 +91,7 @@ def _create_parent(uri: str, experiment: str, timeout_s: float, sweep_dir: str) 
     plan_file = Path(sweep_dir, SWEEP_FILE)
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else {"overrides": [], "jobs": None}
     client = client_for(uri, timeout_s)
-    tags = {**standard_tags(), PARENT_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir}
+    tags = {**standard_tags(), PARENT_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir, **({PROCESS_TAG: plan["owner"]} if plan.get("owner") else {})}
     run = client.create_run(experiment_id(client, experiment), run_name=sweep_name(plan["overrides"], plan["jobs"]), tags=tags)
     run_id = run.info.run_id
     client.log_param(run_id, "sweep.overrides", shlex.join(plan["overrides"])[:6000])

@@ -384,11 +384,13 @@ class SilentRecorder(RunRecorder):
         pass
 
 
-def close_dead_runs(client, experiment: str, digest: str) -> list[str]:
-    """RUNNING runs of this config whose process is gone (kill -9, power loss, a second Ctrl-C) are
-    marked KILLED, so that they can be resumed and are never mistaken for running ones."""
+def close_dead_runs(client, experiment: str, digest: str | None = None) -> list[str]:
+    """RUNNING runs (of this config, or any in the experiment: sweep parents too) whose process is gone
+    (kill -9, power loss, a second Ctrl-C, a store that went away mid-sweep) are marked KILLED, so that
+    they can be resumed and are never mistaken for running ones."""
     closed = []
-    for run in client.search_runs([experiment], f"tags.config_hash = '{digest}' and attributes.status = 'RUNNING'"):
+    which = f"tags.config_hash = '{digest}' and " if digest else ""
+    for run in client.search_runs([experiment], which + "attributes.status = 'RUNNING'", max_results=1000):
         owner = run.data.tags.get(PROCESS_TAG, "")
         if process_state(owner) == "gone":
             client.set_tag(run.info.run_id, "failure_reason", f"its process ({owner}) ended without closing the run")
@@ -435,8 +437,7 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
             run_id = resume_run_id
         else:
             exp_id = experiment_id(client, tracking.experiment)
-            if "config_hash" in tags:
-                close_dead_runs(client, exp_id, str(tags["config_hash"]))
+            close_dead_runs(client, exp_id)  # this config's, and any other run or parent a dead process left RUNNING
             all_tags = {**standard_tags(), **tracking.tags, **{k: str(v) for k, v in tags.items()}, **owner}
             run_id = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info.run_id
     except TlbenchError:
