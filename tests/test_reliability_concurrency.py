@@ -47,3 +47,45 @@ def test_four_processes_creating_a_new_store_at_once_all_record_their_run(tmp_pa
         leftovers = connection.execute("select name from sqlite_master where name like '_alembic_tmp%'").fetchall()
     assert runs == [(name, "FINISHED") for name in names]
     assert leftovers == []
+
+
+def test_a_killed_joblib_worker_stops_the_sweep_in_one_line_and_leaves_nothing_running(tmp_path, mlflow_uri):
+    """SIGKILL one worker mid-run: one error line (not joblib's TerminatedWorkerError traceback), exit 1, the
+    parent FAILED and no child left RUNNING."""
+    import os
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from helpers import TINY
+    from tlbench.processes import PROCESS_TAG
+
+    command = [sys.executable, "-m", "tlbench", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
+               "trainer.max_epochs=300", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt",
+               "seed=0,1,2,3", f"hydra.sweep.dir={tmp_path}/sweep"]
+    sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    client = MlflowClient(mlflow_uri)
+    deadline = time.time() + 180
+    victim = None
+    while time.time() < deadline and victim is None:
+        time.sleep(1)
+        try:
+            experiment = client.get_experiment_by_name("tlbench")
+            running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
+        except Exception:
+            continue
+        owned = [r for r in running if "tlbench.parent" not in r.data.tags and r.data.tags.get(PROCESS_TAG)]
+        if owned:
+            victim = int(owned[0].data.tags[PROCESS_TAG].split(":")[1])
+    assert victim is not None, "no job started"
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = sweep.communicate(timeout=180)
+    assert sweep.returncode == 1, stderr[-2000:]
+    assert "Traceback" not in stderr and "TerminatedWorkerError" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("tlbench: error:")] == [
+        line for line in stderr.splitlines() if "worker process of the sweep died" in line]
+    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status) for r in runs]
+    (parent,) = [r for r in runs if r.data.tags.get("tlbench.parent") == "sweep"]
+    assert parent.info.status == "FAILED"

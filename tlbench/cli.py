@@ -177,7 +177,13 @@ def main() -> None:
         sweep_run.close_interrupted_sweep("KILLED")
         print("tlbench: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except BaseException:
+    except BaseException as exc:
+        if type(exc).__name__ == "TerminatedWorkerError":  # joblib: a worker process was killed (OOM, SIGKILL)
+            sweep_run.close_interrupted_sweep("FAILED", close_dead_children=True)
+            print("tlbench: error: a worker process of the sweep died (killed, or out of memory); the sweep stopped. "
+                  "Its unfinished runs are marked KILLED; the same command with tracking.skip_done=true runs the rest",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
         sweep_run.close_interrupted_sweep("KILLED" if sys.exc_info()[0] is SystemExit else "FAILED")
         raise
     if sweep_run.failed_jobs:

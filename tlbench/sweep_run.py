@@ -209,8 +209,10 @@ def failure_lines(runs: Any, expected: int | None) -> list[str]:
     return lines
 
 
-def close_interrupted_sweep(status: str = "KILLED") -> None:
-    """Close the parent of the sweep this process launched if it is still open (Ctrl-C, a crash)."""
+def close_interrupted_sweep(status: str = "KILLED", close_dead_children: bool = False) -> None:
+    """Close the parent of the sweep this process launched if it is still open (Ctrl-C, a crash); with
+    `close_dead_children`, also its runs whose worker process is gone (waiting a little for workers that
+    are being shut down)."""
     global _launched
     if _launched is None:
         return
@@ -221,10 +223,26 @@ def close_interrupted_sweep(status: str = "KILLED") -> None:
     if parent is None:  # no job started: no run, no store to touch
         return
     try:
-        if parent and client_for(uri).get_run(parent).info.status == "RUNNING":
-            client_for(uri).set_terminated(parent, status)
+        client = client_for(uri)
+        if close_dead_children:
+            _close_dead_children(client, parent)
+        if parent and client.get_run(parent).info.status == "RUNNING":
+            client.set_terminated(parent, status)
     except Exception:  # the store is gone too: nothing more to record
         pass
+
+
+def _close_dead_children(client, parent: str, wait_s: float = 10.0) -> None:
+    from .tracking import close_dead_runs
+
+    experiment = client.get_run(parent).info.experiment_id
+    deadline = time.time() + wait_s
+    while True:
+        close_dead_runs(client, experiment)
+        running = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
+        if not running or time.time() > deadline:
+            return
+        time.sleep(0.5)
 
 
 def _accuracy_plot(runs: Any):
