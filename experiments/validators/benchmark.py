@@ -103,16 +103,22 @@ def scatter(frames: dict[str, pd.DataFrame], path: Path) -> None:
     from tlbench.report.validator_benchmark import BENCHMARKED
     from tlbench.selection import RULES
 
-    fig, axes = plt.subplots(len(frames), len(BENCHMARKED), figsize=(2.6 * len(BENCHMARKED), 2.6 * len(frames)), squeeze=False)
-    for row, (task, frame) in enumerate(frames.items()):
-        for col, name in enumerate(BENCHMARKED):
-            ax = axes[row][col]
+    columns = 5
+    per_task = -(-len(BENCHMARKED) // columns)
+    fig, axes = plt.subplots(per_task * len(frames), columns, figsize=(3.0 * columns, 2.7 * per_task * len(frames)), squeeze=False)
+    for block, (task, frame) in enumerate(frames.items()):
+        for index in range(per_task * columns):
+            ax = axes[block * per_task + index // columns][index % columns]
+            if index >= len(BENCHMARKED):
+                ax.axis("off")
+                continue
+            name = BENCHMARKED[index]
             for arm, part in frame.groupby("arm"):
-                ax.scatter(part[RULES[name].metric], 100 * part["target_acc"], s=4, label=arm)
-            ax.set_title(f"{task}: {name}", fontsize=8)
-            ax.tick_params(labelsize=6)
-            if col == 0:
-                ax.set_ylabel("target test acc (%)", fontsize=7)
+                ax.scatter(part[RULES[name].metric], 100 * part["target_acc"], s=5, label=arm)
+            ax.set_title(f"{task}: {name}" + (" (min)" if RULES[name].mode == "min" else ""), fontsize=9)
+            ax.tick_params(labelsize=7)
+            if index % columns == 0:
+                ax.set_ylabel("target test acc (%)", fontsize=8)
     axes[0][0].legend(fontsize=5, markerscale=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
