@@ -165,3 +165,16 @@ def test_weights_turned_non_finite_by_the_last_step_fail_the_run_before_evaluati
 
     with pytest.raises(TrainingError, match=r"non-finite weights \(head\..*training diverged"):
         module._check_weights_finite()
+
+
+def test_committed_validator_tables_rebuild_byte_for_byte_from_the_committed_exports(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("validator_benchmark_script", root / "experiments" / "validators" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.write_tables(script.load_checkpoints(script.task_exports()), tmp_path)
+    for name in ("table.md", "table.csv", "per_method.csv", "scatter.png"):
+        assert (tmp_path / name).read_bytes() == (root / "results" / "validators" / name).read_bytes(), name

@@ -125,13 +125,13 @@ def scatter(frames: dict[str, pd.DataFrame], path: Path) -> None:
     plt.close(fig)
 
 
-def write_tables(frames: dict[str, pd.DataFrame]) -> None:
+def write_tables(frames: dict[str, pd.DataFrame], out: Path = OUT) -> None:
     from tlbench.report.validator_benchmark import benchmark, summary
 
     results = benchmark(frames)
-    results.round(4).to_csv(OUT / "per_method.csv", index=False)
+    results.round(4).to_csv(out / "per_method.csv", index=False)
     table = summary(results)
-    table.round(4).to_csv(OUT / "table.csv")
+    table.round(4).to_csv(out / "table.csv")
     counts = {task: f"{len(f)} checkpoints of {f['run_id'].nunique()} runs" for task, f in frames.items()}
     lines = [
         "Validators ranked by mean weighted Spearman correlation with target test accuracy (checkpoints weighted "
@@ -147,8 +147,8 @@ def write_tables(frames: dict[str, pd.DataFrame]) -> None:
         for task in frames:
             cells += [f"{row[('weighted_spearman', task)]:+.2f}", f"{row[('checkpoint_regret', task)]:.2f}", f"{row[('hp_regret', task)]:.2f}"]
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
-    (OUT / "table.md").write_text("\n".join(lines) + "\n")
-    scatter(frames, OUT / "scatter.png")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    scatter(frames, out / "scatter.png")
 
 
 def main(argv: list[str] | None = None) -> int:
