@@ -269,3 +269,20 @@ def test_best_trial_rerun_command_reproduces_it_and_a_changed_resume_is_refused(
     with pytest.raises(ConfigError, match=r"study 'lr' .* other settings \(.*\+data\.batch_size=16"):
         run_search(prepare(load_space(space), [*TINY, "data.batch_size=16", *tracking_overrides],
                            storage=f"sqlite:///{tmp_path / 'optuna.db'}", out_dir=str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("rule, metric, direction", [("im", "val/target_im", "maximize"), ("dev", "val/dev", "minimize"),
+                                                     ("classami", "val/target_classami", "maximize")])
+def test_a_label_free_validator_is_a_search_objective_in_its_own_direction(rule, metric, direction, tmp_path):
+    space = space_from_dict("lr", {"params": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}})
+    job = prepare(space, TINY + [f"selection={rule}"], storage=f"sqlite:///{tmp_path}/o.db", out_dir=str(tmp_path / "out"))
+    assert (job.monitor, job.direction) == (metric, direction)
+
+
+def test_search_rule_flag_is_the_selection_override(monkeypatch):
+    from tlbench.search import cli
+
+    seen = {}
+    monkeypatch.setattr("tlbench.search.study.prepare", lambda space, overrides, **kw: seen.setdefault("overrides", overrides) and (_ for _ in ()).throw(ConfigError("stop")))
+    assert cli.main(["--rule", "bnm", "backbone=small_cnn"]) != 0
+    assert seen["overrides"][-1] == "selection=bnm"
