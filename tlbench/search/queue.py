@@ -31,10 +31,12 @@ class RequeueLostTrial:
         try:
             client = _mlflow(self.job)
             for run in _trial_runs(client, self.job, trial):
-                if run.info.status == "RUNNING":
+                # RUNNING, or already KILLED by a later run that saw its process gone (tracking.close_dead_runs)
+                if run.info.status in ("RUNNING", "KILLED"):
                     client.set_tag(run.info.run_id, "lost", "true")
                     client.set_tag(run.info.run_id, "failure_reason", "worker lost: no heartbeat; trial requeued")
-                    client.set_terminated(run.info.run_id, "KILLED")
+                    if run.info.status == "RUNNING":
+                        client.set_terminated(run.info.run_id, "KILLED")
         except Exception as exc:  # the requeue matters more than the run's status
             log.warning("could not close the MLflow run of lost trial %d: %s", trial.number, exc)
 
