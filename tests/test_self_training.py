@@ -211,3 +211,15 @@ def test_a_search_refuses_selection_last():
     space = space_from_dict("lr", {"params": {"optim.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}}})
     with pytest.raises(ConfigError, match="metric to optimise"):
         prepare(space, TINY + ["selection=last"])
+
+
+def test_a_source_model_trained_on_the_target_labels_is_refused(tmp_path):
+    """runs:/<id> of a run whose labelled data was the target domain (a train-on-target bound) would leak target
+    labels into a 'source-free' number: one ConfigError line, nothing trained."""
+    from tlbench import api
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    on_target = api.record(tiny_run(tmp_path / "t", uri, ["adapt=source_only", "data.source=sklearn_digits", "trainer.max_epochs=1"]))
+    shot = tiny_run(tmp_path / "s", uri, ["adapt=shot", f"adapt.source_model=runs:/{on_target['run_id']}", "selection=last"])
+    with pytest.raises(ConfigError, match="trained on labelled 'sklearn_digits', this run's target domain"):
+        api.record(shot)

@@ -49,12 +49,26 @@ def source_run_id(run: RunConfig) -> str:
     )
 
 
+def check_source_data(run: RunConfig, run_id: str, trained_on: dict) -> None:
+    """The source model must have learned from this run's source domain only: a model whose labelled
+    data was the target domain (e.g. a train-on-target upper bound) would leak target labels into a
+    'source-free' result."""
+    labelled = trained_on.get("source")
+    if labelled == run.data.target:
+        raise ConfigError(f"adapt.source_model: run {run_id} was trained on labelled '{labelled}', this run's target "
+                          "domain: its weights carry target labels; use a source model trained on the source domain")
+    if labelled != run.data.source:
+        raise ConfigError(f"adapt.source_model: run {run_id} was trained on '{labelled}', not on this run's source "
+                          f"'{run.data.source}'; use a source model of the same source domain")
+
+
 def load_source_model(module, run: RunConfig) -> str:
     """Copy the source run's backbone, bottleneck and head weights into `module`; returns its run id."""
     from .api import load_run
 
     run_id = source_run_id(run)
     source = load_run(run_id, run.tracking.uri)
+    check_source_data(run, run_id, (source.run_config or {}).get("data", {}))
     for part in ("backbone", "bottleneck", "head"):
         try:
             getattr(module, part).load_state_dict(getattr(source, part).state_dict())
