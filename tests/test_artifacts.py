@@ -74,3 +74,16 @@ def test_plots_can_be_turned_off_for_large_grids(tmp_path, mlflow_uri):
     result = train(tiny_run(tmp_path, mlflow_uri, ["tracking.plots=false", "tracking.log_model=false"]))
     sizes = _artifact_sizes(MlflowClient(mlflow_uri), result["run_id"])
     assert sizes and not any(path.startswith("plots/") for path in sizes)
+
+
+def test_the_learning_curve_has_whole_epoch_ticks():
+    from types import SimpleNamespace
+
+    from tlbench.run_artifacts import learning_curves
+
+    metric = lambda step, value: SimpleNamespace(step=step, value=value)  # noqa: E731
+    client = SimpleNamespace(get_metric_history=lambda run_id, name: [metric(s, 0.5 + 0.1 * s) for s in range(3)])
+    figure = learning_curves(SimpleNamespace(client=client, run_id="r"))
+    figure.canvas.draw()
+    ticks = [t for t in figure.axes[0].get_xticks() if figure.axes[0].get_xlim()[0] <= t <= figure.axes[0].get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)

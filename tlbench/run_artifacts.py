@@ -72,7 +72,10 @@ def learning_curves(recorder):
         points = sorted(histories[name], key=lambda m: m.step)
         if points:
             axes.plot(range(1, len(points) + 1), [100 * m.value for m in points], marker="o", label=label)
+    from matplotlib.ticker import MaxNLocator
+
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes.set_ylabel("accuracy (%)")
     axes.legend()
     figure.tight_layout()
