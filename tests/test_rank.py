@@ -197,3 +197,33 @@ def test_weighted_tau_and_regret_of_the_benchmark_by_hand():
     assert taus.loc["leep", "top1_regret"] == pytest.approx(10.0)  # picks b (0.8) instead of a (0.9)
     assert "nce" not in taus.index  # no candidate scored
     assert taus.loc["hscore", "candidates"] == 3
+
+
+@pytest.mark.slow
+def test_the_zoo_builder_run_from_another_folder_keeps_everything_in_that_folder(tmp_path, monkeypatch):
+    """A relative --uri is the caller's store, checkpoints and outputs go under the caller's folder, and the
+    member's head is exported there: nothing lands in the repository."""
+    import importlib.util
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("zoo_builder", root / "experiments" / "ranking" / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    tiny_spec = tmp_path / "zoo.yaml"
+    tiny_spec.write_text(yaml.safe_dump({"common": ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.synthetic_size=400",
+                                                   "trainer.enable_progress_bar=false"],
+                                         "members": {"tiny": ["backbone=small_cnn", "data=digits"]}}))
+    monkeypatch.setattr(zoo, "SPEC", tiny_spec)
+    caller = tmp_path / "elsewhere"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    before = {p.name for p in root.iterdir()}
+    assert zoo.main(["--uri", "sqlite:///zoo.db"]) == 0
+    assert (caller / "zoo.db").exists() and (caller / "checkpoints" / "zoo").is_dir() and (caller / "outputs" / "zoo" / "tiny").is_dir()
+    assert {p.name for p in root.iterdir()} == before
+    client = MlflowClient(f"sqlite:///{caller / 'zoo.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("zoo").experiment_id])
+    assert "head/head.pt" in [f.path for f in client.list_artifacts(run.info.run_id, "head")]
