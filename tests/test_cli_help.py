@@ -26,7 +26,7 @@ def test_help_is_fast(args):
     assert elapsed < LIMIT_S, f"tlbench {' '.join(args)} took {elapsed:.1f}s"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["search", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["search", "--help"], ["eval", "--help"], ["compare", "--help"]])
 def test_help_imports_no_heavy_library(args):
     probe = (
         "import sys\n"
@@ -44,3 +44,13 @@ def test_import_tlbench_is_light():
     probe = f"import sys, tlbench; print('IMPORTED', [m for m in {HEAVY!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert "IMPORTED []" in result.stdout, result.stderr[-1000:]
+
+
+def test_help_names_every_subcommand_and_each_answers_its_help():
+    from tlbench.cli import SUBCOMMANDS
+
+    top = subprocess.run([str(TLBENCH), "--help"], capture_output=True, text=True, timeout=60).stdout
+    for name in SUBCOMMANDS:
+        assert f"tlbench {name}" in top, name
+        sub = subprocess.run([str(TLBENCH), name, "--help"], capture_output=True, text=True, timeout=60)
+        assert sub.returncode == 0 and f"tlbench {name}" in sub.stdout, (name, sub.stderr[-500:])

@@ -121,6 +121,7 @@ SUBCOMMANDS = {
     "search": "tlbench.search.cli:main",
     "rank": "tlbench.rank:main",
     "compare": "tlbench.compare.cli:main",
+    "eval": "tlbench.evaluate:main",
 }
 
 
