@@ -507,3 +507,38 @@ def test_a_temp_file_left_by_a_dead_writer_is_removed_by_the_next_write_and_a_li
     os.utime(dead, (old, old))
     atomic_write(target, lambda handle: handle.write(b"whole"))
     assert target.read_bytes() == b"whole" and not dead.exists() and live.exists()
+
+
+def test_a_damaged_blended_image_cache_is_rebuilt_with_one_line(tmp_path, monkeypatch, caplog):
+    """The Fashion-MNIST-M blend is verified against the digest written with it: flipped bytes or a missing
+    digest rebuild it (the same images), said in one line."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from tlbench.data.fashion import blended_domain
+
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    photos = []
+    for index in range(2):
+        photo = tmp_path / f"photo{index}.jpg"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photo)
+        photos.append(photo)
+    grey = rng.integers(0, 255, (48, 28, 28), dtype=np.uint8)
+    arrays = (grey[:40], np.arange(40) % 2, grey[40:], np.arange(8) % 2)
+    first = blended_domain("tiny_m", ["a", "b"], arrays, photos, 0, True)
+    (entry,) = (tmp_path / "cache" / "blended").glob("*.npy")
+    for damage in ("flip", "no digest"):
+        if damage == "flip":
+            raw = bytearray(entry.read_bytes())
+            raw[-200:-100] = bytes(b ^ 0xFF for b in raw[-200:-100])
+            entry.write_bytes(bytes(raw))
+        else:
+            entry.with_name(entry.name + ".sha256").unlink()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tlbench.data.fashion"):
+            again = blended_domain("tiny_m", ["a", "b"], arrays, photos, 0, True)
+        assert again.fingerprint == first.fingerprint
+        assert len([r for r in caplog.records if "rebuilding the cached blend" in r.getMessage()]) == 1, damage

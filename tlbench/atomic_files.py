@@ -5,6 +5,7 @@ never share a temp file."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import time
 import uuid
@@ -42,3 +43,32 @@ def _remove_stale_temps(path: Path) -> None:
                 temp.unlink()
         except FileNotFoundError:  # another writer removed or renamed it meanwhile
             pass
+
+
+def _array_digest(array) -> str:
+    return hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def save_array_with_digest(path: Path, array) -> None:
+    """np.save `array` atomically, with the SHA-256 of its content in `<path>.sha256` (written after it:
+    an entry without its digest is never trusted)."""
+    import numpy as np
+
+    atomic_write(path, lambda handle: np.save(handle, array))
+    atomic_write(Path(f"{path}.sha256"), lambda handle: handle.write(_array_digest(array).encode()))
+
+
+def load_array_verified(path: Path):
+    """The array at `path` if it is readable and matches its recorded digest; else None and the reason,
+    so the caller rebuilds it (flipped bytes, a truncated file, another entry copied over it)."""
+    import numpy as np
+
+    digest_file = Path(f"{path}.sha256")
+    try:
+        array = np.load(path)
+        recorded = digest_file.read_text().strip()
+    except (OSError, ValueError, EOFError) as exc:
+        return None, f"unreadable or without its digest ({type(exc).__name__})"
+    if _array_digest(array) != recorded:
+        return None, "its content does not match its digest"
+    return array, None

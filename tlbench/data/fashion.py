@@ -15,12 +15,13 @@ per (source data, photos, generation seed) and cached. Domain argument: the gene
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..atomic_files import atomic_write
+from ..atomic_files import load_array_verified, save_array_with_digest
 from ..errors import ConfigError, DataError
 from ..paths import cache_dir, data_root
 from . import register_domain
@@ -28,6 +29,8 @@ from .base import DomainSplits
 from .idx import IDX_SET, find_idx_set, read_idx_set
 from .image_folder import ROOT_HINT
 from .torchvision_sets import DIGITS, mnist_arrays, official_splits, offline, try_download
+
+log = logging.getLogger(__name__)
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 #: Where Debian's `dataset-fashion-mnist` package installs the four IDX files.
@@ -150,15 +153,14 @@ def blended_domain(name: str, class_names: list[str], arrays: Arrays, photo_path
     path = cache_dir("blended") / f"{name}_{generation_seed}_{digest.hexdigest()[:16]}.npy"
     colour = None
     if path.exists():
-        try:
-            colour = np.load(path)
-            if colour.shape != (len(gray), 3, *gray.shape[1:]) or colour.dtype != np.uint8:
-                colour = None
-        except (OSError, ValueError):
-            colour = None
+        colour, problem = load_array_verified(path)
+        if colour is not None and (colour.shape != (len(gray), 3, *gray.shape[1:]) or colour.dtype != np.uint8):
+            colour, problem = None, f"it holds {colour.dtype} {colour.shape}"
+        if colour is None:
+            log.warning("%s: rebuilding the cached blend %s: %s (a few minutes)", name, path.name, problem)
     if colour is None:
         colour = blend_with_photos(gray, [_read_rgb(p) for p in photo_paths], generation_seed)
-        atomic_write(path, lambda handle: np.save(handle, colour))
+        save_array_with_digest(path, colour)
     n_train = len(train_x)
     return official_splits(name, class_names, colour[:n_train], train_y, colour[n_train:], test_y, hflip_ok=hflip_ok)
 
