@@ -258,3 +258,12 @@ def test_bad_places_and_values_are_one_line_naming_the_setting(tmp_path, monkeyp
     (tmp_path / "one" / "cats").mkdir(parents=True)
     with pytest.raises(DataError, match="one class folder \\(cats\\).*at least two"):
         scan_folder(tmp_path / "one", "data=folder")
+
+
+def test_a_sqlite_store_whose_folder_cannot_be_made_is_one_line(tmp_path):
+    from tlbench.tracking import TrackingError, client_for
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(TrackingError, match="its folder .*a_file/sub cannot be made.*set tracking.uri"):
+        client_for(f"sqlite:///{blocker / 'sub' / 'mlflow.db'}")

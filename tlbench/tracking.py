@@ -211,6 +211,11 @@ def check_sqlite_store(uri: str, timeout_s: float) -> None:
     if not path.exists():
         if folder.exists() and not os.access(folder, os.W_OK):
             raise TrackingError(f"{where} cannot be created: folder {folder} is not writable (read-only); set tracking.uri to a writable place")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)  # what MLflow would do, but with one line when it cannot
+        except OSError as exc:
+            raise TrackingError(f"{where} cannot be created: its folder {folder} cannot be made ({exc.strerror or exc}); "
+                                "set tracking.uri to a writable place") from None
         return  # created (and migrated) by MLflow under store_creation_lock
     try:
         with open(path, "rb") as f:
