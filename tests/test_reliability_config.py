@@ -267,3 +267,12 @@ def test_a_sqlite_store_whose_folder_cannot_be_made_is_one_line(tmp_path):
     blocker.write_text("")
     with pytest.raises(TrackingError, match="its folder .*a_file/sub cannot be made.*set tracking.uri"):
         client_for(f"sqlite:///{blocker / 'sub' / 'mlflow.db'}")
+
+
+def test_an_experiment_name_mlflow_refuses_says_why_in_one_line(tmp_path):
+    from tlbench.tracking import TrackingError, client_for, experiment_id
+
+    client = client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(TrackingError, match=r"\(600 characters\)': .*exceeds the maximum length of 500") as caught:
+        experiment_id(client, "x" * 600)
+    assert len(str(caught.value)) < 300

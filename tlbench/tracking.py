@@ -283,6 +283,7 @@ def client_for(uri: str, timeout_s: float | None = None):
 
 def experiment_id(client, name: str) -> str:
     """Get or create the experiment; tolerates another process creating it at the same moment."""
+    reason = ""
     for _ in range(5):
         found = client.get_experiment_by_name(name)
         if found is not None:
@@ -291,9 +292,11 @@ def experiment_id(client, name: str) -> str:
             return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
         except TlbenchError:  # the server did not answer: already one line
             raise
-        except Exception:  # created concurrently by another worker: look it up again
+        except Exception as exc:  # created concurrently by another worker: look it up again
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             time.sleep(0.2)
-    raise TrackingError(f"tracking.experiment: could not create or find MLflow experiment '{name}'")
+    shown = name if len(name) <= 80 else f"{name[:40]}…({len(name)} characters)"
+    raise TrackingError(f"tracking.experiment: could not create or find MLflow experiment '{shown}': {reason[:300]}")
 
 
 def finished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
