@@ -276,3 +276,20 @@ def test_an_experiment_name_mlflow_refuses_says_why_in_one_line(tmp_path):
     with pytest.raises(TrackingError, match=r"\(600 characters\)': .*exceeds the maximum length of 500") as caught:
         experiment_id(client, "x" * 600)
     assert len(str(caught.value)) < 300
+
+
+def test_a_checkpoint_dir_that_cannot_be_made_fails_before_training(tmp_path, mlflow_uri):
+    import time
+
+    from helpers import tiny_run
+    from tlbench.errors import ConfigError
+    from tlbench.train import train
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    run = tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=50"])
+    run.checkpoint_dir = str(blocker / "ckpt")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="checkpoint_dir=.*a_file/ckpt: cannot create or write this folder.*point checkpoint_dir"):
+        train(run)
+    assert time.monotonic() - started < 20  # refused up front, not after 50 epochs at the first checkpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 import re
 import shutil
 import sys
@@ -157,6 +158,17 @@ def trainer_arguments(t) -> dict[str, Any]:
     return {**args, **t.options}
 
 
+def writable_folder(folder: str, setting: str) -> None:
+    """Create `folder` now, or one ConfigError line naming the setting to change."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        raise ConfigError(f"{setting}={folder}: cannot create or write this folder ({exc.strerror or exc}); "
+                          f"point {setting} to a writable place") from None
+
+
 def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, callbacks: list | None = None) -> pl.Trainer:
     """The Lightning Trainer of a run; an accelerator or device count this machine lacks (trainer=gpu on a
     CPU-only machine) is one ConfigError line, not Lightning's traceback."""
@@ -248,6 +260,7 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         if done:
             log.info("skip_done: config %s already finished as run %s", digest, done)
             return {"skipped": 1.0, "run_id": done}
+    writable_folder(run.checkpoint_dir, "checkpoint_dir")  # before training, not when the first checkpoint is saved
     pl.seed_everything(run.seed, workers=True, verbose=False)
     raw_datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
     source_tags = {}
