@@ -41,6 +41,12 @@ def spec(**changes):
     ({"shared": None}, "searches nothing"),
     ({"sensitivity": {"arms": ["cdan"], "key": "adapt.trade_off", "values": [1]}}, "unknown: cdan"),
     ({"budget": 3}, "unknown key"),
+    # a source-free arm: it cannot be chosen by source validation, and its source model needs a labelled arm
+    ({"arms": {"source_only": {}, "shot": {"source_phase": {"arm": "source_only"}}}}, "reads the source split"),
+    ({"arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "erm"}}}}, "is not an arm"),
+    ({"arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "source_only", "fraction": 1}}}}, "strictly between"),
+    ({"arms": {"source_only": {}, "shot": {"rule": "oracle", "source_phase": {"arm": "source_only"}}}}, "without target labels"),
+    ({"baseline": "shot", "arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "source_only"}}}}, "is source-free"),
 ])
 def test_spec_refuses_unfair_or_broken_protocols(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -64,7 +70,7 @@ def test_committed_comparisons_compose_every_arm_at_its_search_bounds(name):
         for key, param in arm.params.items():
             for value in (param.choices if param.type == "categorical" else [param.low, param.high]):
                 run = validate(compose([*arm_overrides(s, arm), f"{key}={value}"]))
-                assert run.selection == s.rule
+                assert run.selection == s.rule_of(arm.name)
     if s.upper_bound:
         run = validate(compose([*arm_overrides(s, s.arms[s.upper_bound.arm]), *s.upper_bound.overrides]))
         assert run.data.source == run.data.target  # trained on the target's own labelled split
@@ -94,7 +100,8 @@ TINY_COMPARISON = {
     "eval_seeds": [0, 1, 2, 3, 4],
     "shared": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
     "arms": {"source_only": {"overrides": ["adapt=source_only"]},
-             "coral": {"overrides": ["adapt=coral"], "params": {"adapt.ramp": {"type": "categorical", "choices": [True, False]}}}},
+             "coral": {"overrides": ["adapt=coral"], "params": {"adapt.ramp": {"type": "categorical", "choices": [True, False]}}},
+             "shot": {"overrides": ["adapt=shot"], "rule": "im", "source_phase": {"arm": "source_only", "fraction": 0.5}}},
     "upper_bound": {"name": "train_on_target", "arm": "source_only", "overrides": ["data.source=sklearn_digits"]},
 }
 
@@ -113,18 +120,32 @@ def test_tiny_comparison_tunes_every_arm_equally_and_rebuilds_from_its_export(tm
 
     runs = pd.read_csv(out / "runs.csv", skiprows=1)
     tune = runs[runs["tags.compare.stage"] == "tune"]
-    assert tune.groupby("tags.compare.arm").size().to_dict() == {"coral": 2, "source_only": 2}  # same budget
+    assert tune.groupby("tags.compare.arm").size().to_dict() == {"coral": 2, "shot": 2, "source_only": 2}  # same budget
     assert set(tune["params.seed"]) == {100}
     evaluated = runs[runs["tags.compare.stage"] == "eval"]
     assert evaluated.groupby("tags.compare.arm")["params.seed"].apply(sorted).to_dict() == {
-        "coral": [0, 1, 2, 3, 4], "source_only": [0, 1, 2, 3, 4]}
+        "coral": [0, 1, 2, 3, 4], "shot": [0, 1, 2, 3, 4], "source_only": [0, 1, 2, 3, 4]}
     children = runs[runs["tags.compare.stage"].notna() & runs["params.seed"].notna()]
-    assert set(children["params.selection"]) == {"source_val"}  # every trial run chose its epoch label-free
+    labelled = children["tags.compare.arm"] != "shot"
+    assert set(children.loc[labelled, "params.selection"]) == {"source_val"}  # every run chose its epoch label-free
+    assert set(children.loc[~labelled & (children["tags.compare.stage"] != "source"), "params.selection"]) == {"im"}
+
+    # SHOT: one source model per seed (ERM's chosen configuration, half the epochs), adapted for the other
+    # half from the source model of its own seed, so its total steps equal every other arm's
+    sources = children[children["tags.compare.stage"] == "source"].set_index("run_id")
+    assert sorted(sources["params.seed"]) == [0, 1, 2, 3, 4, 100]
+    assert set(sources["params.trainer.max_epochs"]) == {1} and set(sources["params.adapt.name"]) == {"source_only"}
+    assert set(sources["params.optim.lr"]) == set(evaluated.loc[evaluated["tags.compare.arm"] == "source_only", "params.optim.lr"])
+    shot = children[(children["tags.compare.arm"] == "shot") & children["tags.compare.stage"].isin(["tune", "eval"])]
+    assert set(shot["params.trainer.max_epochs"]) == {1}
+    for _, run in shot.iterrows():
+        source_id = run["params.adapt.source_model"].removeprefix("runs:/")
+        assert sources.loc[source_id, "params.seed"] == run["params.seed"]
 
     # the evaluated configuration is the tuning trial Optuna's study ranks best, and tuning.csv names it
     storage = f"sqlite:///{out / 'optuna.db'}"
     record = pd.read_csv(out / "tuning.csv").set_index("arm")
-    for arm in ("source_only", "coral"):
+    for arm in ("source_only", "coral", "shot"):
         best = optuna.load_study(study_name=f"{arm}.tune", storage=storage).best_trial
         assert record.loc[arm, "chosen_trial"] == best.number
         lrs = set(evaluated.loc[evaluated["tags.compare.arm"] == arm, "params.optim.lr"])
@@ -133,7 +154,7 @@ def test_tiny_comparison_tunes_every_arm_equally_and_rebuilds_from_its_export(tm
     assert set(upper["params.data.source"]) == {"sklearn_digits"} and len(upper) == 5
 
     table = (out / "table.md").read_text()
-    assert "| coral | method |" in table and "p (Holm)" in table and "| train_on_target | upper bound (target labels) |" in table
+    assert "| coral | method |" in table and "| shot | method |" in table and "chosen by rule 'im'" in table and "p (Holm)" in table and "| train_on_target | upper bound (target labels) |" in table
     assert "ORACLE" in (out / "oracle.md").read_text() and "ORACLE" not in table
 
     assert report_main(["--from", str(out / "runs.csv"), "--out", str(tmp_path / "again")]) == 0

@@ -2,6 +2,11 @@
 trial by the comparison's label-free rule re-run on the evaluation seeds (`eval`), then the optional
 upper bound trained on target labels (`upper_bound`) and the trade-off sensitivity (`sensitivity`).
 
+A source-free arm (SHOT) first trains its source models (study `<arm>.source`, tagged stage `source`):
+the chosen configuration of its `source_phase.arm` on the tuning seed and on every evaluation seed, for
+`fraction` of the epochs; each of its trials and evaluation runs then adapts the source model of its own
+seed for the remaining epochs, so its total optimizer steps equal every other arm's.
+
 Every stage is a study in one Optuna storage and a parent run in one MLflow store (both in the output
 folder), so running the same command again resumes where it stopped and never retrains a finished
 trial. Evaluation, upper-bound and sensitivity stages are grid studies over their seeds (and values):
@@ -45,17 +50,22 @@ def study_name(arm: str, stage: str) -> str:
     return f"{arm}.{stage}"
 
 
-def _settings(n_trials: int, sampler: Any, pruner: Any, seed: int, out: Path, name: str) -> StudySettings:
-    return StudySettings(n_trials=n_trials, sampler=sampler, pruner=pruner, seed=seed, out_dir=str(out / "trials" / name))
+def _settings(n_trials: int, sampler: Any, pruner: Any, seed: int, out: Path, name: str, keep_checkpoints: bool = False) -> StudySettings:
+    return StudySettings(n_trials=n_trials, sampler=sampler, pruner=pruner, seed=seed, out_dir=str(out / "trials" / name),
+                         keep_checkpoints=keep_checkpoints)
 
 
 def _run_study(spec: ComparisonSpec, where: Where, arm: str, stage: str, fixed: list[str],
-               params: dict[str, Param], settings: StudySettings, workers: int) -> dict[str, Any]:
+               params: dict[str, Param], settings: StudySettings, workers: int, name: str | None = None) -> dict[str, Any]:
     from ..search.study import prepare, run_search
 
-    name = study_name(arm, stage)
+    name = name or study_name(arm, stage)
     space = SearchSpace(name=name, params=dict(params), overrides=[], study=settings)
-    tags = {TAG_NAME: spec.name, TAG_ARM: arm, TAG_STAGE: stage, TAG_RULE: spec.rule}
+    if stage == "source":  # a source model is chosen as its source-phase arm's runs are
+        arm_rule = spec.rule_of(spec.arms[arm].source_phase.arm)
+    else:
+        arm_rule = spec.rule_of(arm) if arm in spec.arms else spec.rule
+    tags = {TAG_NAME: spec.name, TAG_ARM: arm, TAG_STAGE: stage, TAG_RULE: arm_rule}
     job = prepare(space, [*fixed, *where.overrides(spec)], storage=where.storage, study_name=name, extra_tags=tags)
     print(f"[tlbench compare] {spec.name}: {stage} {arm} ({settings.n_trials} trial(s))", flush=True)
     return run_search(job, workers=workers)
@@ -64,13 +74,55 @@ def _run_study(spec: ComparisonSpec, where: Where, arm: str, stage: str, fixed: 
 def arm_overrides(spec: ComparisonSpec, arm: Arm) -> list[str]:
     """What every run of `arm` gets before its searched values: the comparison's overrides, the arm's, and
     the selection rule (so checkpoints and trials are chosen by the same label-free rule)."""
-    return [*spec.overrides, *arm.overrides, f"selection={spec.rule}"]
+    return [*spec.overrides, *arm.overrides, f"selection={spec.rule_of(arm.name)}", *_phase_epochs(spec, arm)]
+
+
+def epoch_split(spec: ComparisonSpec, arm: Arm) -> tuple[int, int]:
+    """(source epochs, adaptation epochs) of a source-free arm: `fraction` of the comparison's epochs
+    for the source model, the rest for adaptation. Refused when the split is not whole epochs."""
+    from ..api import compose
+
+    epochs = compose([*spec.overrides, *spec.arms[arm.source_phase.arm].overrides]).trainer.max_epochs
+    source = epochs * arm.source_phase.fraction
+    if abs(source - round(source)) > 1e-9 or not 1 <= round(source) < epochs:
+        raise ConfigError(f"arm {arm.name}: source_phase.fraction {arm.source_phase.fraction} of {epochs} epochs is not a whole "
+                          "number of epochs for each phase; choose a fraction that splits them")
+    return round(source), epochs - round(source)
+
+
+def _phase_epochs(spec: ComparisonSpec, arm: Arm) -> list[str]:
+    return [] if arm.source_phase is None else [f"trainer.max_epochs={epoch_split(spec, arm)[1]}"]
+
+
+def train_source_models(spec: ComparisonSpec, where: Where, arm: Arm, workers: int) -> dict[str, Any]:
+    """The source models of a source-free arm, one per seed it will run on (tuning and evaluation)."""
+    phase = arm.source_phase
+    fixed = [*chosen_overrides(spec, where, spec.arms[phase.arm]), f"trainer.max_epochs={epoch_split(spec, arm)[0]}"]
+    return _grid(spec, where, arm.name, "source", fixed, {"seed": [spec.tuning_seed, *spec.eval_seeds]}, workers)
+
+
+def source_model(spec: ComparisonSpec, where: Where, arm: str, seed: int) -> str:
+    """`runs:/<id>` of the finished source model of `arm` on `seed` in this comparison's store."""
+    from ..tracking import client_for
+
+    client = client_for(where.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.experiment)
+    found = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{TAG_NAME}` = '{spec.name}' and tags.`{TAG_ARM}` = '{arm}' and tags.`{TAG_STAGE}` = 'source' "
+        f"and params.seed = '{seed}' and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    if not found:
+        raise ConfigError(f"arm {arm}: no finished source model for seed {seed} in {where.tracking_uri}; run the 'tune' stage first")
+    return f"runs:/{found[0].info.run_id}"
 
 
 def tune(spec: ComparisonSpec, where: Where, arm: Arm, workers: int) -> dict[str, Any]:
+    fixed = [*arm_overrides(spec, arm), f"seed={spec.tuning_seed}"]
+    if arm.source_phase is not None:
+        train_source_models(spec, where, arm, workers)
+        fixed.append(f"adapt.source_model={source_model(spec, where, arm.name, spec.tuning_seed)}")
     settings = _settings(spec.n_trials, spec.sampler, spec.pruner, 0, where.out, study_name(arm.name, "tune"))
-    return _run_study(spec, where, arm.name, "tune", [*arm_overrides(spec, arm), f"seed={spec.tuning_seed}"],
-                      arm.params, settings, workers)
+    return _run_study(spec, where, arm.name, "tune", fixed, arm.params, settings, workers)
 
 
 def chosen_params(where: Where, arm: str) -> dict[str, Any]:
@@ -90,17 +142,25 @@ def chosen_overrides(spec: ComparisonSpec, where: Where, arm: Arm, drop: Iterabl
     return [*arm_overrides(spec, arm), *(f"{k}={format_value(v)}" for k, v in values.items())]
 
 
-def _grid(spec: ComparisonSpec, where: Where, arm: str, stage: str, fixed: list[str], params: dict[str, list], workers: int):
+def _grid(spec: ComparisonSpec, where: Where, arm: str, stage: str, fixed: list[str], params: dict[str, list], workers: int,
+          name: str | None = None):
     grid = {k: Param(k, "categorical", choices=list(v)) for k, v in params.items()}
     size = 1
     for values in params.values():
         size *= len(values)
-    settings = _settings(size, "grid", "none", 0, where.out, study_name(arm, stage))
-    return _run_study(spec, where, arm, stage, fixed, grid, settings, workers)
+    name = name or study_name(arm, stage)
+    settings = _settings(size, "grid", "none", 0, where.out, name, keep_checkpoints=stage == "source")  # source models are read later
+    return _run_study(spec, where, arm, stage, fixed, grid, settings, workers, name)
 
 
-def evaluate(spec: ComparisonSpec, where: Where, arm: Arm, workers: int) -> dict[str, Any]:
-    return _grid(spec, where, arm.name, "eval", chosen_overrides(spec, where, arm), {"seed": spec.eval_seeds}, workers)
+def evaluate(spec: ComparisonSpec, where: Where, arm: Arm, workers: int) -> list[dict[str, Any]]:
+    fixed = chosen_overrides(spec, where, arm)
+    if arm.source_phase is None:
+        return [_grid(spec, where, arm.name, "eval", fixed, {"seed": spec.eval_seeds}, workers)]
+    # each seed adapts its own source model: one study per seed (tagged stage 'eval' like the others)
+    return [_grid(spec, where, arm.name, "eval", [*fixed, f"adapt.source_model={source_model(spec, where, arm.name, seed)}"],
+                  {"seed": [seed]}, workers, name=f"{study_name(arm.name, 'eval')}.seed{seed}")
+            for seed in spec.eval_seeds]
 
 
 def upper_bound(spec: ComparisonSpec, where: Where, workers: int) -> dict[str, Any] | None:
@@ -134,6 +194,7 @@ def run(spec: ComparisonSpec, where: Where, stages: Iterable[str] = STAGES, arms
     if missing:
         raise ConfigError(f"--arms: unknown arm(s) {', '.join(missing)}; arms of {spec.name}: {', '.join(spec.arms)}")
     where.out.mkdir(parents=True, exist_ok=True)
+    selected.sort(key=lambda name: spec.arms[name].source_phase is not None)  # source models need their arm's choice
     for name in selected:  # arm by arm, so an interrupted comparison has whole arms, not only tuning
         if "tune" in stages:
             tune(spec, where, spec.arms[name], workers)

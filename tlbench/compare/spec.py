@@ -11,6 +11,10 @@
     arms:
       source_only: {overrides: [adapt=source_only]}
       dann: {overrides: [adapt=dann], params: {adapt.trade_off: {...}}}       # shared + its own knobs
+      shot:                             # source-free: starts from a source model trained in this comparison
+        overrides: [adapt=shot]
+        rule: classami                  # it cannot read source validation, so it declares its own label-free rule
+        source_phase: {arm: source_only, fraction: 0.5}   # half the steps train the source model, half adapt it
     upper_bound: {name: train_on_target, arm: source_only, overrides: [data.source=sklearn_digits]}
     sensitivity: {arms: [dann], key: adapt.trade_off, values: [0.1, 0.3, 1, 3], seeds: [0, 1, 2]}
 
@@ -19,7 +23,7 @@ The trial budget is one number for the whole comparison, so no arm can get more 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,11 +35,25 @@ ALLOWED_KEYS = {"title", "experiment", "overrides", "rule", "tuning", "eval_seed
 
 
 @dataclass(frozen=True)
+class SourcePhase:
+    """A source-free arm's source model: `arm`'s chosen configuration trained on the same seed for
+    `fraction` of the comparison's epochs; the arm adapts for the rest, so its total optimizer steps
+    equal every other arm's."""
+
+    arm: str
+    fraction: float
+
+
+@dataclass(frozen=True)
 class Arm:
     name: str
     overrides: list[str]
     #: Shared params followed by the arm's own (an arm may narrow a shared param by redeclaring it).
     params: dict[str, Param]
+    #: The arm's own label-free rule when the comparison's cannot apply to it (a source-free method has
+    #: no source validation split); None = the comparison's rule.
+    rule: Optional[str] = None
+    source_phase: Optional[SourcePhase] = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,10 @@ class ComparisonSpec:
     upper_bound: Optional[UpperBound] = None
     sensitivity: Optional[Sensitivity] = None
     notes: str = ""
+
+    def rule_of(self, arm: str) -> str:
+        """The label-free rule that chooses `arm`'s checkpoints and trials."""
+        return self.arms[arm].rule or self.rule
 
 
 def compare_dir() -> Path:
@@ -120,19 +142,43 @@ def _overrides(raw: Any, where: str) -> list[str]:
     return list(raw)
 
 
-def spec_from_dict(name: str, raw: dict) -> ComparisonSpec:
+def _label_free_rule(rule: Any, where: str) -> str:
     from ..selection import RULES
 
+    if rule not in RULES or RULES[rule].uses_target_labels or RULES[rule].metric is None:
+        allowed = [n for n, r in RULES.items() if not r.uses_target_labels and r.metric]
+        raise ConfigError(f"{where}: rule '{rule}' cannot choose trials without target labels; choose one of: {', '.join(allowed)}")
+    return rule
+
+
+def _source_phase(raw: Any, arms: dict, raw_arms: dict, rule: str, where: str) -> Optional[SourcePhase]:
+    from ..selection import RULES
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"arm", "fraction"}:
+        raise ConfigError(f"{where}: source_phase: expected {{arm: <arm>, fraction: <0..1>}}, got {raw!r}")
+    phase = SourcePhase(str(raw.get("arm", "")), raw.get("fraction", 0.5))
+    if phase.arm not in arms:
+        raise ConfigError(f"{where}: source_phase.arm '{phase.arm}' is not an arm; arms: {', '.join(arms)}")
+    if (raw_arms[phase.arm] or {}).get("source_phase") is not None:
+        raise ConfigError(f"{where}: source_phase.arm '{phase.arm}' is itself source-free; name an arm that trains on source labels")
+    if not (isinstance(phase.fraction, (int, float)) and 0 < phase.fraction < 1):
+        raise ConfigError(f"{where}: source_phase.fraction must lie strictly between 0 and 1, got {phase.fraction!r}")
+    if RULES[rule].reads_source:
+        raise ConfigError(f"{where}: a source-free arm cannot be chosen by rule '{rule}' (it reads the source split); "
+                          "give the arm its own rule, e.g. rule: classami")
+    return phase
+
+
+def spec_from_dict(name: str, raw: dict) -> ComparisonSpec:
     unknown = set(raw) - ALLOWED_KEYS
     unknown_tuning = set(raw.get("tuning") or {}) - {"n_trials", "seed", "sampler", "pruner"}
     if unknown_tuning:
         raise ConfigError(f"comparison {name}: unknown tuning key(s) {', '.join(sorted(unknown_tuning))}; allowed: n_trials, seed, sampler, pruner")
     if unknown:
         raise ConfigError(f"comparison {name}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(ALLOWED_KEYS))}")
-    rule = raw.get("rule", "source_val")
-    if rule not in RULES or RULES[rule].uses_target_labels or RULES[rule].metric is None:
-        allowed = [n for n, r in RULES.items() if not r.uses_target_labels and r.metric]
-        raise ConfigError(f"comparison {name}: rule '{rule}' cannot choose trials without target labels; choose one of: {', '.join(allowed)}")
+    rule = _label_free_rule(raw.get("rule", "source_val"), f"comparison {name}")
     tuning = raw.get("tuning") or {}
     n_trials = tuning.get("n_trials")
     if not (isinstance(n_trials, int) and n_trials >= 1):
@@ -157,22 +203,33 @@ def spec_from_dict(name: str, raw: dict) -> ComparisonSpec:
     arms = {}
     for arm_name, arm in raw_arms.items():
         arm = arm or {}
-        extra = set(arm) - {"overrides", "params"}
+        where = f"comparison {name}: arm {arm_name}"
+        extra = set(arm) - {"overrides", "params", "rule", "source_phase"}
         if extra:
-            raise ConfigError(f"comparison {name}: arm {arm_name}: unknown key(s) {', '.join(sorted(extra))}; allowed: overrides, params")
-        params = {**shared, **_params(arm.get("params"), f"comparison {name}: arm {arm_name}")}
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: overrides, params, rule, source_phase")
+        params = {**shared, **_params(arm.get("params"), where)}
         if not params:
-            raise ConfigError(f"comparison {name}: arm {arm_name} searches nothing; declare shared params")
-        arms[arm_name] = Arm(arm_name, _overrides(arm.get("overrides"), f"arm {arm_name}"), params)
+            raise ConfigError(f"{where} searches nothing; declare shared params")
+        arm_rule = _label_free_rule(arm["rule"], where) if arm.get("rule") else None
+        arms[arm_name] = Arm(arm_name, _overrides(arm.get("overrides"), f"arm {arm_name}"), params, arm_rule)
+    for arm_name, arm in raw_arms.items():  # once every arm is known: a source phase names a labelled arm
+        phase = _source_phase((arm or {}).get("source_phase"), arms, raw_arms, arms[arm_name].rule or rule,
+                              f"comparison {name}: arm {arm_name}")
+        arms[arm_name] = replace(arms[arm_name], source_phase=phase)
     baseline = raw.get("baseline", "source_only")
     if baseline not in arms:
         raise ConfigError(f"comparison {name}: baseline '{baseline}' is not an arm; arms: {', '.join(arms)}")
+    source_free = [a for a, arm in arms.items() if arm.source_phase is not None]
+    if baseline in source_free:
+        raise ConfigError(f"comparison {name}: baseline '{baseline}' is source-free; the baseline trains on source labels")
     upper = None
     if raw.get("upper_bound"):
         u = raw["upper_bound"]
         if u.get("arm", baseline) not in arms:
             raise ConfigError(f"comparison {name}: upper_bound.arm '{u.get('arm')}' is not an arm")
         upper = UpperBound(str(u.get("name", "train_on_target")), u.get("arm", baseline), _overrides(u.get("overrides"), "upper_bound"))
+        if upper.arm in source_free:
+            raise ConfigError(f"comparison {name}: upper_bound.arm '{upper.arm}' is source-free; bound an arm that trains on labels")
         if upper.name in arms:
             raise ConfigError(f"comparison {name}: upper_bound.name '{upper.name}' collides with an arm")
     sensitivity = None
@@ -181,6 +238,8 @@ def spec_from_dict(name: str, raw: dict) -> ComparisonSpec:
         missing = [a for a in s.get("arms", []) if a not in arms]
         if missing or not s.get("arms"):
             raise ConfigError(f"comparison {name}: sensitivity.arms must name arms; unknown: {', '.join(missing) or 'none given'}")
+        if set(s["arms"]) & set(source_free):
+            raise ConfigError(f"comparison {name}: sensitivity.arms: source-free arms ({', '.join(source_free)}) are not supported")
         if not s.get("key") or not s.get("values"):
             raise ConfigError(f"comparison {name}: sensitivity needs key and values")
         sensitivity = Sensitivity(list(s["arms"]), str(s["key"]), [float(v) for v in s["values"]],

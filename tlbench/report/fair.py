@@ -29,8 +29,25 @@ ARM, STAGE = "tags.compare.arm", "tags.compare.stage"
 LEVEL = 0.95
 
 
-def _runs(frame: pd.DataFrame, rule: str, stage: str) -> pd.DataFrame:
-    chosen = frame[(frame["rule"] == rule) & (frame[STAGE] == stage) & frame["target_acc"].notna()]
+def arm_rules(layout: dict[str, Any]) -> dict[str, str]:
+    """Arms chosen by their own label-free rule (source-free arms cannot read source validation)."""
+    return dict(layout.get("arm_rules") or {})
+
+
+def rule_of(layout: dict[str, Any], arm: str) -> str:
+    return arm_rules(layout).get(arm, layout["rule"])
+
+
+def _chosen_rows(frame: pd.DataFrame, layout: dict[str, Any], rule: str) -> pd.DataFrame:
+    """Rows of `frame` chosen by `rule`; for the comparison's rule, each arm's rows under its own rule."""
+    if rule != layout["rule"]:
+        return frame[frame["rule"] == rule]
+    return frame[frame["rule"] == frame[ARM].map(arm_rules(layout)).fillna(rule)]
+
+
+def _runs(frame: pd.DataFrame, layout: dict[str, Any], rule: str, stage: str) -> pd.DataFrame:
+    chosen = _chosen_rows(frame, layout, rule)
+    chosen = chosen[(chosen[STAGE] == stage) & chosen["target_acc"].notna()]
     return chosen.assign(acc=chosen["target_acc"] * 100.0, seed=chosen["seed"].astype(int))
 
 
@@ -47,7 +64,7 @@ def _mean_ci(values: np.ndarray) -> str:
 def arm_table(frame: pd.DataFrame, layout: dict[str, Any], rule: str) -> pd.DataFrame:
     """One row per arm (evaluation runs under `rule`), then the upper bound: mean, CI, per-seed gain
     over the baseline with CI, raw and Holm-adjusted p, verdict."""
-    runs = _runs(frame, rule, "eval")
+    runs = _runs(frame, layout, rule, "eval")
     baseline = layout["baseline"]
     arms = [a for a in layout["arms"] if a in set(runs[ARM])]
     base = _by_seed(runs, baseline)
@@ -67,7 +84,7 @@ def arm_table(frame: pd.DataFrame, layout: dict[str, Any], rule: str) -> pd.Data
     table["verdict"] = [_verdict(r) for _, r in table.iterrows()]
     bound = layout.get("upper_bound")
     if bound:
-        upper = _runs(frame, rule, "upper_bound")
+        upper = _runs(frame, layout, rule, "upper_bound")
         values = upper.loc[upper[ARM] == bound, "acc"].to_numpy()
         if len(values):
             table.loc[len(table)] = {"arm": bound, "role": "upper bound (target labels)", "n": len(values),
@@ -84,13 +101,13 @@ def _verdict(row: pd.Series) -> str:
     return f"{word} (Holm {format_p(row['p_holm'])})"
 
 
-def best_two(frame: pd.DataFrame, table: pd.DataFrame, rule: str) -> str:
+def best_two(frame: pd.DataFrame, layout: dict[str, Any], table: pd.DataFrame, rule: str) -> str:
     """The two highest means among the arms (baseline included), tested against each other on seed."""
     ranked = table[table["role"] != "upper bound (target labels)"].sort_values("mean", ascending=False)
     if len(ranked) < 2:
         return ""
     first, second = ranked["arm"].iloc[0], ranked["arm"].iloc[1]
-    runs = _runs(frame, rule, "eval")
+    runs = _runs(frame, layout, rule, "eval")
     ours, other = _by_seed(runs, first), _by_seed(runs, second)
     seeds = ours.index.intersection(other.index)
     result = paired_test(ours, other, what=first)
@@ -117,19 +134,21 @@ def _caption(layout: dict[str, Any], rule: str) -> str:
     rule_obj = RULES[rule]
     oracle = "ORACLE checkpoint selection — uses target labels; an upper bound on selection, not comparable to label-free results. " if rule_obj.uses_target_labels else ""
     seeds = layout["eval_seeds"]
+    own = "".join(f" Arm {arm} is source-free (no source validation split): its trials and epochs are chosen by rule "
+                  f"'{arm_rule}' instead." for arm, arm_rule in arm_rules(layout).items() if rule == layout["rule"])
     return (
         f"{oracle}Target test accuracy (%) of each arm's configuration chosen from {layout['n_trials']} Optuna trials per arm "
         f"(seed {layout['tuning_seed']}, chosen by rule '{layout['rule']}'), re-run on seeds {', '.join(map(str, seeds))}; "
         f"the epoch of each run chosen by rule '{rule}' ({rule_obj.description}). Mean ± 95 % t-interval over seeds. "
         f"Δ: per-seed difference from {layout['baseline']}, mean ± 95 % t-interval; p: two-sided paired t-test; "
-        f"p (Holm): adjusted within this table (every arm against {layout['baseline']}); verdict at α = {ALPHA:g} on the adjusted p."
+        f"p (Holm): adjusted within this table (every arm against {layout['baseline']}); verdict at α = {ALPHA:g} on the adjusted p.{own}"
     )
 
 
 def write_arm_tables(frame: pd.DataFrame, layout: dict[str, Any], rule: str, out: Path, stem: str) -> list[Path]:
     table = arm_table(frame, layout, rule)
     text = [f"**Rule `{rule}`.** {_caption(layout, rule)}", "", _markdown_table(table, layout["baseline"]), ""]
-    line = best_two(frame, table, rule)
+    line = best_two(frame, layout, table, rule)
     if line:
         text += [line, ""]
     (out / f"{stem}.md").write_text("\n".join(text))
@@ -139,7 +158,8 @@ def write_arm_tables(frame: pd.DataFrame, layout: dict[str, Any], rule: str, out
 
 
 def write_per_seed(frame: pd.DataFrame, layout: dict[str, Any], out: Path) -> Path:
-    rows = frame[(frame["rule"].isin([layout["rule"], "oracle"])) & frame[STAGE].isin(["eval", "upper_bound"])]
+    rows = pd.concat([_chosen_rows(frame, layout, layout["rule"]), _chosen_rows(frame, layout, "oracle")])
+    rows = rows[rows[STAGE].isin(["eval", "upper_bound"])]
     per_seed = rows.assign(target_acc=(rows["target_acc"] * 100).round(4), source_val_acc=(rows["source_acc"] * 100).round(4))
     per_seed = per_seed[[ARM, STAGE, "seed", "rule", "target_acc", "source_val_acc", "selected_epoch", "run_id"]]
     per_seed = per_seed.rename(columns={ARM: "arm", STAGE: "stage"}).astype({"seed": int}).sort_values(["stage", "arm", "rule", "seed"])
@@ -183,10 +203,10 @@ def tuning_record(source, layout: dict[str, Any]) -> pd.DataFrame:
         complete = trials[(trials["status"] == "FINISHED") & ~pruned]
         scored = []
         for _, trial in complete.iterrows():
-            value, acc = _rule_value(source, trial["run_id"], layout["rule"])
+            value, acc = _rule_value(source, trial["run_id"], rule_of(layout, arm))
             oracle_value, oracle_acc = _rule_value(source, trial["run_id"], "oracle")
             scored.append((trial, value, acc, oracle_value, oracle_acc))
-        sign = 1 if RULES[layout["rule"]].mode == "max" else -1
+        sign = 1 if RULES[rule_of(layout, arm)].mode == "max" else -1
         order = lambda item: int(item[0].get("tags.optuna.trial", 0))  # noqa: E731  ties: earliest trial
         chosen = max(scored, key=lambda s: (sign * s[1], -order(s))) if scored else None
         oracle = max(scored, key=lambda s: (s[3], -order(s))) if scored else None
@@ -196,7 +216,7 @@ def tuning_record(source, layout: dict[str, Any]) -> pd.DataFrame:
             "failed": int((trials["status"] == "FAILED").sum()),
             "chosen_trial": order(chosen) if chosen else None,
             "chosen_params": _params(chosen[0], keys) if chosen else "",
-            f"rule_value ({layout['rule']})": round(chosen[1], 6) if chosen else math.nan,
+            "rule": rule_of(layout, arm), "rule_value": round(chosen[1], 6) if chosen else math.nan,
             "chosen_tuning_target_acc": round(100 * chosen[2], 4) if chosen else math.nan,
             "oracle_trial": order(oracle) if oracle else None,
             "oracle_params": _params(oracle[0], keys) if oracle else "",
@@ -211,13 +231,13 @@ def write_tuning(source, layout: dict[str, Any], out: Path) -> list[Path]:
     record = tuning_record(source, layout)
     record.astype({"chosen_trial": "Int64", "oracle_trial": "Int64"}).to_csv(out / "tuning.csv", index=False, lineterminator="\n")
     lines = [f"Tuning record: {layout['n_trials']} trials per arm on seed {layout['tuning_seed']}, sampler {layout['sampler']}, "
-             f"chosen by rule '{layout['rule']}' (label-free, fixed before any run). The oracle columns show which trial "
+             f"chosen by each arm's rule (label-free, fixed before any run: '{layout['rule']}' unless the row says otherwise). The oracle columns show which trial "
              "target validation labels would have chosen, and its target accuracy on the tuning seed: the cost of "
              "choosing without labels. Target accuracies in %.", "",
-             "| arm | trials | complete | pruned | failed | chosen (rule) | its target acc | oracle choice | its target acc | tuning s | eval s |",
-             "|:--|--:|--:|--:|--:|:--|--:|:--|--:|--:|--:|"]
+             "| arm | trials | complete | pruned | failed | chosen by | chosen trial | its target acc | oracle choice | its target acc | tuning s | eval s |",
+             "|:--|--:|--:|--:|--:|:--|:--|--:|:--|--:|--:|--:|"]
     for _, r in record.iterrows():
-        lines.append(f"| {r['arm']} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | trial {r['chosen_trial']}: "
+        lines.append(f"| {r['arm']} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | {r['rule']} | trial {r['chosen_trial']}: "
                      f"{r['chosen_params']} | {r['chosen_tuning_target_acc']:.2f} | trial {r['oracle_trial']}: {r['oracle_params']} | "
                      f"{r['oracle_tuning_target_acc']:.2f} | {r['tuning_seconds']:.0f} | {r['eval_seconds']:.0f} |")
     (out / "tuning.md").write_text("\n".join(lines) + "\n")
@@ -228,7 +248,7 @@ def write_sensitivity(frame: pd.DataFrame, layout: dict[str, Any], out: Path) ->
     spec = layout.get("sensitivity")
     if not spec:
         return []
-    runs = _runs(frame, layout["rule"], "sensitivity")
+    runs = _runs(frame, layout, layout["rule"], "sensitivity")
     if runs.empty:
         return []
     key = spec["key"]
@@ -237,7 +257,7 @@ def write_sensitivity(frame: pd.DataFrame, layout: dict[str, Any], out: Path) ->
     stats["mean"] = stats["acc"].map(np.mean)
     stats["ci95"] = stats["acc"].map(lambda v: t_interval(np.asarray(v), LEVEL))
     stats["n"] = stats["acc"].map(len)
-    tuned = {arm: float(v) for arm, v in _runs(frame, layout["rule"], "eval").groupby(ARM)[key].first().items() if pd.notna(v)}
+    tuned = {arm: float(v) for arm, v in _runs(frame, layout, layout["rule"], "eval").groupby(ARM)[key].first().items() if pd.notna(v)}
     values = sorted(stats["value"].unique())
     lines = [f"Trade-off sensitivity: `{key}` varied, every other value at the arm's tuned choice; target test accuracy (%) "
              f"by rule '{layout['rule']}', mean ± 95 % t-interval over seeds {', '.join(map(str, spec['seeds']))}.", "",
@@ -255,7 +275,8 @@ def write_sensitivity(frame: pd.DataFrame, layout: dict[str, Any], out: Path) ->
 def write_curves_and_cost(source, frame: pd.DataFrame, layout: dict[str, Any], out: Path) -> list[Path]:
     """Learning curves of the evaluation runs (and the upper bound) per arm; cost.md: the plateau check
     and the wall time of every stage, tuning included, so the budget of a rerun is known."""
-    shown = frame[(frame["rule"] == layout["rule"]) & frame[STAGE].isin(["eval", "upper_bound"])]
+    shown = _chosen_rows(frame, layout, layout["rule"])
+    shown = shown[shown[STAGE].isin(["eval", "upper_bound"])]
     curves, runs = curve_frame(source, ARM, shown)
     paths = []
     if not curves.empty:
@@ -280,7 +301,7 @@ def write_curves_and_cost(source, frame: pd.DataFrame, layout: dict[str, Any], o
 def write_comparison(source, layout: dict[str, Any], out: Path) -> list[Path]:
     """Every file of a comparison's results folder from `source` (store or export)."""
     out.mkdir(parents=True, exist_ok=True)
-    frame = collect_runs(source, rules=(layout["rule"], "oracle"))
+    frame = collect_runs(source, rules=(layout["rule"], "oracle", *sorted(set(arm_rules(layout).values()))))
     written = write_arm_tables(frame, layout, layout["rule"], out, "table")
     written += write_arm_tables(frame, layout, "oracle", out, "oracle")
     written.append(write_per_seed(frame, layout, out))
@@ -298,4 +319,5 @@ def layout_of(spec) -> dict[str, Any]:
         "eval_seeds": spec.eval_seeds, "arms": {name: list(arm.params) for name, arm in spec.arms.items()},
         "upper_bound": spec.upper_bound.name if spec.upper_bound else None,
         "sensitivity": {"key": spec.sensitivity.key, "seeds": spec.sensitivity.seeds} if spec.sensitivity else None,
+        **({"arm_rules": own} if (own := {n: a.rule for n, a in spec.arms.items() if a.rule}) else {}),
     }
