@@ -176,14 +176,16 @@ def test_trainer_options_pass_through_to_lightning_and_bad_keys_are_one_line(tmp
         trainer_arguments(validate(compose(["+trainer.options.logger=false"])).trainer)
 
 
-def test_an_empty_trainer_options_leaves_config_hashes_unchanged():
+def test_fields_added_later_leave_config_hashes_unchanged_at_their_neutral_value():
     from tlbench.tracking import config_hash
 
     run = validate(compose([]))
-    with_options = validate(compose(["+trainer.options.benchmark=true"]))
-    assert config_hash(run) != config_hash(with_options)
+    for changed in (["+trainer.options.benchmark=true"], ["data.val_labels_per_class=5"], ["data.target_eval=whole"]):
+        assert config_hash(run) != config_hash(validate(compose(changed))), changed
     plain = dataclasses.asdict(run)
-    plain["trainer"].pop("options")  # what a run recorded before the field existed
+    plain["trainer"].pop("options")  # what a run recorded before the fields existed
+    plain["data"].pop("val_labels_per_class")
+    plain["data"].pop("target_eval")
     from tlbench.config import flatten
     import hashlib, json
     from tlbench.tracking import NON_SEMANTIC_KEYS

@@ -128,6 +128,8 @@ def _rules() -> dict[str, Rule]:
         "data.batch_size": at_least(1),  # larger than a split is fine: the split is one batch
         "data.labels_per_class": at_least(1),
         "data.label_fraction": within(0, 1, low_open=True),
+        "data.val_labels_per_class": at_least(1),
+        "data.target_eval": one_of("split", "whole"),
         "data.augment": one_of("none", "standard", "strong"),
         "data.num_workers": within(0, 256),
         "data.synthetic_size": at_least(100),  # below ~70 the 80/10/10 split leaves validation or test empty (a crash)

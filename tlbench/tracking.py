@@ -31,6 +31,9 @@ DEFAULT_TIMEOUT_S = 20
 T = TypeVar("T")
 #: Config keys that do not change what is computed, left out of the config hash.
 NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+#: Fields added after runs were recorded, at the value that computes what their absence did: left out of
+#: the config hash at that value, so the hashes (and skip_done) of older runs stay valid.
+NEUTRAL_DEFAULTS = {"data.val_labels_per_class": None, "data.target_eval": "split"}
 
 
 #: Set once a run of this process was closed as KILLED by an interrupt (the CLI then ignores more Ctrl-C).
@@ -131,7 +134,8 @@ def config_hash(run: RunConfig) -> str:
     """Hash of everything that changes what a run computes (seed included): the key for skip_done."""
     flat = flatten(to_plain_dict(run))
     semantic = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)
-                and v != {}}  # an empty options dict computes what its absence did: hashes of older runs stay valid
+                and v != {}  # an empty options dict computes what its absence did: hashes of older runs stay valid
+                and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
