@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlbench.cli import compose  # noqa: F401  (re-exported for the tests)
+from tlbench.composition import compose_config as compose  # noqa: F401  (re-exported for the tests)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

@@ -21,7 +21,8 @@ from tlbench.data.datamodule import DomainDataModule
 from tlbench.data.loaders import FixedLengthLoader, TensorBatchLoader
 from tlbench.errors import ConfigError
 from tlbench.optim import build_optimizer, build_scheduler, lr_factor, param_groups
-from tlbench.train import build_module
+from tlbench.assembly import build_module
+from tlbench.module import TransferModule
 
 
 def _images(n: int) -> InMemoryExamples:
@@ -66,7 +67,7 @@ def test_steps_per_epoch_must_be_positive():
 def _module(tmp_path, uri, *extra):
     run = tiny_run(tmp_path, uri, list(extra))
     datamodule = DomainDataModule(run.data, run.seed)
-    module, _, _ = build_module(run, datamodule)
+    module, _, _ = build_module(run, datamodule, TransferModule)
     return module
 
 
@@ -106,7 +107,7 @@ def test_source_composition_never_forwards_the_target_and_changes_bn_only_with_s
 ])
 def test_a_target_batch_is_drawn_only_where_it_can_change_the_run(tmp_path, mlflow_uri, overrides, composition):
     run = tiny_run(tmp_path, mlflow_uri, overrides)
-    module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed, steps_per_epoch=2))
+    module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed, steps_per_epoch=2), TransferModule)
     assert module.batch_composition == composition
     batch = next(iter(datamodule.train_dataloader()))
     batch = batch[0] if isinstance(batch, tuple) else batch

@@ -26,25 +26,6 @@ from .user_errors import describe_os_error, full_disk
 log = logging.getLogger("tlbench")
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The root config exactly as `tlbench <overrides>` composes it, for Python callers and tests.
-    A mistake in the overrides raises a ConfigError with the one line the CLI would print."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-
-    from .errors import ConfigError
-    from .user_errors import describe_hydra_error
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        try:
-            return hydra_compose(config_name="config", overrides=overrides or [])
-        except HydraException as exc:
-            line = describe_hydra_error(exc, overrides or [])
-            if line is None:
-                raise
-            raise ConfigError(line) from None
-
 
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

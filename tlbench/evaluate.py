@@ -40,14 +40,15 @@ def evaluate_run(run_id: str, overrides: list[str], uri: str = "", checkpoint_di
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from .api import load_run
+    from .module import TransferModule
+    from .restore import load_run
     from .config import validate
     from .data.datamodule import DomainDataModule
     from .tracking import client_for, recorded_run, resolve_uri
 
     _check_overrides(overrides)
     uri = resolve_uri(uri)
-    module = load_run(run_id, uri, checkpoint_dir)
+    module = load_run(run_id, uri, checkpoint_dir, module_class=TransferModule)
     client = client_for(uri)
     original = client.get_run(run_id)
     recorded_config = validate(OmegaConf.create(Path(client.download_artifacts(run_id, "config.yaml")).read_text()))

@@ -25,6 +25,7 @@ from .adapt import Adapter
 from . import validators
 from .adapt.layers import prediction_entropy
 from .backbones import Backbone
+from .checkpoint_io import CHECKPOINT_KEY
 from .config import OptimConfig
 from .domain_bn import batchnorm_domain, split_batchnorm
 from .errors import TrainingError
@@ -104,17 +105,16 @@ class TransferModule(pl.LightningModule):
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:  # what load_from_checkpoint rebuilds the model from
-            from .api import CHECKPOINT_KEY
-
             checkpoint[CHECKPOINT_KEY] = {"run": self.run_config, "batch_composition": self.batch_composition}
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location="cpu", run_config=None) -> "TransferModule":  # type: ignore[override]
+    def load_from_checkpoint(cls, checkpoint_path, map_location="cpu", run_config=None,  # type: ignore[override]
+                             batch_composition=None) -> "TransferModule":
         """The model rebuilt from the run config in the checkpoint (or `run_config`) with its weights, in
         eval mode. (Lightning's version would call __init__ with saved arguments; ours are built objects.)"""
-        from .api import module_from_checkpoint
+        from .restore import module_from_checkpoint
 
-        return module_from_checkpoint(checkpoint_path, run_config, map_location)
+        return module_from_checkpoint(checkpoint_path, run_config, map_location, batch_composition, module_class=cls)
 
     # -------------------------------------------------------------- freezing
     def apply_freezing(self, epoch: int) -> None:

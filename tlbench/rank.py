@@ -192,7 +192,7 @@ def rank_hash(run, candidate: Candidate, estimators: list[str]) -> str:
 
 def rank(args: list[str]) -> list[dict[str, Any]]:
     """Score every candidate; returns one row per candidate (name, scores, run_id), best LogME first."""
-    from .api import compose
+    from .composition import compose
     from .backbones.weights import runs_resolved_in
     from .tracking import resolve_uri
 
@@ -206,7 +206,7 @@ def rank(args: list[str]) -> list[dict[str, Any]]:
 
 
 def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: list[str]) -> list[dict[str, Any]]:
-    from .api import compose
+    from .composition import compose
     from .config import flatten, to_plain_dict
     from .data.datamodule import DomainDataModule
     from .tracking import finished_run_with_hash, recorded_run

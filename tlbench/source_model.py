@@ -64,10 +64,10 @@ def check_source_data(run: RunConfig, run_id: str, trained_on: dict) -> None:
 
 def load_source_model(module, run: RunConfig) -> str:
     """Copy the source run's backbone, bottleneck and head weights into `module`; returns its run id."""
-    from .api import load_run
+    from .restore import load_run
 
     run_id = source_run_id(run)
-    source = load_run(run_id, run.tracking.uri)
+    source = load_run(run_id, run.tracking.uri, module_class=type(module))
     check_source_data(run, run_id, (source.run_config or {}).get("data", {}))
     for part in ("backbone", "bottleneck", "head"):
         try:

@@ -200,7 +200,7 @@ import json, sys, time
 import torch, torch.nn.functional as F
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
-from tlbench.cli import compose
+from tlbench.composition import compose_config as compose
 from tlbench.config import validate
 from tlbench.data.datamodule import DomainDataModule
 from tlbench.mlflow_logger import MlflowMetricLogger

@@ -80,7 +80,7 @@ def arm_overrides(spec: ComparisonSpec, arm: Arm) -> list[str]:
 def epoch_split(spec: ComparisonSpec, arm: Arm) -> tuple[int, int]:
     """(source epochs, adaptation epochs) of a source-free arm: `fraction` of the comparison's epochs
     for the source model, the rest for adaptation. Refused when the split is not whole epochs."""
-    from ..api import compose
+    from ..composition import compose
 
     epochs = compose([*spec.overrides, *spec.arms[arm.source_phase.arm].overrides]).trainer.max_epochs
     source = epochs * arm.source_phase.fraction

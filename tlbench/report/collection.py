@@ -15,6 +15,7 @@ from typing import Iterable
 import pandas as pd
 
 from .errors import ReportError
+from .sources import StoreSource, check_experiment, existing_store_client
 from .selection import HISTORY_METRICS, epoch_table, get_rule
 
 DEFAULT_RULES = ("source_val", "oracle", "target_entropy")
@@ -41,17 +42,6 @@ def _fingerprint(row: pd.Series, keys: list[str]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def existing_store_client(uri: str):
-    """`tracking.client_for` a store that must exist: a sqlite path that does not is an error, not a new
-    empty database."""
-    from ..tracking import client_for, sqlite_path
-
-    path = sqlite_path(uri)
-    if path is not None and not path.exists():
-        raise ReportError(f"no MLflow store at {path} (uri {uri}); train first or pass --uri")
-    return client_for(uri)
-
-
 def sweep_filter(uri: str, experiment: str, sweep: str) -> tuple[str, str]:
     """The filter strings (a union) for the runs of a sweep or search — its child runs and the finished
     runs a skip_done sweep reused: `latest` (the newest parent run in the experiment), a parent run id, or
@@ -73,12 +63,6 @@ def sweep_filter(uri: str, experiment: str, sweep: str) -> tuple[str, str]:
     return f"tags.mlflow.parentRunId = '{chosen[0].info.run_id}'", reused_filter(chosen[0].info.run_id)
 
 
-def check_experiment(client, uri: str, experiment: str) -> None:
-    if client.get_experiment_by_name(experiment) is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise ReportError(f"experiment '{experiment}' not found in {uri}; existing: {', '.join(names) or 'none'}")
-
-
 def collect(
     uri: str = "",
     experiment: str = "tlbench",
@@ -87,8 +71,6 @@ def collect(
     statuses: Iterable[str] = ("FINISHED",),
 ) -> pd.DataFrame:
     """`collect_runs` of the runs of `experiment` in the MLflow store at `uri` (optionally filtered)."""
-    from .sources import StoreSource
-
     return collect_runs(StoreSource(uri, experiment, filter_string), rules, statuses)
 
 

@@ -17,19 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from .collection import collect_runs
+from .sources import CURVES, StoreSource
 from .plots import _pyplot
 from .tables import parse_keys
 
-#: (metric, panel title); missing metrics (e.g. domain accuracy of methods without a discriminator) are skipped.
-CURVES = (
-    ("val/source_acc", "source val accuracy (selects)"),
-    ("eval/target_test_acc", "target test accuracy (never selects)"),
-    ("val/target_entropy", "target val prediction entropy (label-free)"),
-    ("train_epoch/source_ce", "source cross-entropy (train, epoch mean)"),
-    ("train_epoch/domain_acc", "domain discriminator accuracy (train)"),
-    ("train_epoch/dann_lambda", "λ (gradient reversal)"),
-    ("train_epoch/transfer_loss", "adaptation loss (train)"),
-)
 
 
 def curve_frame(source, rows: str, runs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -139,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default="")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from .sources import StoreSource
-
     for path in write_curves(StoreSource(args.uri, args.experiment, args.filter), args.rows, Path(args.out)):
         print(path)
     return 0
