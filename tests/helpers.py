@@ -35,7 +35,6 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-
 def interrupt_at_epoch(epoch: int):
     """A Lightning callback raising KeyboardInterrupt when `epoch` starts: a Ctrl-C in the middle of a run."""
     import pytorch_lightning as pl

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import compose
 from omegaconf import OmegaConf
 from torch import nn
 
 from tlbench.adapt import ADAPTERS
 from tlbench.adapt.layers import DomainDiscriminator, dann_lambda
 from tlbench.errors import ConfigError
-
-from helpers import compose
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "adapt"
 YAMLS = sorted(CONF_DIR.glob("*.yaml"))
@@ -288,9 +287,7 @@ def test_wrong_type_or_name_is_a_config_error(node):
         ADAPTERS.validate(node)
 
 
-@pytest.mark.parametrize(
-    "node", [{"name": "mcc", "temperature": 0.0}, {"name": "dan", "kernel_multipliers": [1.0, -2.0]}]
-)
+@pytest.mark.parametrize("node", [{"name": "mcc", "temperature": 0.0}, {"name": "dan", "kernel_multipliers": [1.0, -2.0]}])
 def test_impossible_values_are_a_config_error_at_build(node):
     with pytest.raises(ConfigError):
         ADAPTERS.build(node, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM)

@@ -8,14 +8,13 @@ import textwrap
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import TINY, tiny_run
 
 import tlbench
 from tlbench import api
 from tlbench.checkpoint_io import CHECKPOINT_KEY
 from tlbench.errors import TlbenchError
 from tlbench.module import TransferModule
-
-from helpers import TINY, tiny_run
 
 
 def example_code() -> str:

@@ -106,6 +106,7 @@ def test_whole_target_evaluation_measures_every_target_image():
 
 def test_whole_target_evaluation_is_refused_in_domain():
     from helpers import compose
+
     from tlbench.config import validate
 
     with pytest.raises(ConfigError, match="target_eval=whole.*labelled training images"):

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_run
 from scipy.spatial.distance import cdist
 
-from helpers import compose, tiny_run
 from tlbench.adapt import ADAPTERS
 from tlbench.adapt.layers import confident_pseudo_labels, masked_cross_entropy
 from tlbench.adapt.shot import centroid_pseudo_labels, information_maximization
-from tlbench.config import validate
+from tlbench.assembly import build_module
 from tlbench.data.datamodule import DomainDataModule
 from tlbench.errors import ConfigError
-from tlbench.assembly import build_module
 from tlbench.module import TransferModule
 
 
@@ -149,11 +148,14 @@ def test_source_free_datamodule_yields_no_source_batch_and_target_positions(tmp_
     assert torch.equal(in_order, datamodule.target.train.images)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["adapt=shot", "selection=last"], "adapt.source_model"),
-    (["adapt=shot", "adapt.source_model=runs:/x"], "selection=source_val"),
-    (["adapt=shot", "adapt.source_model=runs:/x", "selection=last", "data.target=synthetic_digits"], "source-free"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["adapt=shot", "selection=last"], "adapt.source_model"),
+        (["adapt=shot", "adapt.source_model=runs:/x"], "selection=source_val"),
+        (["adapt=shot", "adapt.source_model=runs:/x", "selection=last", "data.target=synthetic_digits"], "source-free"),
+    ],
+)
 def test_shot_refuses_configs_it_cannot_honour(tmp_path, overrides, message):
     run = tiny_run(tmp_path, f"sqlite:///{tmp_path}/m.db", overrides)
     with pytest.raises(ConfigError, match=message):
@@ -206,6 +208,7 @@ def test_selection_last_keeps_the_final_epoch(tmp_path):
 
 def test_a_search_refuses_selection_last():
     from helpers import TINY
+
     from tlbench.search.space import space_from_dict
     from tlbench.search.study import prepare
 

@@ -94,8 +94,9 @@ def load_run(run_id: str, uri: str = "", checkpoint_dir: str | Path | None = Non
     return load_recorded(run_id, uri, checkpoint_dir, map_location, module_class=TransferModule)
 
 
-def module_from_checkpoint(path: str | Path, run_config: RunConfig | dict | None = None, map_location: str | None = "cpu",
-                           batch_composition: str | None = None) -> "TransferModule":
+def module_from_checkpoint(
+    path: str | Path, run_config: RunConfig | dict | None = None, map_location: str | None = "cpu", batch_composition: str | None = None
+) -> "TransferModule":
     """A TransferModule rebuilt from its config with the checkpoint's weights, in eval mode (the config
     stored in the checkpoint, else `run_config`); see tlbench/restore.py."""
     from .module import TransferModule

@@ -39,8 +39,10 @@ def check_method_fits(run: RunConfig, adapter, datamodule: DomainDataModule) -> 
         return
     if RULES[run.selection].reads_source:
         usable = ", ".join(name for name, rule in RULES.items() if not rule.reads_source and not rule.uses_target_labels)
-        raise ConfigError(f"selection={run.selection}: adapt={run.adapt.name} is source-free, so there is no source "
-                          f"validation split; use selection= one of {usable} (or oracle, labelled as such)")
+        raise ConfigError(
+            f"selection={run.selection}: adapt={run.adapt.name} is source-free, so there is no source "
+            f"validation split; use selection= one of {usable} (or oracle, labelled as such)"
+        )
     if datamodule.in_domain:
         raise ConfigError(f"adapt={run.adapt.name} is source-free: it needs a target domain different from the source")
 
@@ -50,9 +52,7 @@ def effective_batch_composition(run: RunConfig, adapter, datamodule: DomainDataM
     when a target batch could change nothing: in an in-domain run (a second source batch would just
     change batch size), or when nothing that trains normalises or drops out (`target_has_no_effect`)."""
     if run.batch_composition == "source" and adapter.needs_target:
-        raise ConfigError(
-            f"batch_composition=source: adapt={run.adapt.name} needs target batches; use joint or separate"
-        )
+        raise ConfigError(f"batch_composition=source: adapt={run.adapt.name} needs target batches; use joint or separate")
     if run.batch_composition == "domain_bn" and adapter.changes_backbone_before_evaluation:
         raise ConfigError(f"batch_composition=domain_bn: adapt={run.adapt.name} re-estimates BatchNorm itself; use joint or separate")
     if not adapter.needs_target and (datamodule.in_domain or (target_has_no_effect and run.batch_composition in ("joint", "separate"))):
@@ -63,8 +63,7 @@ def effective_batch_composition(run: RunConfig, adapter, datamodule: DomainDataM
 def batch_dependent(*parts: nn.Module) -> bool:
     """True if any part has BatchNorm or active dropout: layers whose output depends on what else is in
     the batch or that draw random numbers, so forwarding a target batch changes the run."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(m, nn.Dropout) and m.p > 0)
-               for part in parts for m in part.modules())
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(m, nn.Dropout) and m.p > 0) for part in parts for m in part.modules())
 
 
 def build_module(run: RunConfig, datamodule: DomainDataModule, module_class: type) -> tuple[nn.Module, DomainDataModule, str]:
@@ -95,13 +94,19 @@ def build_module(run: RunConfig, datamodule: DomainDataModule, module_class: typ
         datamodule = DomainDataModule(run.data, run.seed, source, target, run.trainer.steps_per_epoch)
         backbone = CachedBackbone(backbone.out_features)
     # said when it matters (on, or off although the backbone never trains); a fine-tuning run needs no line
-    (log.debug if backbone_trains and reason is not None else log.info)(
-        "feature cache: %s", "on" if reason is None else f"off ({reason})")
+    (log.debug if backbone_trains and reason is not None else log.info)("feature cache: %s", "on" if reason is None else f"off ({reason})")
     datamodule.serve(adapter, composition)
     module = module_class(
-        backbone, head, adapter, schedule, run.optim, datamodule.num_classes,
-        build_augmentation_for(run.data.augment, datamodule), seed=run.seed,
-        bottleneck=bottleneck, batch_composition=composition,
+        backbone,
+        head,
+        adapter,
+        schedule,
+        run.optim,
+        datamodule.num_classes,
+        build_augmentation_for(run.data.augment, datamodule),
+        seed=run.seed,
+        bottleneck=bottleneck,
+        batch_composition=composition,
         strong_augment=build_augmentation_for("strong", datamodule) if adapter.needs_strong_view else None,
     )
     module.run_config = to_plain_dict(run)  # stored in checkpoints: TransferModule.load_from_checkpoint(path) rebuilds it

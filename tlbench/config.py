@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .registry import describe_omegaconf_error
 
+
 @dataclass
 class DataConfig:
     name: str = "digits"
@@ -177,8 +178,8 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     """Check a composed config completely before anything trains; return it typed."""
     from .adapt import ADAPTERS
     from .backbones import BACKBONES
-    from .suggestions import unknown_key
     from .freeze import SCHEDULES
+    from .suggestions import unknown_key
 
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     container.pop("hydra", None)
@@ -215,8 +216,10 @@ def _check_values(run: RunConfig) -> None:
     if run.data.labels_per_class is not None and run.data.label_fraction is not None:
         raise ConfigError("data: set at most one of labels_per_class and label_fraction")
     if run.data.target_eval == "whole" and run.data.target == run.data.source:
-        raise ConfigError("data.target_eval=whole: the target is the source domain here, so its whole domain includes "
-                          "the labelled training images; use target_eval=split for in-domain runs")
+        raise ConfigError(
+            "data.target_eval=whole: the target is the source domain here, so its whole domain includes "
+            "the labelled training images; use target_eval=split for in-domain runs"
+        )
 
 
 def to_plain_dict(run: RunConfig) -> dict[str, Any]:

@@ -99,19 +99,41 @@ def _valid_device_list(indices: list) -> bool:
 
 
 #: Lightning 2.x names (tests/test_reliability_config.py checks them against the installed Lightning).
-PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
-              "transformer-engine", "transformer-engine-float16")
+PRECISIONS = (
+    "32-true",
+    "32",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "64",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
-              "ddp_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true",
-              "ddp_spawn_find_unused_parameters_false", "fsdp", "deepspeed", "single_device")
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false",
+    "ddp_spawn_find_unused_parameters_true",
+    "ddp_spawn_find_unused_parameters_false",
+    "fsdp",
+    "deepspeed",
+    "single_device",
+)
 
 
 def _rules() -> dict[str, Rule]:
     from .freeze.base import BN_POLICIES
 
-    fraction_or_count = Rule(lambda v: 0 < v <= 1 or (v > 1 and float(v).is_integer()),
-                             "must be a fraction in (0, 1] or a whole number of batches > 1")
+    fraction_or_count = Rule(lambda v: 0 < v <= 1 or (v > 1 and float(v).is_integer()), "must be a fraction in (0, 1] or a whole number of batches > 1")
     return {
         # top level
         "seed": within(0, MAX_SEED),

@@ -87,7 +87,11 @@ def log_model(recorder, module, example_images, folder: Path) -> None:
     local = folder / MODEL_PATH
     shutil.rmtree(local, ignore_errors=True)
     mlflow.pyfunc.save_model(
-        path=str(local), loader_module=__name__, data_path=str(checkpoint),
-        signature=signature, input_example=example, pip_requirements=runtime_requirements(),
+        path=str(local),
+        loader_module=__name__,
+        data_path=str(checkpoint),
+        signature=signature,
+        input_example=example,
+        pip_requirements=runtime_requirements(),
     )
     recorder.client.log_artifacts(recorder.run_id, str(local), MODEL_PATH)

@@ -21,8 +21,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from .adapt import Adapter
 from . import validators
+from .adapt import Adapter
 from .adapt.layers import prediction_entropy
 from .backbones import Backbone
 from .checkpoint_io import CHECKPOINT_KEY
@@ -108,8 +108,13 @@ class TransferModule(pl.LightningModule):
             checkpoint[CHECKPOINT_KEY] = {"run": self.run_config, "batch_composition": self.batch_composition}
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location="cpu", run_config=None,  # type: ignore[override]
-                             batch_composition=None) -> "TransferModule":
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path,
+        map_location="cpu",
+        run_config=None,  # type: ignore[override]
+        batch_composition=None,
+    ) -> "TransferModule":
         """The model rebuilt from the run config in the checkpoint (or `run_config`) with its weights, in
         eval mode. (Lightning's version would call __init__ with saved arguments; ours are built objects.)"""
         from .restore import module_from_checkpoint
@@ -176,7 +181,10 @@ class TransferModule(pl.LightningModule):
         return batchnorm_domain(self, domain) if self.batch_composition == "domain_bn" else nullcontext()
 
     def _forward_domains(
-        self, images_s: torch.Tensor | None, images_t: torch.Tensor | None, images_t_strong: torch.Tensor | None = None,
+        self,
+        images_s: torch.Tensor | None,
+        images_t: torch.Tensor | None,
+        images_t_strong: torch.Tensor | None = None,
     ) -> "DomainForward":
         """Features and logits of one training step under the configured batch composition.
 
@@ -207,7 +215,10 @@ class TransferModule(pl.LightningModule):
                 features_t = [self.features(x) for x in inputs_t]
         logits_t = [self.head(f) for f in features_t]
         return DomainForward(
-            features_s, None if features_s is None else self.head(features_s), features_t[0], logits_t[0],
+            features_s,
+            None if features_s is None else self.head(features_s),
+            features_t[0],
+            logits_t[0],
             logits_t[1] if len(logits_t) > 1 else None,
         )
 
@@ -275,8 +286,10 @@ class TransferModule(pl.LightningModule):
         record chance accuracy as a FINISHED result, so the run fails here instead."""
         broken = next((name for name, p in self.named_parameters() if not torch.isfinite(p).all()), None)
         if broken is not None:
-            raise TrainingError(f"non-finite weights ({broken}) at epoch {self.current_epoch}, step {self.global_step} "
-                                f"(lr={self.optim_cfg.lr}): training diverged; lower optim.lr or check the data")
+            raise TrainingError(
+                f"non-finite weights ({broken}) at epoch {self.current_epoch}, step {self.global_step} "
+                f"(lr={self.optim_cfg.lr}): training diverged; lower optim.lr or check the data"
+            )
 
     def on_validation_epoch_end(self) -> None:
         """Log every label-free validator (tlbench.validators) of this epoch's target validation pass."""
@@ -327,8 +340,9 @@ class TransferModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # Every rank computes (the sync across devices is collective); only rank 0 draws them afterwards.
-        self._test_confusion = {split: self.confusion[split.replace("/", "_")].compute().cpu()
-                                for split in TEST_SPLITS if self.confusion[split.replace("/", "_")].update_count}
+        self._test_confusion = {
+            split: self.confusion[split.replace("/", "_")].compute().cpu() for split in TEST_SPLITS if self.confusion[split.replace("/", "_")].update_count
+        }
 
     def test_confusion(self) -> dict[str, torch.Tensor]:
         """Test split → its confusion matrix (true × predicted counts) from the last test pass."""

@@ -17,8 +17,7 @@ from .config import RunConfig, to_plain_dict, validate
 from .errors import TlbenchError
 
 
-def load_run(run_id: str, uri: str = "", checkpoint_dir: str | Path | None = None, map_location: str = "cpu",
-             *, module_class: type) -> "pl.LightningModule":
+def load_run(run_id: str, uri: str = "", checkpoint_dir: str | Path | None = None, map_location: str = "cpu", *, module_class: type) -> "pl.LightningModule":
     """The module of a finished MLflow run with the weights of the checkpoint its selection rule chose, in
     eval mode. Checkpoints stay on the machine that trained (`<checkpoint_dir>/<config hash>/`); pass
     checkpoint_dir when it was relative to another working directory."""
@@ -41,13 +40,16 @@ def load_run(run_id: str, uri: str = "", checkpoint_dir: str | Path | None = Non
     best = sorted(folder.glob("best-*.ckpt"))  # the run keeps one: save_top_k=1
     if not best:
         raise TlbenchError(f"load_run: no selected checkpoint of run {run_id} in {folder}; pass checkpoint_dir= (the run's was '{run.checkpoint_dir}')")
-    return module_from_checkpoint(best[-1], run, map_location, batch_composition=recorded.data.tags.get("batch_composition"),
-                                  module_class=module_class)
+    return module_from_checkpoint(best[-1], run, map_location, batch_composition=recorded.data.tags.get("batch_composition"), module_class=module_class)
 
 
 def module_from_checkpoint(
-    path: str | Path, run_config: RunConfig | dict | None = None, map_location: str | None = "cpu", batch_composition: str | None = None,
-    *, module_class: type,
+    path: str | Path,
+    run_config: RunConfig | dict | None = None,
+    map_location: str | None = "cpu",
+    batch_composition: str | None = None,
+    *,
+    module_class: type,
 ) -> "pl.LightningModule":
     """A TransferModule rebuilt from its config with the checkpoint's weights, in eval mode. The config is
     the one stored in the checkpoint, else `run_config`. A backbone that trained on cached features has no
@@ -67,13 +69,20 @@ def module_from_checkpoint(
         run = dataclasses.replace(run, backbone=dataclasses.replace(run.backbone, weights="none"))
     composition = stored.get("batch_composition") or batch_composition or run.batch_composition
     run = dataclasses.replace(
-        run, batch_composition=composition,
-        trainer=dataclasses.replace(run.trainer, feature_cache=False), data=dataclasses.replace(run.data, augment="none"),
+        run,
+        batch_composition=composition,
+        trainer=dataclasses.replace(run.trainer, feature_cache=False),
+        data=dataclasses.replace(run.data, augment="none"),
     )
     head_weights = [value for key, value in state.items() if key.startswith("head.") and key.endswith(".weight")]
     domain = SimpleNamespace(hflip_ok=False)  # augmentations only shape training, which this module will not do
-    wiring = SimpleNamespace(num_classes=int(head_weights[-1].shape[0]), in_domain=run.data.source == run.data.target,
-                             source=domain, target=domain, serve=lambda adapter, composition: None)
+    wiring = SimpleNamespace(
+        num_classes=int(head_weights[-1].shape[0]),
+        in_domain=run.data.source == run.data.target,
+        source=domain,
+        target=domain,
+        serve=lambda adapter, composition: None,
+    )
     module, _, _ = build_module(run, wiring, module_class)  # type: ignore[arg-type]  (the wiring needs only these)
     missing, unexpected = module.load_state_dict(state, strict=False)
     optional = ("adapter.",) + (() if has_backbone else ("backbone.",))  # method layers only shape training

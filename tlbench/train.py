@@ -18,18 +18,18 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from . import __version__
 from .assembly import build_module
-from .module import TransferModule
 from .backbones.weights import runs_resolved_in
 from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
-from .feature_cache import CachedBackbone
 from .errors import ConfigError
+from .feature_cache import CachedBackbone
 from .interrupts import sigterm_as_interrupt
+from .mlflow_logger import MlflowMetricLogger
+from .module import TransferModule
 from .progress import EpochSummary
 from .selection import SELECTION_METRICS
 from .threads import intra_op_threads, threads_for
-from .mlflow_logger import MlflowMetricLogger
 from .tracking import (
     config_hash,
     finished_run_with_hash,
@@ -45,8 +45,7 @@ log = logging.getLogger(__name__)
 #: TrainerConfig fields that are tlbench's own, not pl.Trainer arguments.
 TLBENCH_TRAINER_FIELDS = ("steps_per_epoch", "feature_cache", "threads", "options")
 #: pl.Trainer arguments tlbench sets itself: a run's recording, checkpoints and output folder depend on them.
-RESERVED_TRAINER_ARGS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins",
-                         "num_sanity_val_steps", "enable_model_summary")
+RESERVED_TRAINER_ARGS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "num_sanity_val_steps", "enable_model_summary")
 
 
 def trainer_arguments(t) -> dict[str, Any]:
@@ -77,8 +76,7 @@ def writable_folder(folder: str, setting: str) -> None:
         if not os.access(folder, os.W_OK):
             raise PermissionError(13, "not writable")
     except OSError as exc:
-        raise ConfigError(f"{setting}={folder}: cannot create or write this folder ({exc.strerror or exc}); "
-                          f"point {setting} to a writable place") from None
+        raise ConfigError(f"{setting}={folder}: cannot create or write this folder ({exc.strerror or exc}); point {setting} to a writable place") from None
 
 
 def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, callbacks: list | None = None) -> pl.Trainer:
@@ -92,8 +90,10 @@ def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, ca
     except (MisconfigurationException, RuntimeError) as exc:
         if not isinstance(exc, MisconfigurationException) and "device" not in str(exc).lower():
             raise
-        raise ConfigError(f"trainer.accelerator={arguments.get('accelerator')} trainer.devices={arguments.get('devices')}: "
-                          f"{str(exc).splitlines()[0]} on this machine; use trainer=default (CPU) or check the drivers") from None
+        raise ConfigError(
+            f"trainer.accelerator={arguments.get('accelerator')} trainer.devices={arguments.get('devices')}: "
+            f"{str(exc).splitlines()[0]} on this machine; use trainer=default (CPU) or check the drivers"
+        ) from None
 
 
 def _trainer(run: RunConfig, arguments: dict, logger, checkpoint, callbacks) -> pl.Trainer:
@@ -188,10 +188,15 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
     if not resume_run_id:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
     threads = threads_for(run.trainer.threads, module)
-    tags = {**run_tags(run, datamodule, digest), "feature_cache": cache_decision,
-            "batch_composition": module.batch_composition, "threads": threads, **source_tags, **(extra_tags or {})}
-    with sigterm_as_interrupt(), intra_op_threads(threads), \
-            recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
+    tags = {
+        **run_tags(run, datamodule, digest),
+        "feature_cache": cache_decision,
+        "batch_composition": module.batch_composition,
+        "threads": threads,
+        **source_tags,
+        **(extra_tags or {}),
+    }
+    with sigterm_as_interrupt(), intra_op_threads(threads), recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
         if not resume_run_id:
             plain = to_plain_dict(run)
             recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})
@@ -200,8 +205,13 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         checkpoint = None
         if not run.trainer.fast_dev_run:
             checkpoint = ModelCheckpoint(  # monitor None (selection=last): the newest epoch is the one kept
-                dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-                monitor=monitor, mode=mode if monitor else "max", save_top_k=1, save_last=True,
+                dirpath=checkpoint_dir,
+                filename="best-epoch{epoch:03d}",
+                auto_insert_metric_name=False,
+                monitor=monitor,
+                mode=mode if monitor else "max",
+                save_top_k=1,
+                save_last=True,
             )
         trainer = build_trainer(run, MlflowMetricLogger(recorder), checkpoint, extra_callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume_run_id else None, weights_only=True)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-
 #: Loss scales of methods whose published implementations differ by a constant factor.
 NORMALISATIONS = ("paper", "tllib")
 

@@ -8,7 +8,7 @@ for RandAugment + Cutout). The pseudo-label carries no gradient; only the strong
 from dataclasses import dataclass
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput
 from .layers import confident_pseudo_labels, masked_cross_entropy
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput
 
 
 @dataclass

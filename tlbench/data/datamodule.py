@@ -10,11 +10,10 @@ and a run that forwards only the source draws no target batch.
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import CombinedLoader
-
 import numpy as np
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ..config import DataConfig
@@ -103,8 +102,7 @@ class DomainDataModule(pl.LightningDataModule):
             )
         self.source_train = apply_label_budget(self.source.train, seed, cfg.labels_per_class, cfg.label_fraction)
         # a different draw from the training budget's (seed + 1), so the two subsets are not the same ranks
-        self.source_val = apply_label_budget(self.source.val, seed + 1, cfg.val_labels_per_class, None,
-                                             "data.val_labels_per_class", "validation")
+        self.source_val = apply_label_budget(self.source.val, seed + 1, cfg.val_labels_per_class, None, "data.val_labels_per_class", "validation")
         self.target_test = whole_domain(self.target) if cfg.target_eval == "whole" else self.target.test
         #: Set by `serve`: no source batch anywhere (source-free methods); target batches carry positions.
         self.source_free = False

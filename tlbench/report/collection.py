@@ -15,8 +15,8 @@ from typing import Iterable
 import pandas as pd
 
 from .errors import ReportError
-from .sources import StoreSource, check_experiment, existing_store_client
 from .selection import HISTORY_METRICS, epoch_table, get_rule
+from .sources import StoreSource, check_experiment, existing_store_client
 
 DEFAULT_RULES = ("source_val", "oracle", "target_entropy")
 #: Params that do not make another configuration: the seed (aggregated over), the run's own checkpoint
@@ -28,8 +28,21 @@ SCRATCH = "scratch"
 #: Tags carried into the frame: which comparison, arm and stage a run belongs to (tlbench compare).
 COMPARE_TAGS = "tags.compare."
 RESULT_COLUMNS = [
-    "run_id", "run_name", "status", "start_time", "rule", "uses_target_labels", "target_acc", "source_acc",
-    "selected_step", "selected_epoch", "epochs", "config_id", "baseline_id", "is_scratch", "task",
+    "run_id",
+    "run_name",
+    "status",
+    "start_time",
+    "rule",
+    "uses_target_labels",
+    "target_acc",
+    "source_acc",
+    "selected_step",
+    "selected_epoch",
+    "epochs",
+    "config_id",
+    "baseline_id",
+    "is_scratch",
+    "task",
 ]
 
 
@@ -49,8 +62,7 @@ def sweep_filter(uri: str, experiment: str, sweep: str) -> tuple[str, str]:
     client = existing_store_client(uri)
     check_experiment(client, uri, experiment)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    parents = client.search_runs([experiment_id], "tags.`tlbench.parent` != ''", max_results=200,
-                                 order_by=["attributes.start_time DESC"])
+    parents = client.search_runs([experiment_id], "tags.`tlbench.parent` != ''", max_results=200, order_by=["attributes.start_time DESC"])
     if sweep == "latest":
         chosen = parents[:1]
     else:
@@ -88,9 +100,14 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     rule_objects = [get_rule(name) for name in rules]
     runs = source.runs()
     attrs = {
-        "uri": getattr(source, "uri", str(getattr(source, "path", ""))), "experiment": getattr(source, "experiment", ""),
-        "filter": getattr(source, "filter_string", ""), "config_keys": [],
-        "excluded": {}, "excluded_runs": [], "duplicates": 0, "missing": [],
+        "uri": getattr(source, "uri", str(getattr(source, "path", ""))),
+        "experiment": getattr(source, "experiment", ""),
+        "filter": getattr(source, "filter_string", ""),
+        "config_keys": [],
+        "excluded": {},
+        "excluded_runs": [],
+        "duplicates": 0,
+        "missing": [],
     }
     if "tags.tlbench.parent" in runs.columns:  # sweep and search parents hold children, not results
         runs = runs[runs["tags.tlbench.parent"].isna()]
@@ -101,8 +118,7 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     dropped = runs[~keep]
     attrs["excluded"] = {str(k): int(v) for k, v in dropped["status"].value_counts().sort_index().items()}
     attrs["excluded_runs"] = [
-        (r["run_name"], r["status"], r.get("tags.failure_reason") if isinstance(r.get("tags.failure_reason"), str) else "")
-        for _, r in dropped.iterrows()
+        (r["run_name"], r["status"], r.get("tags.failure_reason") if isinstance(r.get("tags.failure_reason"), str) else "") for _, r in dropped.iterrows()
     ]
     params = sorted(c[len("params.") :] for c in runs.columns if c.startswith("params."))
     compare_tags = sorted(c for c in runs.columns if c.startswith(COMPARE_TAGS))
@@ -125,23 +141,33 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     for _, run in runs.iterrows():
         history = epoch_table({m: source.history(run["run_id"], m) for m in HISTORY_METRICS})
         base = {
-            "run_id": run["run_id"], "run_name": run["run_name"], "status": run["status"], "start_time": run["start_time"],
-            "epochs": len(history), "config_id": run["config_id"], "baseline_id": run["baseline_id"],
+            "run_id": run["run_id"],
+            "run_name": run["run_name"],
+            "status": run["status"],
+            "start_time": run["start_time"],
+            "epochs": len(history),
+            "config_id": run["config_id"],
+            "baseline_id": run["baseline_id"],
             "is_scratch": run.get("freeze.name") == SCRATCH,
             "task": f"{run['data.source']}→{run['data.target']}" if {"data.source", "data.target"} <= set(run.index) else None,
-            **{k: run[k] for k in params}, **{t: run[t] for t in compare_tags},
+            **{k: run[k] for k in params},
+            **{t: run[t] for t in compare_tags},
         }
         for rule in rule_objects:
             choice = rule.choose(history)
             if choice is None:
                 attrs["missing"].append((run["run_name"], rule.name))
-            rows.append({
-                **base, "rule": rule.name, "uses_target_labels": rule.uses_target_labels,
-                "target_acc": choice.target_acc if choice else float("nan"),
-                "source_acc": choice.source_acc if choice else float("nan"),
-                "selected_step": choice.step if choice else None,
-                "selected_epoch": choice.epoch if choice else None,
-            })
+            rows.append(
+                {
+                    **base,
+                    "rule": rule.name,
+                    "uses_target_labels": rule.uses_target_labels,
+                    "target_acc": choice.target_acc if choice else float("nan"),
+                    "source_acc": choice.source_acc if choice else float("nan"),
+                    "selected_step": choice.step if choice else None,
+                    "selected_epoch": choice.epoch if choice else None,
+                }
+            )
     return _frame(rows, params + compare_tags, attrs)
 
 

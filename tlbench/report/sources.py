@@ -93,6 +93,7 @@ class StoreSource:
 
     def runs(self) -> pd.DataFrame:
         from ..runs import load_runs
+
         check_experiment(self.client, self.uri, self.experiment)
         try:
             return load_runs(self.uri, self.experiment, self.filter_string)
@@ -121,7 +122,7 @@ class ExportSource:
                 first = handle.readline()
                 if not first.startswith(LAYOUT_PREFIX):
                     raise ReportError(f"--from {self.path}: not a tlbench runs export (its first line must start with '{LAYOUT_PREFIX.strip()}')")
-                self.layout = json.loads(first[len(LAYOUT_PREFIX):])
+                self.layout = json.loads(first[len(LAYOUT_PREFIX) :])
                 self._frame = pd.read_csv(handle, dtype=str, keep_default_na=False, na_values=[""])
         except OSError as exc:
             raise ReportError(f"--from {self.path}: cannot read ({exc.strerror or exc})") from None
@@ -142,10 +143,10 @@ class ExportSource:
 
 def _kept(column: str) -> bool:
     if column.startswith("params."):
-        key = column[len("params."):]
+        key = column[len("params.") :]
         return not any(key == p or key.startswith(p + ".") for p in DROPPED_PARAMS)
     if column.startswith("tags."):
-        return column[len("tags."):].startswith(KEPT_TAGS)
+        return column[len("tags.") :].startswith(KEPT_TAGS)
     return column in ("run_id", "run_name", "status", "start_time", "end_time")
 
 
