@@ -35,7 +35,7 @@ def build_augmentation_for(preset: str, datamodule: DomainDataModule):
 def check_method_fits(run: RunConfig, adapter, datamodule: DomainDataModule) -> None:
     """Refuse combinations a method cannot honour: a source-free method has no source split to select on
     and no second domain in an in-domain run."""
-    if adapter.uses_source:
+    if adapter.needs.source:
         return
     if RULES[run.selection].reads_source:
         usable = ", ".join(name for name, rule in RULES.items() if not rule.reads_source and not rule.uses_target_labels)
@@ -51,11 +51,11 @@ def effective_batch_composition(run: RunConfig, adapter, datamodule: DomainDataM
     """The batch composition a run trains with. A method that ignores the target forwards only the source
     when a target batch could change nothing: in an in-domain run (a second source batch would just
     change batch size), or when nothing that trains normalises or drops out (`target_has_no_effect`)."""
-    if run.batch_composition == "source" and adapter.needs_target:
+    if run.batch_composition == "source" and adapter.needs.target:
         raise ConfigError(f"batch_composition=source: adapt={run.adapt.name} needs target batches; use joint or separate")
     if run.batch_composition == "domain_bn" and adapter.changes_backbone_before_evaluation:
         raise ConfigError(f"batch_composition=domain_bn: adapt={run.adapt.name} re-estimates BatchNorm itself; use joint or separate")
-    if not adapter.needs_target and (datamodule.in_domain or (target_has_no_effect and run.batch_composition in ("joint", "separate"))):
+    if not adapter.needs.target and (datamodule.in_domain or (target_has_no_effect and run.batch_composition in ("joint", "separate"))):
         return "source"
     return run.batch_composition
 
@@ -107,7 +107,7 @@ def build_module(run: RunConfig, datamodule: DomainDataModule, module_class: typ
         seed=run.seed,
         bottleneck=bottleneck,
         batch_composition=composition,
-        strong_augment=build_augmentation_for("strong", datamodule) if adapter.needs_strong_view else None,
+        strong_augment=build_augmentation_for("strong", datamodule) if adapter.needs.strong_view else None,
     )
     module.run_config = to_plain_dict(run)  # stored in checkpoints: TransferModule.load_from_checkpoint(path) rebuilds it
     return module, datamodule, "on" if reason is None else f"off: {reason}"

@@ -70,7 +70,7 @@ def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_e
         return "freeze.bn_policy=train lets BatchNorm statistics of frozen stages move"
     if augment != "none":
         return f"data.augment={augment} makes inputs differ every epoch"
-    if not adapter.uses_source:
+    if not adapter.needs.source:
         return f"adapt={type(adapter).__name__} is source-free (the cache would featurize the source data)"
     if adapter.changes_backbone_before_evaluation:
         return f"adapt={type(adapter).__name__} changes the backbone before evaluation"

@@ -69,7 +69,7 @@ class TransferModule(pl.LightningModule):
             split_batchnorm(self.backbone)
             split_batchnorm(self.bottleneck)
         self.adapter = adapter
-        if adapter.freezes_head:  # e.g. SHOT's source hypothesis: it stays as the source model left it
+        if adapter.needs.frozen_head:  # e.g. SHOT's source hypothesis: it stays as the source model left it
             head.requires_grad_(False)
         self.schedule = schedule
         schedule.regularizer(backbone)  # L2-SP anchors at the starting weights now, before any checkpoint restore
@@ -227,12 +227,12 @@ class TransferModule(pl.LightningModule):
         images_t, target_index = batch.get("target"), None
         if isinstance(images_t, (tuple, list)):  # methods that need positions get (images, index)
             images_t, target_index = images_t
-        strong = images_t if self.adapter.needs_strong_view else None
+        strong = images_t if self.adapter.needs.strong_view else None
         out = self._forward_domains(images_s, images_t, strong)
         extra = {}
-        if self.adapter.needs_strong_view:
+        if self.adapter.needs.strong_view:
             extra["logits_t_strong"] = out.logits_t_strong
-        if self.adapter.needs_target_index:
+        if self.adapter.needs.target_index:
             extra["target_index"] = target_index
         adapted = self.adapter.loss(out.features_s, out.features_t, out.logits_s, out.logits_t, labels_s, self.progress, step=self.global_step, **extra)
         logs = {}
@@ -368,7 +368,7 @@ class TransferModule(pl.LightningModule):
     def configure_optimizers(self):
         stages = self.backbone.stage_parameters()
         cfg = self.optim_cfg
-        new_layers = list(self.bottleneck.parameters()) + ([] if self.adapter.freezes_head else list(self.head.parameters()))
+        new_layers = list(self.bottleneck.parameters()) + ([] if self.adapter.needs.frozen_head else list(self.head.parameters()))
         groups = param_groups(
             stages,
             [scale * cfg.backbone_lr_scale for scale in self.schedule.stage_lr_scales(len(stages))],

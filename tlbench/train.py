@@ -178,7 +178,7 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
     source_tags = {}
     with runs_resolved_in(resolve_uri(run.tracking.uri)):  # weights=runs:/... come from this run's store
         module, datamodule, cache_decision = build_module(run, raw_datamodule, TransferModule)
-        if not module.adapter.uses_source:
+        if not module.adapter.needs.source:
             from .source_model import load_source_model
 
             source_tags["source_run_id"] = load_source_model(module, run)

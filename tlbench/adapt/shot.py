@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ADAPTERS
-from .base import Adapter, AdaptOutput
+from .base import Adapter, AdaptOutput, Needs
 
 
 @dataclass
@@ -73,9 +73,7 @@ def centroid_pseudo_labels(features: torch.Tensor, logits: torch.Tensor, rounds:
 
 
 class Shot(Adapter):
-    uses_source = False
-    needs_target_index = True
-    freezes_head = True
+    needs = Needs(source=False, target_index=True, frozen_head=True)
 
     def __init__(self, cfg: ShotConfig):
         super().__init__()

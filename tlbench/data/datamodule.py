@@ -112,8 +112,8 @@ class DomainDataModule(pl.LightningDataModule):
     def serve(self, adapter, batch_composition: str = "joint") -> "DomainDataModule":
         """Shape the loaders to what `adapter` may and must read (see the module docstring); under
         batch_composition=source no target training stream is drawn at all."""
-        self.source_free = not adapter.uses_source
-        self.target_positions = adapter.needs_target_index
+        self.source_free = not adapter.needs.source
+        self.target_positions = adapter.needs.target_index
         self.target_stream = batch_composition != "source"
         return self
 
