@@ -114,9 +114,3 @@ def masked(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("@")[-1]
-
-
-def _mlflow(job: SearchJob):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=job.tracking_uri)

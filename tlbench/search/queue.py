@@ -12,7 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ..interrupts import sigterm_as_interrupt
-from .job import SearchJob, _mlflow, log
+from ..tracking import client_for
+from .job import SearchJob, log
 from .space import build_pruner, build_sampler
 from .trial import requeue, run_trial
 
@@ -32,7 +33,7 @@ class RequeueLostTrial:
             flush=True,
         )
         try:
-            client = _mlflow(self.job)
+            client = client_for(self.job.tracking_uri)
             for run in _trial_runs(client, self.job, trial):
                 # RUNNING, or already KILLED by a later run that saw its process gone (tracking.close_dead_runs)
                 if run.info.status in ("RUNNING", "KILLED"):

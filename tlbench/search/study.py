@@ -28,6 +28,7 @@ from optuna.trial import TrialState, create_trial
 
 from ..errors import ConfigError
 from ..interrupts import sigterm_as_interrupt
+from ..tracking import client_for
 from .job import (
     ATTR_DEFINITION,
     ATTR_N_TRIALS,
@@ -36,7 +37,6 @@ from .job import (
     ConfigSource,
     SearchError,
     SearchJob,
-    _mlflow,
     absolute_storage,
     compose,
     default_storage,
@@ -238,7 +238,7 @@ def shared_parent(study: optuna.Study, job: SearchJob, created: bool) -> Optiona
             return None
         time.sleep(0.5)
     try:
-        _mlflow(job).get_run(run_id)
+        client_for(job.tracking_uri).get_run(run_id)
         return run_id
     except Exception:  # another tracking store: start a new parent there
         return None

@@ -16,7 +16,8 @@ import optuna
 from optuna.trial import TrialState, create_trial
 
 from ..errors import ConfigError, TlbenchError, one_line
-from .job import SearchJob, _mlflow, compose, log, masked
+from ..tracking import client_for
+from .job import SearchJob, compose, log, masked
 from .pruning import OptunaPruning, close_pruned_run
 from .space import suggest, trial_overrides
 
@@ -88,7 +89,7 @@ def run_trial(job: SearchJob, study: optuna.Study, trial: optuna.Trial) -> None:
         epoch = getattr(exc, "epoch", callback.pruned_epoch if callback else None)
         if callback is not None and callback.run_id:
             try:
-                close_pruned_run(_mlflow(job), callback.run_id, epoch)
+                close_pruned_run(client_for(job.tracking_uri), callback.run_id, epoch)
             except Exception as mlflow_exc:
                 log.warning("could not mark MLflow run %s as pruned: %s", callback.run_id, mlflow_exc)
         trial.set_user_attr("epochs", callback.epochs if callback else 0)
