@@ -52,11 +52,17 @@ def write_provenance(out: Path, name: str, spec: dict, commands: list[list[str]]
         lines += [f"Paper: {spec['paper']}", ""]
     lines += [
         "Regenerate everything here (runs recorded in `mlflow.db` beside this file, finished ones skipped):",
-        "", f"    .venv/bin/python experiments/run.py {name}", "",
-        "which runs:", "", *[f"    {display(c)}" for c in commands], "",
+        "",
+        f"    .venv/bin/python experiments/run.py {name}",
+        "",
+        "which runs:",
+        "",
+        *[f"    {display(c)}" for c in commands],
+        "",
         "Every table states the model-selection rule that chose its numbers; oracle numbers (target labels) "
         "appear only in files named `oracle.*`. Learning curves per configuration (mean ± std over seeds, per "
-        "optimizer step): `curves.png` / `curves.csv`; wall seconds per run and total CPU time: `cost.md`.", "",
+        "optimizer step): `curves.png` / `curves.csv`; wall seconds per run and total CPU time: `cost.md`.",
+        "",
     ]
     (out / "README.md").write_text("\n".join(lines))
 
@@ -66,10 +72,17 @@ def main() -> int:
     parser.add_argument("name", help="folder under experiments/ holding spec.yaml")
     parser.add_argument("--check", action="store_true", help="only check that the data is present")
     parser.add_argument("--report-only", action="store_true", help="only rebuild tables from recorded runs")
-    parser.add_argument("--sweeps", metavar="I,J", help="run only these sweeps of the spec (0-based) and no reports: "
-                        "split a benchmark over several processes, then rerun without --sweeps to finish")
-    parser.add_argument("--threads", type=int, metavar="N", help="intra-op threads per run (OMP_NUM_THREADS); 1 with "
-                        "one process per core is faster than 2 threads for small networks")
+    parser.add_argument(
+        "--sweeps",
+        metavar="I,J",
+        help="run only these sweeps of the spec (0-based) and no reports: split a benchmark over several processes, then rerun without --sweeps to finish",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="intra-op threads per run (OMP_NUM_THREADS); 1 with one process per core is faster than 2 threads for small networks",
+    )
     args = parser.parse_args()
 
     folder = ROOT / "experiments" / args.name
@@ -85,11 +98,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{out / 'mlflow.db'}"
 
-    tracking = [f"tracking.uri={uri}", f"tracking.experiment={args.name}", "tracking.skip_done=true",
-                f"checkpoint_dir={ROOT / 'checkpoints' / args.name}"]
+    tracking = [f"tracking.uri={uri}", f"tracking.experiment={args.name}", "tracking.skip_done=true", f"checkpoint_dir={ROOT / 'checkpoints' / args.name}"]
     sweeps = [
-        TLBENCH + ["-m", *sweep, *tracking, f"hydra.sweep.dir={ROOT / 'multirun' / args.name / str(index)}"]
-        for index, sweep in enumerate(spec["sweeps"])
+        TLBENCH + ["-m", *sweep, *tracking, f"hydra.sweep.dir={ROOT / 'multirun' / args.name / str(index)}"] for index, sweep in enumerate(spec["sweeps"])
     ]
     reports = []
     for index, report in enumerate(spec.get("reports", [])):
@@ -99,8 +110,7 @@ def main() -> int:
     first = spec.get("reports", [{}])[0].get("args", [])
     curve_rows = spec.get("curves_rows") or (first[first.index("--rows") + 1] if "--rows" in first else "adapt.name")
     # Learning curves and per-run cost: the evidence that the runs trained to convergence.
-    reports.append([sys.executable, "-m", "tlbench.report.curves", "--uri", uri, "--experiment", args.name,
-                    "--rows", curve_rows, "--out", str(out)])
+    reports.append([sys.executable, "-m", "tlbench.report.curves", "--uri", uri, "--experiment", args.name, "--rows", curve_rows, "--out", str(out)])
     commands = reports if args.report_only else sweeps + reports
     if args.sweeps:
         commands = [sweeps[int(i)] for i in args.sweeps.split(",")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlbench.cli import compose  # noqa: F401  (re-exported for the tests)
+from tlbench.composition import compose_config as compose  # noqa: F401  (re-exported for the tests)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -33,7 +33,6 @@ def tiny_run(tmp_path, uri: str, extra=()):
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
 
 
 def interrupt_at_epoch(epoch: int):

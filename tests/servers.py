@@ -56,13 +56,15 @@ class PostgresCluster:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
-        subprocess.run([str(postgres_bin() / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [str(postgres_bin() / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name], check=True, capture_output=True, timeout=60
+        )
         return self.url(name)
 
     def stop(self) -> None:
-        subprocess.run(_as_db_user([str(postgres_bin() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"]),
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            _as_db_user([str(postgres_bin() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"]), capture_output=True, timeout=60
+        )
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -75,11 +77,16 @@ def start_postgres() -> PostgresCluster:
         shutil.chown(folder, "postgres", "postgres")
     cluster = PostgresCluster(folder, free_port())
     data = folder / "data"
-    subprocess.run(_as_db_user([str(binaries / "initdb"), "-D", str(data), "-U", cluster.user, "--auth=trust", "-E", "UTF8"]),
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        _as_db_user([str(binaries / "initdb"), "-D", str(data), "-U", cluster.user, "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True, timeout=120
+    )
     options = f"-h 127.0.0.1 -p {cluster.port} -k {folder} -c fsync=off -c max_connections=200"
-    subprocess.run(_as_db_user([str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]),
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        _as_db_user([str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return cluster
 
 
@@ -111,8 +118,21 @@ def start_mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, time
     """`mlflow server` with proxied artifacts (clients upload through the server into `artifacts`)."""
     port = free_port()
     command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts), "--serve-artifacts",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
     ]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     server = MlflowServer(process, port, artifacts)

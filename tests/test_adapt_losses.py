@@ -91,9 +91,7 @@ def test_domain_adversarial_loss_matches_hand_bce_accuracy_and_reverses_gradient
 def test_domain_adversarial_loss_weighted_mean():
     inputs_s = torch.tensor([[2.0], [-1.0]])
     inputs_t = torch.tensor([[-3.0], [0.5]])
-    loss, _ = domain_adversarial_loss(
-        _identity_discriminator(), inputs_s, inputs_t, 1.0, torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
-    )
+    loss, _ = domain_adversarial_loss(_identity_discriminator(), inputs_s, inputs_t, 1.0, torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]))
     expected = (2 * _softplus(-2.0) + _softplus(-3.0) + _softplus(0.5)) / 4
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import compose
 from omegaconf import OmegaConf
 from torch import nn
 
 from tlbench.adapt import ADAPTERS
 from tlbench.adapt.layers import DomainDiscriminator, dann_lambda
 from tlbench.errors import ConfigError
-
-from helpers import compose
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "adapt"
 YAMLS = sorted(CONF_DIR.glob("*.yaml"))
@@ -92,20 +91,20 @@ def _train_step(node, progress: float = 0.5):
     extra = {}
     if adapter.runs_before_epoch:
         adapter.before_epoch(TinyModel(backbone, head), [images_t[:5], images_t[5:]])
-    if adapter.needs_target_index:
+    if adapter.needs.target_index:
         extra["target_index"] = torch.arange(8)
-    if adapter.needs_target:
-        views = [images_s, images_t] + ([images_t.flip(-1)] if adapter.needs_strong_view else [])
+    if adapter.needs.target:
+        views = [images_s, images_t] + ([images_t.flip(-1)] if adapter.needs.strong_view else [])
         features = backbone(torch.cat(views)).split(8)
         features_s, features_t = features[0], features[1]
         logits_s, logits_t = head(features_s), head(features_t)
-        if adapter.needs_strong_view:
+        if adapter.needs.strong_view:
             extra["logits_t_strong"] = head(features[2])
     else:
         features_s, features_t = backbone(images_s), None
         logits_s, logits_t = head(features_s), None
     # step: halfway through a 1,000-step run, so ramps in absolute steps (TLlib recipes) are past 0 too
-    source = (features_s, logits_s, labels_s) if adapter.uses_source else (None, None, None)
+    source = (features_s, logits_s, labels_s) if adapter.needs.source else (None, None, None)
     out = adapter.loss(source[0], features_t, source[1], logits_t, source[2], progress, step=int(progress * 1000), **extra)
     return backbone, head, adapter, F.cross_entropy(logits_s, labels_s), out
 
@@ -120,7 +119,7 @@ def test_one_training_step_is_finite_and_reaches_the_backbone(path):
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     for key, value in out.logs.items():
         assert torch.is_tensor(value) and value.dim() == 0 and torch.isfinite(value), key
-    if adapter.needs_target:
+    if adapter.needs.target:
         # the adaptation loss on its own must move the backbone (and any discriminator)
         out.loss.backward(retain_graph=True)
         grads = _grads(backbone.parameters())
@@ -288,9 +287,7 @@ def test_wrong_type_or_name_is_a_config_error(node):
         ADAPTERS.validate(node)
 
 
-@pytest.mark.parametrize(
-    "node", [{"name": "mcc", "temperature": 0.0}, {"name": "dan", "kernel_multipliers": [1.0, -2.0]}]
-)
+@pytest.mark.parametrize("node", [{"name": "mcc", "temperature": 0.0}, {"name": "dan", "kernel_multipliers": [1.0, -2.0]}])
 def test_impossible_values_are_a_config_error_at_build(node):
     with pytest.raises(ConfigError):
         ADAPTERS.build(node, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM)

@@ -8,13 +8,13 @@ import textwrap
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import TINY, tiny_run
 
 import tlbench
 from tlbench import api
+from tlbench.checkpoint_io import CHECKPOINT_KEY
 from tlbench.errors import TlbenchError
 from tlbench.module import TransferModule
-
-from helpers import TINY, tiny_run
 
 
 def example_code() -> str:
@@ -59,7 +59,7 @@ def test_load_from_checkpoint_rebuilds_the_model(tmp_path):
 
     # a checkpoint written without the config (e.g. by the `tlbench` command) needs it given
     bare = torch.load(tmp_path / "model.ckpt", weights_only=True)
-    del bare[api.CHECKPOINT_KEY]
+    del bare[CHECKPOINT_KEY]
     torch.save(bare, tmp_path / "bare.ckpt")
     with pytest.raises(TlbenchError, match="run_config"):
         TransferModule.load_from_checkpoint(tmp_path / "bare.ckpt")

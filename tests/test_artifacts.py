@@ -7,14 +7,13 @@ import mlflow.pyfunc
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_run
 from mlflow.tracking import MlflowClient
 
 import tlbench
 from tlbench.data.datamodule import DomainDataModule
 from tlbench.run_artifacts import AUTO_MODEL_MAX_PARAMS, should_log_model
 from tlbench.train import train
-
-from helpers import tiny_run
 
 
 def _artifact_sizes(client, run_id: str, path: str | None = None) -> dict[str, int]:
@@ -29,8 +28,7 @@ def test_run_logs_a_pyfunc_model_that_predicts_like_the_selected_checkpoint(tmp_
     result = train(run)
     client = MlflowClient(mlflow_uri)
     sizes = _artifact_sizes(client, result["run_id"])
-    assert {"model/MLmodel", "plots/learning_curves.png", "plots/confusion_source_test.png",
-            "plots/confusion_target_test.png"} <= set(sizes)
+    assert {"model/MLmodel", "plots/learning_curves.png", "plots/confusion_source_test.png", "plots/confusion_target_test.png"} <= set(sizes)
     assert sum(sizes.values()) < 3_000_000, sizes  # a tiny run stays small
     assert any(path.startswith("model/") and path.endswith("model.ckpt") for path in sizes)
 
@@ -47,10 +45,15 @@ def test_run_logs_a_pyfunc_model_that_predicts_like_the_selected_checkpoint(tmp_
     assert tuple(inputs.shape[1:]) == images.shape[1:] and inputs.type == np.dtype("uint8")
 
 
-@pytest.mark.parametrize("log_model, params, expected", [
-    (None, AUTO_MODEL_MAX_PARAMS, True), (None, AUTO_MODEL_MAX_PARAMS + 1, False),
-    (True, AUTO_MODEL_MAX_PARAMS + 1, True), (False, 10, False),
-])
+@pytest.mark.parametrize(
+    "log_model, params, expected",
+    [
+        (None, AUTO_MODEL_MAX_PARAMS, True),
+        (None, AUTO_MODEL_MAX_PARAMS + 1, False),
+        (True, AUTO_MODEL_MAX_PARAMS + 1, True),
+        (False, 10, False),
+    ],
+)
 def test_models_are_logged_automatically_only_when_small(log_model, params, expected):
     module = torch.nn.Linear(params - 1, 1)  # weight (params-1) + bias 1
     assert should_log_model(log_model, module) is expected

@@ -7,13 +7,12 @@ import copy
 
 import pytest
 import torch
+from helpers import CONF_DIR, compose
 from omegaconf import OmegaConf
 from torch import nn
 
 from tlbench.backbones import BACKBONES, Backbone
 from tlbench.errors import ConfigError
-
-from helpers import CONF_DIR, compose
 
 torch.set_num_threads(1)
 
@@ -161,9 +160,7 @@ def test_efficientnet_lite0_weights_recognise_a_photo():
     image = torch.from_numpy(load_sample_image("china.jpg").copy()).permute(2, 0, 1)[None]
     h, w = image.shape[-2:]
     scale = 224 / min(h, w)
-    resized = nn.functional.interpolate(
-        image.float(), size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True, align_corners=False
-    )
+    resized = nn.functional.interpolate(image.float(), size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True, align_corners=False)
     top, left = (resized.shape[-2] - 224) // 2, (resized.shape[-1] - 224) // 2
     crop = resized[..., top : top + 224, left : left + 224].round().clamp(0, 255).to(torch.uint8)
     x = backbone.preprocessing(crop)
@@ -198,8 +195,16 @@ def test_preprocessing_comes_from_weight_metadata():
 def test_every_backbone_yaml_validates():
     files = sorted((CONF_DIR / "backbone").glob("*.yaml"))
     assert {f.stem for f in files} >= {
-        "efficientnet_lite0", "small_cnn", "lenet", "dtn", "resnet18", "resnet50", "vgg16",
-        "mobilenet_v3_small", "inception_v3", "timm",
+        "efficientnet_lite0",
+        "small_cnn",
+        "lenet",
+        "dtn",
+        "resnet18",
+        "resnet50",
+        "vgg16",
+        "mobilenet_v3_small",
+        "inception_v3",
+        "timm",
     }
     for path in files:
         node = OmegaConf.load(path)

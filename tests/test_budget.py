@@ -67,3 +67,49 @@ def test_datamodule_applies_budget_to_source_train_only():
     assert len(module.source.val) > 40 and len(module.target.test) > 40
     again = DomainDataModule(cfg, seed=0)
     assert torch.equal(again.source_train.images, module.source_train.images)
+
+
+def test_validation_cap_takes_k_per_class_from_source_val_only():
+    from tlbench.data.datamodule import DomainDataModule
+
+    cfg = DataConfig(source="sklearn_digits", target="sklearn_digits", labels_per_class=4, val_labels_per_class=2)
+    module = DomainDataModule(cfg, seed=0)
+    assert torch.bincount(module.source_val.labels).tolist() == [2] * 10
+    assert torch.bincount(module.source_train.labels).tolist() == [4] * 10
+    assert len(module.target_test) == len(module.target.test)  # the test split is untouched
+    # the capped images are images of the validation split (no training image leaks in)
+    val_rows = {bytes(x.numpy()) for x in module.source.val.images}
+    assert all(bytes(x.numpy()) in val_rows for x in module.source_val.images)
+    assert module.summary()["source_val_size"] == 20
+    assert len(module.val_dataloader()[0]) * cfg.batch_size >= 20
+
+
+def test_validation_cap_larger_than_a_class_names_its_setting():
+    from tlbench.data.datamodule import DomainDataModule
+
+    with pytest.raises(ConfigError, match="data.val_labels_per_class: 500 requested but class 0 has only .* validation images"):
+        DomainDataModule(DataConfig(source="sklearn_digits", target="sklearn_digits", val_labels_per_class=500), seed=0)
+
+
+def test_whole_target_evaluation_measures_every_target_image():
+    from tlbench.data.datamodule import DomainDataModule
+
+    split = DomainDataModule(DataConfig(synthetic_size=300), seed=0)
+    whole = DomainDataModule(DataConfig(synthetic_size=300, target_eval="whole"), seed=0)
+    target = whole.target
+    assert len(whole.target_test) == len(target.train) + len(target.val) + len(target.test) == 1797  # all of sklearn's digits
+    assert len(split.target_test) == len(split.target.test) < 1797
+    assert isinstance(whole.target_test, TensorImages)  # stays in memory: the fast loader
+    assert torch.bincount(whole.target_test.labels).sum() == 1797
+    assert whole.summary()["target_test_size"] == 1797
+
+
+def test_whole_target_evaluation_is_refused_in_domain():
+    from helpers import compose
+
+    from tlbench.config import validate
+
+    with pytest.raises(ConfigError, match="target_eval=whole.*labelled training images"):
+        validate(compose(["data.target=synthetic_digits", "data.target_eval=whole"]))
+    with pytest.raises(ConfigError, match="data.target_eval"):
+        validate(compose(["data.target_eval=all"]))

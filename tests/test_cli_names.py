@@ -9,12 +9,11 @@ import sys
 from itertools import product
 from pathlib import Path
 
+from helpers import TINY, compose
 from mlflow.tracking import MlflowClient
 
 from tlbench.config import validate
 from tlbench.train import default_run_name
-
-from helpers import TINY, compose
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,8 +36,7 @@ def test_names_keep_what_differs_from_the_defaults():
 
 
 def test_cli_run_has_standard_tags_and_its_overrides(tmp_path, mlflow_uri):
-    overrides = [*TINY, "trainer.max_epochs=1", "adapt=dann", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt",
-                 f"hydra.run.dir={tmp_path}/out"]
+    overrides = [*TINY, "trainer.max_epochs=1", "adapt=dann", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt", f"hydra.run.dir={tmp_path}/out"]
     result = subprocess.run([sys.executable, "-m", "tlbench", *overrides], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "INFO mlflow" not in result.stdout + result.stderr  # no store-creation chatter from MLflow

@@ -7,21 +7,22 @@ import logging
 import re
 
 import pandas as pd
+from helpers import tiny_run
 
 from tlbench.runs import SUMMARY_WIDTH, load_runs, summary_table
 from tlbench.train import train
 
-from helpers import tiny_run
-
 
 def test_summary_table_fits_the_width_and_cuts_long_names():
-    runs = pd.DataFrame({
-        "run_name": ["dann s0 · small_cnn · digits", "x" * 300],
-        "status": ["FINISHED", "FAILED"],
-        "metrics.test/target_acc": [0.51234, float("nan")],
-        "metrics.test/source_acc": [0.9, float("nan")],
-        "metrics.selected_epoch": [0.0, float("nan")],
-    })
+    runs = pd.DataFrame(
+        {
+            "run_name": ["dann s0 · small_cnn · digits", "x" * 300],
+            "status": ["FINISHED", "FAILED"],
+            "metrics.test/target_acc": [0.51234, float("nan")],
+            "metrics.test/source_acc": [0.9, float("nan")],
+            "metrics.selected_epoch": [0.0, float("nan")],
+        }
+    )
     lines = summary_table(runs).splitlines()
     assert max(len(line) for line in lines) <= SUMMARY_WIDTH
     assert len(lines[3].split("|")[1].strip()) >= 50  # what is cut is the run name, and only that
@@ -35,10 +36,7 @@ def test_selected_epoch_is_the_logged_epoch_with_the_best_validation(tmp_path, m
     """The table's epoch is the 1-based epoch whose logged val/source_acc selected the checkpoint."""
     caplog.set_level(logging.INFO, logger="tlbench")
     train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2"]))
-    logged = {
-        int(m.group(1)): float(m.group(2))
-        for m in (re.search(r"epoch (\d+)/2 .*val/source_acc=([\d.]+)", r.getMessage()) for r in caplog.records) if m
-    }
+    logged = {int(m.group(1)): float(m.group(2)) for m in (re.search(r"epoch (\d+)/2 .*val/source_acc=([\d.]+)", r.getMessage()) for r in caplog.records) if m}
     assert sorted(logged) == [1, 2]
     best = min(epoch for epoch, acc in logged.items() if acc == max(logged.values()))  # ties: the first best
     row = summary_table(load_runs(mlflow_uri)).splitlines()[2]
@@ -75,8 +73,12 @@ def test_sweep_size_counts_command_line_overrides_over_a_presets_sweep_params():
     from tlbench.paths import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        for overrides, jobs in ((["experiment=da_digits"], 18), (["experiment=da_digits", "adapt=shot"], 3),
-                                (["experiment=da_digits", "adapt=shot", "seed=0,1"], 2), (["adapt=dann,coral", "seed=0,1"], 4)):
+        for overrides, jobs in (
+            (["experiment=da_digits"], 18),
+            (["experiment=da_digits", "adapt=shot"], 3),
+            (["experiment=da_digits", "adapt=shot", "seed=0,1"], 2),
+            (["adapt=dann,coral", "seed=0,1"], 4),
+        ):
             preset = [o for o in overrides if o.startswith("experiment=")]  # compose takes no sweeps; the task list does
             config = hydra_compose(config_name="config", overrides=preset, return_hydra_config=True)
             config.hydra.overrides.task = overrides
@@ -103,14 +105,18 @@ def test_trainer_gpu_without_a_gpu_is_one_line_and_a_failed_run(tmp_path, mlflow
 
     import pytest
     import torch
-    from mlflow.tracking import MlflowClient
-
     from helpers import TINY
+    from mlflow.tracking import MlflowClient
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = subprocess.run([sys.executable, "-m", "tlbench", *TINY, "trainer=gpu", f"tracking.uri={mlflow_uri}",
-                             f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", *TINY, "trainer=gpu", f"tracking.uri={mlflow_uri}", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("tlbench: error:")]

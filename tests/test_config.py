@@ -8,20 +8,17 @@ import sys
 
 import pytest
 import yaml
+from helpers import CONF_DIR, compose, group_options
 from omegaconf import OmegaConf
 
 from tlbench.config import GROUP_SCHEMAS, DataConfig, flatten, to_plain_dict, validate
 from tlbench.errors import ConfigError, one_line
 
-from helpers import CONF_DIR, compose, group_options
-
 # A quick, offline data/backbone pair so that validation tests never touch large data.
 FAST = ["backbone=small_cnn", "data=digits"]
 
 
-@pytest.mark.parametrize(
-    "group", ["backbone", "freeze", "data", "adapt", "trainer", "tracking", "experiment"]
-)
+@pytest.mark.parametrize("group", ["backbone", "freeze", "data", "adapt", "trainer", "tracking", "experiment"])
 def test_every_group_option_composes_and_validates(group):
     options = group_options(group)
     assert options, f"conf/{group} has no yaml"
@@ -127,8 +124,7 @@ def test_every_group_option_instantiates(group):
 def test_group_yaml_extends_its_dataclass_and_lists_only_differences(group):
     """Defaults live in one place: a yaml option of a typed group lists only values that differ."""
     schema = GROUP_SCHEMAS[group]
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(schema)}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(schema)}
     paths = sorted((CONF_DIR / group).glob("*.yaml"))
     assert paths
     for path in paths:
@@ -176,16 +172,20 @@ def test_trainer_options_pass_through_to_lightning_and_bad_keys_are_one_line(tmp
         trainer_arguments(validate(compose(["+trainer.options.logger=false"])).trainer)
 
 
-def test_an_empty_trainer_options_leaves_config_hashes_unchanged():
+def test_fields_added_later_leave_config_hashes_unchanged_at_their_neutral_value():
     from tlbench.tracking import config_hash
 
     run = validate(compose([]))
-    with_options = validate(compose(["+trainer.options.benchmark=true"]))
-    assert config_hash(run) != config_hash(with_options)
+    for changed in (["+trainer.options.benchmark=true"], ["data.val_labels_per_class=5"], ["data.target_eval=whole"]):
+        assert config_hash(run) != config_hash(validate(compose(changed))), changed
     plain = dataclasses.asdict(run)
-    plain["trainer"].pop("options")  # what a run recorded before the field existed
+    plain["trainer"].pop("options")  # what a run recorded before the fields existed
+    plain["data"].pop("val_labels_per_class")
+    plain["data"].pop("target_eval")
+    import hashlib
+    import json
+
     from tlbench.config import flatten
-    import hashlib, json
     from tlbench.tracking import NON_SEMANTIC_KEYS
 
     semantic = {k: v for k, v in flatten(plain).items() if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)}

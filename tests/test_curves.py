@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from helpers import tiny_run
+
 from tlbench.hydra_callbacks import seed_averaged_table
 from tlbench.report.curves import write_curves
 from tlbench.report.sources import StoreSource

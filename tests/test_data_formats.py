@@ -443,11 +443,14 @@ def test_feature_cache_entries_are_verified_and_rebuilt_when_damaged_or_for_anot
     monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path))
     backbone = build(compose(["backbone=small_cnn", "data=digits", "data.synthetic_size=200"]))[0].backbone
     generator = torch.Generator().manual_seed(0)
-    splits = {name: TensorImages(torch.randint(0, 255, (40, 3, 16, 16), dtype=torch.uint8, generator=generator), torch.arange(40) % 4)
-              for name in ("train", "val")}
+    splits = {
+        name: TensorImages(torch.randint(0, 255, (40, 3, 16, 16), dtype=torch.uint8, generator=generator), torch.arange(40) % 4) for name in ("train", "val")
+    }
     keys = {name: {"split": name} for name in splits}
     fresh = {name: featurize_split(backbone, splits[name], keys[name]).images.clone() for name in splits}
-    entries = {name: next(p for p in (tmp_path / "features").glob("*.pt") if torch.load(p, weights_only=True)["key"].endswith(f'"{name}"}}')) for name in splits}
+    entries = {
+        name: next(p for p in (tmp_path / "features").glob("*.pt") if torch.load(p, weights_only=True)["key"].endswith(f'"{name}"}}')) for name in splits
+    }
 
     def damage_and_reload(how):
         how(entries["train"])

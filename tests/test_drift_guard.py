@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import compose
 from mlflow.tracking import MlflowClient
 
 from tlbench.config import validate
 from tlbench.train import train
-
-from helpers import compose
 
 REFERENCE = Path(__file__).with_name("drift_guard.json")
 TOLERANCE = 3.0  # accuracy points
@@ -64,4 +63,5 @@ def test_the_fixed_protocol_still_gives_the_committed_numbers(arm, tmp_path, mlf
     for key in ("target_test_acc", "source_val_acc"):
         assert abs(measured[key] - expected[key]) <= TOLERANCE, (
             f"{arm}: {key} drifted from the committed {expected[key]:.2f} to {measured[key]:.2f} "
-            f"(tolerance {TOLERANCE} points); if the change is intended, rewrite tests/drift_guard.json")
+            f"(tolerance {TOLERANCE} points); if the change is intended, rewrite tests/drift_guard.json"
+        )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from helpers import tiny_run
 from mlflow.tracking import MlflowClient
 
 from tlbench.evaluate import main as eval_main
 from tlbench.train import train
-
-from helpers import tiny_run
 
 
 def test_eval_reproduces_the_run_and_scores_a_new_target_as_a_child_run(tmp_path, mlflow_uri, capsys):
@@ -20,8 +19,9 @@ def test_eval_reproduces_the_run_and_scores_a_new_target_as_a_child_run(tmp_path
     assert f"test/target_acc={original['test/target_acc']:.4f}" in capsys.readouterr().out
     # the source domain as the target: its test split is the one test/source_acc was measured on
     assert eval_main([original["run_id"], "data.target=synthetic_digits", "--uri", mlflow_uri, "--checkpoint-dir", run.checkpoint_dir]) == 0
-    children = client.search_runs([client.get_run(original["run_id"]).info.experiment_id], f"tags.eval_of = '{original['run_id']}'",
-                                  order_by=["attributes.start_time ASC"])
+    children = client.search_runs(
+        [client.get_run(original["run_id"]).info.experiment_id], f"tags.eval_of = '{original['run_id']}'", order_by=["attributes.start_time ASC"]
+    )
     assert len(children) == 2 and all(c.data.tags["mlflow.parentRunId"] == original["run_id"] for c in children)
     rescored = children[1]
     assert rescored.info.status == "FINISHED" and rescored.data.params["eval.target"] == "synthetic_digits"

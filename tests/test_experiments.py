@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import CONF_DIR, compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tlbench.config import validate
-
-from helpers import CONF_DIR, compose
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 SPECS = sorted(EXPERIMENTS.glob("*/spec.yaml"))
@@ -44,10 +43,7 @@ def grid_size(sweep: list[str]) -> int:
 def _variants(sweep: list[str]) -> list[list[str]]:
     """The first grid point, plus one variant per extra value of every swept key (preset params included)."""
     parsed = OverridesParser.create().parse_overrides(with_preset_params(sweep))
-    options = [
-        [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
-        for o in parsed
-    ]
+    options = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line] for o in parsed]
     first = [choices[0] for choices in options]
     variants = [first]
     for index, choices in enumerate(options):
@@ -69,12 +65,18 @@ def test_spec_sweeps_compose_and_validate(spec_path):
             assert reference["values"], spec_path
 
 
-@pytest.mark.parametrize("sweep, runs", [
-    (["experiment=da_digits"], 18), (["experiment=da_digits", "adapt=source_only", "batch_composition=separate"], 3),
-    (["experiment=da_fashion"], 18), (["experiment=da_fashion", "seed=2"], 6),
-    (["experiment=transfer_vs_scratch"], 27), (["experiment=transfer_vs_scratch", "freeze=linear_probe", "optim.lr=0.01"], 9),
-    (["experiment=quickstart"], 4),
-])
+@pytest.mark.parametrize(
+    "sweep, runs",
+    [
+        (["experiment=da_digits"], 18),
+        (["experiment=da_digits", "adapt=source_only", "batch_composition=separate"], 3),
+        (["experiment=da_fashion"], 18),
+        (["experiment=da_fashion", "seed=2"], 6),
+        (["experiment=transfer_vs_scratch"], 27),
+        (["experiment=transfer_vs_scratch", "freeze=linear_probe", "optim.lr=0.01"], 9),
+        (["experiment=quickstart"], 4),
+    ],
+)
 def test_reproductions_are_hydra_presets_whose_grid_the_sweeper_expands(sweep, runs):
     """`tlbench -m experiment=<reproduction>` runs the whole grid from the preset's hydra.sweeper.params;
     a command-line override of a swept key replaces its values."""
@@ -90,7 +92,10 @@ def test_spec_sweeps_name_their_preset_instead_of_restating_it():
 def test_runner_lists_missing_data_and_does_not_start(tmp_path):
     result = subprocess.run(
         [sys.executable, str(EXPERIMENTS / "run.py"), "tllib_digits"],
-        capture_output=True, text=True, timeout=120, env={"TLBENCH_DATA": str(tmp_path), "TLBENCH_OFFLINE": "1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"TLBENCH_DATA": str(tmp_path), "TLBENCH_OFFLINE": "1", "PATH": ""},
     )
     assert result.returncode == 2
     assert "mnist" in result.stdout and "usps" in result.stdout and "svhn" in result.stdout

@@ -11,8 +11,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-
 from helpers import CONF_DIR, compose
+
 from tlbench.compare.spec import load_spec, spec_from_dict
 from tlbench.errors import ConfigError
 from tlbench.report.compare import holm, t_interval
@@ -22,32 +22,39 @@ SHARED = {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
 
 
 def spec(**changes):
-    raw = {"tuning": {"n_trials": 2, "seed": 100}, "eval_seeds": [0, 1, 2, 3, 4], "shared": SHARED,
-           "arms": {"source_only": {"overrides": ["adapt=source_only"]}, "dann": {"overrides": ["adapt=dann"]}}}
+    raw = {
+        "tuning": {"n_trials": 2, "seed": 100},
+        "eval_seeds": [0, 1, 2, 3, 4],
+        "shared": SHARED,
+        "arms": {"source_only": {"overrides": ["adapt=source_only"]}, "dann": {"overrides": ["adapt=dann"]}},
+    }
     raw.update(changes)
     return spec_from_dict("t", raw)
 
 
 # ------------------------------------------------------------------ the spec refuses what is not fair
-@pytest.mark.parametrize("changes, message", [
-    ({"eval_seeds": [0, 1, 2, 3, 100]}, "disjoint"),
-    ({"eval_seeds": [0, 1, 2]}, "at least 5"),
-    ({"rule": "oracle"}, "without target labels"),
-    ({"rule": "last"}, "without target labels"),
-    ({"tuning": {"n_trials": 0}}, "n_trials"),
-    ({"tuning": {"n_trials": 2, "sampler": "grid"}}, "sampler"),
-    ({"tuning": {"n_trials": 2, "trials_for_dann": 9}}, "unknown tuning key"),
-    ({"baseline": "erm"}, "baseline 'erm' is not an arm"),
-    ({"shared": None}, "searches nothing"),
-    ({"sensitivity": {"arms": ["cdan"], "key": "adapt.trade_off", "values": [1]}}, "unknown: cdan"),
-    ({"budget": 3}, "unknown key"),
-    # a source-free arm: it cannot be chosen by source validation, and its source model needs a labelled arm
-    ({"arms": {"source_only": {}, "shot": {"source_phase": {"arm": "source_only"}}}}, "reads the source split"),
-    ({"arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "erm"}}}}, "is not an arm"),
-    ({"arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "source_only", "fraction": 1}}}}, "strictly between"),
-    ({"arms": {"source_only": {}, "shot": {"rule": "oracle", "source_phase": {"arm": "source_only"}}}}, "without target labels"),
-    ({"baseline": "shot", "arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "source_only"}}}}, "is source-free"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"eval_seeds": [0, 1, 2, 3, 100]}, "disjoint"),
+        ({"eval_seeds": [0, 1, 2]}, "at least 5"),
+        ({"rule": "oracle"}, "without target labels"),
+        ({"rule": "last"}, "without target labels"),
+        ({"tuning": {"n_trials": 0}}, "n_trials"),
+        ({"tuning": {"n_trials": 2, "sampler": "grid"}}, "sampler"),
+        ({"tuning": {"n_trials": 2, "trials_for_dann": 9}}, "unknown tuning key"),
+        ({"baseline": "erm"}, "baseline 'erm' is not an arm"),
+        ({"shared": None}, "searches nothing"),
+        ({"sensitivity": {"arms": ["cdan"], "key": "adapt.trade_off", "values": [1]}}, "unknown: cdan"),
+        ({"budget": 3}, "unknown key"),
+        # a source-free arm: it cannot be chosen by source validation, and its source model needs a labelled arm
+        ({"arms": {"source_only": {}, "shot": {"source_phase": {"arm": "source_only"}}}}, "reads the source split"),
+        ({"arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "erm"}}}}, "is not an arm"),
+        ({"arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "source_only", "fraction": 1}}}}, "strictly between"),
+        ({"arms": {"source_only": {}, "shot": {"rule": "oracle", "source_phase": {"arm": "source_only"}}}}, "without target labels"),
+        ({"baseline": "shot", "arms": {"source_only": {}, "shot": {"rule": "im", "source_phase": {"arm": "source_only"}}}}, "is source-free"),
+    ],
+)
 def test_spec_refuses_unfair_or_broken_protocols(changes, message):
     with pytest.raises(ConfigError, match=message):
         spec(**changes)
@@ -68,7 +75,7 @@ def test_committed_comparisons_compose_every_arm_at_its_search_bounds(name):
     s = load_spec(name)
     for arm in s.arms.values():
         for key, param in arm.params.items():
-            for value in (param.choices if param.type == "categorical" else [param.low, param.high]):
+            for value in param.choices if param.type == "categorical" else [param.low, param.high]:
                 run = validate(compose([*arm_overrides(s, arm), f"{key}={value}"]))
                 assert run.selection == s.rule_of(arm.name)
     if s.upper_bound:
@@ -94,14 +101,24 @@ def test_t_interval_matches_the_textbook_value():
 # ------------------------------------------------------------------ a real, tiny comparison end to end
 TINY_COMPARISON = {
     "experiment": "tiny_fair",
-    "overrides": ["backbone=small_cnn", "data=digits", "data.synthetic_size=300", "data.batch_size=16",
-                  "trainer.max_epochs=2", "trainer.steps_per_epoch=2", "trainer.enable_progress_bar=false", "tracking.plots=false"],
+    "overrides": [
+        "backbone=small_cnn",
+        "data=digits",
+        "data.synthetic_size=300",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
+        "trainer.steps_per_epoch=2",
+        "trainer.enable_progress_bar=false",
+        "tracking.plots=false",
+    ],
     "tuning": {"n_trials": 2, "seed": 100, "sampler": "random", "pruner": "none"},
     "eval_seeds": [0, 1, 2, 3, 4],
     "shared": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
-    "arms": {"source_only": {"overrides": ["adapt=source_only"]},
-             "coral": {"overrides": ["adapt=coral"], "params": {"adapt.ramp": {"type": "categorical", "choices": [True, False]}}},
-             "shot": {"overrides": ["adapt=shot"], "rule": "im", "source_phase": {"arm": "source_only", "fraction": 0.5}}},
+    "arms": {
+        "source_only": {"overrides": ["adapt=source_only"]},
+        "coral": {"overrides": ["adapt=coral"], "params": {"adapt.ramp": {"type": "categorical", "choices": [True, False]}}},
+        "shot": {"overrides": ["adapt=shot"], "rule": "im", "source_phase": {"arm": "source_only", "fraction": 0.5}},
+    },
     "upper_bound": {"name": "train_on_target", "arm": "source_only", "overrides": ["data.source=sklearn_digits"]},
 }
 
@@ -124,7 +141,10 @@ def test_tiny_comparison_tunes_every_arm_equally_and_rebuilds_from_its_export(tm
     assert set(tune["params.seed"]) == {100}
     evaluated = runs[runs["tags.compare.stage"] == "eval"]
     assert evaluated.groupby("tags.compare.arm")["params.seed"].apply(sorted).to_dict() == {
-        "coral": [0, 1, 2, 3, 4], "shot": [0, 1, 2, 3, 4], "source_only": [0, 1, 2, 3, 4]}
+        "coral": [0, 1, 2, 3, 4],
+        "shot": [0, 1, 2, 3, 4],
+        "source_only": [0, 1, 2, 3, 4],
+    }
     children = runs[runs["tags.compare.stage"].notna() & runs["params.seed"].notna()]
     labelled = children["tags.compare.arm"] != "shot"
     assert set(children.loc[labelled, "params.selection"]) == {"source_val"}  # every run chose its epoch label-free
@@ -154,7 +174,13 @@ def test_tiny_comparison_tunes_every_arm_equally_and_rebuilds_from_its_export(tm
     assert set(upper["params.data.source"]) == {"sklearn_digits"} and len(upper) == 5
 
     table = (out / "table.md").read_text()
-    assert "| coral | method |" in table and "| shot | method |" in table and "chosen by rule 'im'" in table and "p (Holm)" in table and "| train_on_target | upper bound (target labels) |" in table
+    assert (
+        "| coral | method |" in table
+        and "| shot | method |" in table
+        and "chosen by rule 'im'" in table
+        and "p (Holm)" in table
+        and "| train_on_target | upper bound (target labels) |" in table
+    )
     assert "ORACLE" in (out / "oracle.md").read_text() and "ORACLE" not in table
 
     assert report_main(["--from", str(out / "runs.csv"), "--out", str(tmp_path / "again")]) == 0

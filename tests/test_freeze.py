@@ -55,8 +55,7 @@ class TinyBackbone(Backbone):
         self.preprocessing = Preprocessing(input_size=SIZE, mean=(0.5,) * 3, std=(0.25,) * 3)
         self.out_features = WIDTH
         self.stage_modules = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(3 if i == 0 else WIDTH, WIDTH, 3, padding=1), nn.BatchNorm2d(WIDTH), nn.ReLU())
-            for i in range(NUM_STAGES)
+            nn.Sequential(nn.Conv2d(3 if i == 0 else WIDTH, WIDTH, 3, padding=1), nn.BatchNorm2d(WIDTH), nn.ReLU()) for i in range(NUM_STAGES)
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
@@ -110,19 +109,19 @@ class Recorder(pl.Callback):
         self.epochs: list[dict] = []
 
     def _snapshot(self, module):
-        return {k: v.detach().clone() for k, v in module.backbone.state_dict().items()}, [
-            p.detach().clone() for p in module.head.parameters()
-        ]
+        return {k: v.detach().clone() for k, v in module.backbone.state_dict().items()}, [p.detach().clone() for p in module.head.parameters()]
 
     def on_train_epoch_start(self, trainer, module):
         groups = trainer.optimizers[0].param_groups
-        self.epochs.append({
-            "start": self._snapshot(module),
-            "lrs": {g["name"]: g["lr"] for g in groups},
-            "group_params": {g["name"]: [id(p) for p in g["params"]] for g in groups},
-            "grads": set(),
-            "bn_training": set(),
-        })
+        self.epochs.append(
+            {
+                "start": self._snapshot(module),
+                "lrs": {g["name"]: g["lr"] for g in groups},
+                "group_params": {g["name"]: [id(p) for p in g["params"]] for g in groups},
+                "grads": set(),
+                "bn_training": set(),
+            }
+        )
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         for name, sub in module.backbone.named_modules():
@@ -152,9 +151,17 @@ def fit(schedule, epochs: int = EPOCHS):
     module = TransferModule(backbone, nn.Linear(WIDTH, NUM_CLASSES), adapter, schedule, optim, NUM_CLASSES)
     recorder = Recorder()
     trainer = pl.Trainer(
-        max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", devices=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[recorder],
+        max_epochs=epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[recorder],
     )
     trainer.fit(module, datamodule=TinyData())
     return module, recorder, initial
@@ -177,9 +184,7 @@ def test_yaml_lists_every_field_with_its_default(path):
 
 
 def test_only_scratch_skips_pretrained_weights():
-    assert {p.stem: build_schedule(p.stem).uses_pretrained for p in YAMLS} == {
-        p.stem: p.stem != "scratch" for p in YAMLS
-    }
+    assert {p.stem: build_schedule(p.stem).uses_pretrained for p in YAMLS} == {p.stem: p.stem != "scratch" for p in YAMLS}
 
 
 # ------------------------------------------------------------ training, per epoch
@@ -228,8 +233,13 @@ def test_schedule_trains_exactly_the_expected_stages(name, bn_policy):
 def test_always_frozen_prefix_matches_the_schedules():
     prefixes = {p.stem: build_schedule(p.stem).always_frozen_prefix(NUM_STAGES, EPOCHS) for p in YAMLS}
     assert prefixes == {
-        "full": 0, "scratch": 0, "discriminative": 0, "lp_ft": 0,
-        "linear_probe": 4, "freeze_first_k": 3, "gradual": 1,
+        "full": 0,
+        "scratch": 0,
+        "discriminative": 0,
+        "lp_ft": 0,
+        "linear_probe": 4,
+        "freeze_first_k": 3,
+        "gradual": 1,
     }
     assert build_schedule("lp_ft").always_frozen_prefix(NUM_STAGES, max_epochs=2) == NUM_STAGES
 
@@ -271,9 +281,7 @@ def test_l2sp_equals_hand_computation_and_pulls_toward_start():
         for p in backbone.parameters():
             p.add_(torch.randn_like(p))
     backbone.stage_modules[0].requires_grad_(False)  # frozen stages are left out of the sum
-    expected = alpha / 2 * sum(
-        ((p.detach() - start[n]) ** 2).sum() for n, p in backbone.named_parameters() if stage_of(n) != 0
-    )
+    expected = alpha / 2 * sum(((p.detach() - start[n]) ** 2).sum() for n, p in backbone.named_parameters() if stage_of(n) != 0)
     value = schedule.regularizer(backbone)
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
     assert all(torch.equal(schedule.l2sp.reference[n], start[n]) for n in start), "w0 must be a detached copy"

@@ -14,8 +14,9 @@ SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "perf" / "gpu_
 
 @pytest.mark.slow
 def test_the_gpu_check_dry_run_passes_on_cpu(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path / "report.md")],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path / "report.md")], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| check")]

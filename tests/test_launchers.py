@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from helpers import TINY
+from mlflow.tracking import MlflowClient
 
 #: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
 pytestmark = pytest.mark.slow
@@ -24,15 +23,30 @@ LAUNCHERS = {
 RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
 
 
-@pytest.mark.parametrize("launcher", [
-    "joblib", "submitit_local",
-    pytest.param("ray", marks=pytest.mark.skipif(RAY_MISSING, reason="optional: pip install -e '.[ray]' (pins cloudpickle 2.2.1)")),
-])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        "joblib",
+        "submitit_local",
+        pytest.param("ray", marks=pytest.mark.skipif(RAY_MISSING, reason="optional: pip install -e '.[ray]' (pins cloudpickle 2.2.1)")),
+    ],
+)
 def test_launcher_records_every_run_under_the_sweep_parent_and_fails_the_command(launcher, tmp_path, mlflow_uri):
     command = [
-        sys.executable, "-m", "tlbench", "-m", *LAUNCHERS[launcher], *TINY, "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2", "data.synthetic_size=200", f"tracking.uri={mlflow_uri}",
-        f"checkpoint_dir={tmp_path}/ckpt", f"hydra.sweep.dir={tmp_path}/sweep", "adapt=source_only,dann", "seed=0,x",
+        sys.executable,
+        "-m",
+        "tlbench",
+        "-m",
+        *LAUNCHERS[launcher],
+        *TINY,
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "data.synthetic_size=200",
+        f"tracking.uri={mlflow_uri}",
+        f"checkpoint_dir={tmp_path}/ckpt",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "adapt=source_only,dann",
+        "seed=0,x",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]  # seed=x fails in validation

@@ -8,20 +8,21 @@ import math
 
 import pytest
 import torch
+from helpers import compose, tiny_run
 from torch import nn
 
-from helpers import compose, tiny_run
 from tlbench.adapt import ADAPTERS
 from tlbench.adapt.coral import coral_loss, covariance
 from tlbench.adapt.layers import DomainDiscriminator, dann_lambda, mk_mmd2, ramp_position
+from tlbench.assembly import build_module
 from tlbench.backbones import BACKBONES
 from tlbench.config import OptimConfig, validate
-from tlbench.data.base import InMemoryExamples, TensorImages
+from tlbench.data.base import InMemoryExamples
 from tlbench.data.datamodule import DomainDataModule
 from tlbench.data.loaders import FixedLengthLoader, TensorBatchLoader
 from tlbench.errors import ConfigError
+from tlbench.module import TransferModule
 from tlbench.optim import build_optimizer, build_scheduler, lr_factor, param_groups
-from tlbench.train import build_module
 
 
 def _images(n: int) -> InMemoryExamples:
@@ -66,7 +67,7 @@ def test_steps_per_epoch_must_be_positive():
 def _module(tmp_path, uri, *extra):
     run = tiny_run(tmp_path, uri, list(extra))
     datamodule = DomainDataModule(run.data, run.seed)
-    module, _, _ = build_module(run, datamodule)
+    module, _, _ = build_module(run, datamodule, TransferModule)
     return module
 
 
@@ -97,16 +98,19 @@ def test_source_composition_never_forwards_the_target_and_changes_bn_only_with_s
     assert torch.equal(*stats)  # the target batch never reached BatchNorm
 
 
-@pytest.mark.parametrize("overrides, composition", [
-    (["freeze=linear_probe"], "source"),  # a fixed backbone and a plain linear head: the target changes nothing
-    (["freeze=linear_probe", "head.dropout=0.5"], "joint"),  # dropout draws random numbers per forwarded example
-    (["freeze=linear_probe", "head.bottleneck=8"], "joint"),  # the bottleneck's BatchNorm pools the batch
-    (["freeze=full"], "joint"),  # the backbone's BatchNorm trains
-    (["freeze=linear_probe", "adapt=dann"], "joint"),  # a method that uses the target
-])
+@pytest.mark.parametrize(
+    "overrides, composition",
+    [
+        (["freeze=linear_probe"], "source"),  # a fixed backbone and a plain linear head: the target changes nothing
+        (["freeze=linear_probe", "head.dropout=0.5"], "joint"),  # dropout draws random numbers per forwarded example
+        (["freeze=linear_probe", "head.bottleneck=8"], "joint"),  # the bottleneck's BatchNorm pools the batch
+        (["freeze=full"], "joint"),  # the backbone's BatchNorm trains
+        (["freeze=linear_probe", "adapt=dann"], "joint"),  # a method that uses the target
+    ],
+)
 def test_a_target_batch_is_drawn_only_where_it_can_change_the_run(tmp_path, mlflow_uri, overrides, composition):
     run = tiny_run(tmp_path, mlflow_uri, overrides)
-    module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed, steps_per_epoch=2))
+    module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed, steps_per_epoch=2), TransferModule)
     assert module.batch_composition == composition
     batch = next(iter(datamodule.train_dataloader()))
     batch = batch[0] if isinstance(batch, tuple) else batch

@@ -127,12 +127,15 @@ def test_a_zoo_candidate_missing_from_the_store_names_the_command_that_builds_it
         rank(["candidates=[lenet_digits]", *TASK, f"tracking.uri={mlflow_uri}"])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["data=handwritten"], "candidates: missing"),
-    (["candidates=[small_cnn,resnet_9000]"], "unknown candidate 'resnet_9000'"),
-    (["candidates=[small_cnn]", "estimators=[logme,vibes]"], "estimators: unknown 'vibes'"),
-    (["candidates=[small_cnn"], "candidates: cannot parse"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["data=handwritten"], "candidates: missing"),
+        (["candidates=[small_cnn,resnet_9000]"], "unknown candidate 'resnet_9000'"),
+        (["candidates=[small_cnn]", "estimators=[logme,vibes]"], "estimators: unknown 'vibes'"),
+        (["candidates=[small_cnn"], "candidates: cannot parse"),
+    ],
+)
 def test_bad_arguments_raise_one_line(args, message):
     from tlbench.rank import load_candidate
 
@@ -143,8 +146,14 @@ def test_bad_arguments_raise_one_line(args, message):
 
 def test_cli_bad_candidate_is_one_line_and_exit_2(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}")
-    result = subprocess.run([sys.executable, "-m", "tlbench", "rank", "candidates=[small_cnn,nope]", "data=handwritten"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", "rank", "candidates=[small_cnn,nope]", "data=handwritten"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("tlbench: error: candidates: unknown candidate 'nope'; choose from ")
@@ -189,8 +198,17 @@ def test_weighted_tau_and_regret_of_the_benchmark_by_hand():
     spec.loader.exec_module(benchmark)
     index = pd.MultiIndex.from_product([["task"], ["a", "b", "c", "d"]])
     accuracy = [0.9, 0.8, 0.7, 0.6]
-    table = pd.DataFrame({"full_mean": accuracy, "logme": [4.0, 3.0, 2.0, 1.0], "knn": [1.0, 2.0, 3.0, 4.0],
-                          "leep": [1.0, 4.0, 3.0, 2.0], "nce": [np.nan] * 4, "hscore": [np.nan, 1, 2, 3]}, index=index)
+    table = pd.DataFrame(
+        {
+            "full_mean": accuracy,
+            "logme": [4.0, 3.0, 2.0, 1.0],
+            "knn": [1.0, 2.0, 3.0, 4.0],
+            "leep": [1.0, 4.0, 3.0, 2.0],
+            "nce": [np.nan] * 4,
+            "hscore": [np.nan, 1, 2, 3],
+        },
+        index=index,
+    )
     taus = benchmark.weighted_tau(table).set_index("estimator")
     assert taus.loc["logme", "tau_w"] == pytest.approx(1.0) and taus.loc["logme", "top1_regret"] == 0
     assert taus.loc["knn", "tau_w"] == pytest.approx(-1.0) and taus.loc["knn", "top1_regret"] == pytest.approx(30.0)
@@ -213,9 +231,14 @@ def test_the_zoo_builder_run_from_another_folder_keeps_everything_in_that_folder
     zoo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zoo)
     tiny_spec = tmp_path / "zoo.yaml"
-    tiny_spec.write_text(yaml.safe_dump({"common": ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.synthetic_size=400",
-                                                   "trainer.enable_progress_bar=false"],
-                                         "members": {"tiny": ["backbone=small_cnn", "data=digits"]}}))
+    tiny_spec.write_text(
+        yaml.safe_dump(
+            {
+                "common": ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.synthetic_size=400", "trainer.enable_progress_bar=false"],
+                "members": {"tiny": ["backbone=small_cnn", "data=digits"]},
+            }
+        )
+    )
     monkeypatch.setattr(zoo, "SPEC", tiny_spec)
     caller = tmp_path / "elsewhere"
     caller.mkdir()

@@ -10,11 +10,10 @@ import sys
 import time
 
 import pytest
+from helpers import TINY, interrupt_at_epoch, tiny_run
 from mlflow.tracking import MlflowClient
 
 from tlbench.train import train
-
-from helpers import TINY, interrupt_at_epoch, tiny_run
 
 #: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
 pytestmark = pytest.mark.slow
@@ -58,8 +57,16 @@ def test_interrupted_run_is_killed_and_resumes_to_the_uninterrupted_result(tmp_p
 
 
 def test_sigterm_marks_the_run_killed(tmp_path, mlflow_uri):
-    command = [sys.executable, "-m", "tlbench", *TINY, "trainer.max_epochs=200", f"tracking.uri={mlflow_uri}",
-               f"checkpoint_dir={tmp_path}/ckpt", f"hydra.run.dir={tmp_path}/run"]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        *TINY,
+        "trainer.max_epochs=200",
+        f"tracking.uri={mlflow_uri}",
+        f"checkpoint_dir={tmp_path}/ckpt",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(mlflow_uri)
     deadline = time.time() + 120
@@ -105,9 +112,11 @@ def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path):
     listener.close()  # nothing listens on this port now
     started = time.time()
     result = subprocess.run(
-        [sys.executable, "-m", "tlbench", *TINY, f"tracking.uri=http://127.0.0.1:{port}", "tracking.timeout_s=5",
-         f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [sys.executable, "-m", "tlbench", *TINY, f"tracking.uri=http://127.0.0.1:{port}", "tracking.timeout_s=5", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert time.time() - started < 30
@@ -130,8 +139,7 @@ def test_runs_and_sweep_parents_left_running_by_a_dead_process_are_closed_by_the
     against the store (any configuration) closes both as KILLED."""
     from tlbench.processes import PROCESS_TAG
 
-    dead = subprocess.Popen([sys.executable, "-c", "import os, socket; print(socket.gethostname(), os.getpid())"],
-                            stdout=subprocess.PIPE, text=True)
+    dead = subprocess.Popen([sys.executable, "-c", "import os, socket; print(socket.gethostname(), os.getpid())"], stdout=subprocess.PIPE, text=True)
     host, pid = dead.communicate()[0].split()
     token = f"{host}:{pid}:"  # its start time unknown: the pid alone says it is gone
     client = MlflowClient(mlflow_uri)

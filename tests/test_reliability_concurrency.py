@@ -32,10 +32,7 @@ with recorded_run(TrackingConfig(uri=uri), name, {"worker": name}) as run:
 def test_four_processes_creating_a_new_store_at_once_all_record_their_run(tmp_path):
     db, go = tmp_path / "mlflow.db", tmp_path / "go"
     names = [f"worker{i}" for i in range(4)]
-    processes = [
-        subprocess.Popen([sys.executable, "-c", WORKER, f"sqlite:///{db}", str(go), name], stderr=subprocess.PIPE, text=True)
-        for name in names
-    ]
+    processes = [subprocess.Popen([sys.executable, "-c", WORKER, f"sqlite:///{db}", str(go), name], stderr=subprocess.PIPE, text=True) for name in names]
     deadline = time.time() + 60
     while not all((tmp_path / f"go.{name}").exists() for name in names) and time.time() < deadline:
         time.sleep(0.05)
@@ -55,16 +52,26 @@ def test_a_killed_joblib_worker_stops_the_sweep_in_one_line_and_leaves_nothing_r
     import os
     import signal
 
+    from helpers import TINY
     from mlflow.tracking import MlflowClient
 
-    from helpers import TINY
     from tlbench.processes import PROCESS_TAG
 
-    command = [sys.executable, "-m", "tlbench", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
-               "trainer.max_epochs=300", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt",
-               "seed=0,1,2,3", f"hydra.sweep.dir={tmp_path}/sweep"]
-    sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *TINY,
+        "trainer.max_epochs=300",
+        f"tracking.uri={mlflow_uri}",
+        f"checkpoint_dir={tmp_path}/ckpt",
+        "seed=0,1,2,3",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
+    sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     client = MlflowClient(mlflow_uri)
     deadline = time.time() + 180
     victim = None
@@ -84,7 +91,8 @@ def test_a_killed_joblib_worker_stops_the_sweep_in_one_line_and_leaves_nothing_r
     assert sweep.returncode == 1, stderr[-2000:]
     assert "Traceback" not in stderr and "TerminatedWorkerError" not in stderr
     assert [line for line in stderr.splitlines() if line.startswith("tlbench: error:")] == [
-        line for line in stderr.splitlines() if "worker process of the sweep died" in line]
+        line for line in stderr.splitlines() if "worker process of the sweep died" in line
+    ]
     runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status) for r in runs]
     (parent,) = [r for r in runs if r.data.tags.get("tlbench.parent") == "sweep"]

@@ -13,13 +13,12 @@ import time
 import typing
 
 import pytest
+from helpers import compose
 
 from tlbench.config import DataConfig, HeadConfig, OptimConfig, RunConfig, TrackingConfig, TrainerConfig, validate
 from tlbench.config_rules import ACCELERATORS, PRECISIONS, STRATEGIES, rules
 from tlbench.errors import ConfigError
 from tlbench.tracking import TrackingError, check_sqlite_store
-
-from helpers import compose
 
 FAST = ["backbone=small_cnn", "data=digits"]
 
@@ -86,15 +85,25 @@ def test_out_of_range_values_are_one_line_naming_the_key(override, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("override", ["trainer.devices=2", "trainer.devices=-1", "trainer.devices='0,1'", "trainer.devices=[0,1]",
-                                      "trainer.limit_train_batches=3", "head.dropout=0.5", "trainer.precision=bf16-mixed", "seed=400000"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.devices=2",
+        "trainer.devices=-1",
+        "trainer.devices='0,1'",
+        "trainer.devices=[0,1]",
+        "trainer.limit_train_batches=3",
+        "head.dropout=0.5",
+        "trainer.precision=bf16-mixed",
+        "seed=400000",
+    ],
+)
 def test_allowed_edge_values_pass(override):
     validate(compose(FAST + [override]))
 
 
 def _cli(cwd, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tlbench", *args], capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env={**os.environ, **env})
+    return subprocess.run([sys.executable, "-m", "tlbench", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env={**os.environ, **env})
 
 
 @pytest.mark.parametrize(
@@ -225,8 +234,16 @@ def test_disk_full_during_a_checkpoint_write_is_one_line_and_the_run_failed(tmp_
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(small)], capture_output=True).returncode:
         pytest.skip("needs root to mount a small tmpfs")
     try:
-        result = _cli(tmp_path, *FAST, "data.synthetic_size=300", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                      "trainer.enable_progress_bar=false", f"checkpoint_dir={small}", f"tracking.uri=sqlite:///{tmp_path}/m.db")
+        result = _cli(
+            tmp_path,
+            *FAST,
+            "data.synthetic_size=300",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.enable_progress_bar=false",
+            f"checkpoint_dir={small}",
+            f"tracking.uri=sqlite:///{tmp_path}/m.db",
+        )
         assert result.returncode == 1
         errors = [line for line in result.stderr.splitlines() if line.startswith("tlbench: error:")]
         assert len(errors) == 1 and "is full" in errors[0] and "Traceback" not in result.stderr, result.stderr
@@ -282,6 +299,7 @@ def test_a_checkpoint_dir_that_cannot_be_made_fails_before_training(tmp_path, ml
     import time
 
     from helpers import tiny_run
+
     from tlbench.errors import ConfigError
     from tlbench.train import train
 

@@ -40,8 +40,12 @@ def write_cifar10(root: Path, per_batch: int = 20, meta=None) -> Path:
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"batch_label": name, "labels": [i % 10 for i in range(per_batch)],
-                 "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), "filenames": [f"{i}.png" for i in range(per_batch)]}
+        batch = {
+            "batch_label": name,
+            "labels": [i % 10 for i in range(per_batch)],
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "filenames": [f"{i}.png" for i in range(per_batch)],
+        }
         dump_like_cifar(batch, base / name)
     dump_like_cifar(meta if meta is not None else {"label_names": CLASSES, "num_vis": 3072}, base / "batches.meta")
     return base
@@ -87,9 +91,22 @@ def test_training_on_a_crafted_folder_is_one_line_and_runs_nothing(tmp_path):
     marker = tmp_path / "code_ran"
     write_cifar10(tmp_path, meta={"label_names": CLASSES, "payload": RunsCode(marker)})
     result = subprocess.run(
-        [sys.executable, "-m", "tlbench", "backbone=small_cnn", "data.source=cifar10", "data.target=cifar10",
-         f"data.root={tmp_path}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "TLBENCH_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "tlbench",
+            "backbone=small_cnn",
+            "data.source=cifar10",
+            "data.target=cifar10",
+            f"data.root={tmp_path}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "TLBENCH_OFFLINE": "1"},
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr

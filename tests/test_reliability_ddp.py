@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import TINY
 
 #: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
@@ -18,10 +17,18 @@ pytestmark = pytest.mark.slow
 
 def test_two_cpu_processes_with_ddp_record_one_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=1", "trainer.accelerator=cpu",
-            "trainer.devices=2", "trainer.strategy=ddp", f"tracking.uri={uri}", f"checkpoint_dir={tmp_path / 'ckpt'}"]
-    result = subprocess.run([sys.executable, "-m", "tlbench", *args], cwd=tmp_path, capture_output=True, text=True, timeout=240,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        *[o for o in TINY if not o.startswith("trainer.max_epochs")],
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        f"tracking.uri={uri}",
+        f"checkpoint_dir={tmp_path / 'ckpt'}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", *args], cwd=tmp_path, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     connection = sqlite3.connect(tmp_path / "mlflow.db")
     runs = connection.execute("select status from runs").fetchall()

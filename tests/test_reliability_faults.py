@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from helpers import interrupt_at_epoch, tiny_run
 from mlflow.tracking import MlflowClient
 
 from tlbench.checkpoint_io import atomic_torch_save
@@ -18,8 +19,6 @@ from tlbench.errors import WeightsError
 from tlbench.processes import PROCESS_TAG
 from tlbench.tracking import recorded_run, unfinished_run_with_hash
 from tlbench.train import train
-
-from helpers import interrupt_at_epoch, tiny_run
 
 #: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
 pytestmark = pytest.mark.slow

@@ -16,17 +16,42 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow
 
 #: A trial of about a second: one batch of a tiny source set, one validation batch.
-TRIAL = ["backbone=small_cnn", "backbone.width=4", "data=digits", "data.synthetic_size=100", "data.batch_size=16",
-         "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-         "trainer.enable_progress_bar=false"]
+TRIAL = [
+    "backbone=small_cnn",
+    "backbone.width=4",
+    "data=digits",
+    "data.synthetic_size=100",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def test_two_search_processes_share_the_study_without_repeating_points(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "tlbench", "search", *TRIAL, f"tracking.uri={uri}", "--n-trials", "6",
-               "--sampler", "random", "--pruner", "none", "--storage", storage, "--study-name", "shared",
-               "--out-dir", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "search",
+        *TRIAL,
+        f"tracking.uri={uri}",
+        "--n-trials",
+        "6",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+        "--storage",
+        storage,
+        "--study-name",
+        "shared",
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)  # the second joins a study the first is still setting up

@@ -12,11 +12,10 @@ import threading
 import time
 
 import pytest
+from helpers import TINY
 
 from tlbench import tracking
 from tlbench.tracking import TrackingError, client_for
-
-from helpers import TINY
 
 #: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
 pytestmark = pytest.mark.slow
@@ -105,8 +104,13 @@ def test_a_sweep_whose_store_is_unreachable_exits_non_zero_with_one_line_per_job
     """Every job fails in one line; the sweep's end cannot read the store, says so once, counts the jobs'
     own failure markers and exits 1 (it exited 0 with Hydra callback warnings)."""
     uri = closed_port
-    result = subprocess.run([sys.executable, "-m", "tlbench", "-m", *TINY, f"tracking.uri={uri}", "tracking.timeout_s=3",
-                             "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", "-m", *TINY, f"tracking.uri={uri}", "tracking.timeout_s=3", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "Callback" not in result.stderr and "Traceback" not in result.stderr
     assert "2 of 2 job(s) failed" in result.stderr and "tracking.skip_done=true" in result.stderr

@@ -40,10 +40,18 @@ DOMAINS = {"digits": ("synthetic_digits", "sklearn_digits"), "office": ("amazon"
 
 def _params(adapt, freeze, task, seed, budget="None", run_index=0):
     return {
-        "adapt.name": adapt, "backbone.name": "small_cnn", "backbone.weights": "none" if freeze == "scratch" else "imagenet",
-        "freeze.name": freeze, "freeze.bn_policy": "train" if freeze == "scratch" else "frozen_stats",
-        "data.name": task, "data.source": DOMAINS[task][0], "data.target": DOMAINS[task][1],
-        "data.labels_per_class": str(budget), "optim.lr": "0.001", "seed": str(seed), "selection": "source_val",
+        "adapt.name": adapt,
+        "backbone.name": "small_cnn",
+        "backbone.weights": "none" if freeze == "scratch" else "imagenet",
+        "freeze.name": freeze,
+        "freeze.bn_policy": "train" if freeze == "scratch" else "frozen_stats",
+        "data.name": task,
+        "data.source": DOMAINS[task][0],
+        "data.target": DOMAINS[task][1],
+        "data.labels_per_class": str(budget),
+        "optim.lr": "0.001",
+        "seed": str(seed),
+        "selection": "source_val",
         "output_dir": f"outputs/run{run_index}",  # differs per run but is not part of the configuration
     }
 
@@ -62,8 +70,10 @@ class Store:
         metrics = []
         for epoch, step in enumerate(STEPS[:epochs]):
             for name, value in {
-                "val/source_acc": VAL_SOURCE[epoch], "val/target_acc": VAL_TARGET[epoch],
-                "val/target_entropy": VAL_ENTROPY[epoch], "eval/target_test_acc": base + OFFSETS[epoch],
+                "val/source_acc": VAL_SOURCE[epoch],
+                "val/target_acc": VAL_TARGET[epoch],
+                "val/target_entropy": VAL_ENTROPY[epoch],
+                "eval/target_test_acc": base + OFFSETS[epoch],
             }.items():
                 metrics.append(Metric(name, value, self.clock + step, step))
         metrics.append(Metric("train/loss", 1.0, self.clock, 15))  # a training step: not an epoch
@@ -106,17 +116,17 @@ def _cell(table, row, col):
 
 # ------------------------------------------------------------------ rules
 def test_rules_choose_their_own_epoch_and_ties_go_to_the_earliest():
-    history = epoch_table({
-        "val/source_acc": [(10, 0.9), (20, 0.8), (30, 0.9)],  # tie: epoch 0 and 2
-        "val/target_acc": [(10, 0.5), (20, 0.7), (30, 0.6)],
-        "val/target_entropy": [(10, 1.0), (20, 0.8), (30, 0.3)],
-        "eval/target_test_acc": [(10, 0.61), (20, 0.62), (30, 0.63)],
-        "train/loss": [(15, 1.0)],
-    })
+    history = epoch_table(
+        {
+            "val/source_acc": [(10, 0.9), (20, 0.8), (30, 0.9)],  # tie: epoch 0 and 2
+            "val/target_acc": [(10, 0.5), (20, 0.7), (30, 0.6)],
+            "val/target_entropy": [(10, 1.0), (20, 0.8), (30, 0.3)],
+            "eval/target_test_acc": [(10, 0.61), (20, 0.62), (30, 0.63)],
+            "train/loss": [(15, 1.0)],
+        }
+    )
     chosen = {name: get_rule(name).choose(history) for name in ("source_val", "oracle", "target_entropy", "last")}
-    assert {n: (c.step, c.epoch) for n, c in chosen.items()} == {
-        "source_val": (10, 0), "oracle": (20, 1), "target_entropy": (30, 2), "last": (30, 2)
-    }
+    assert {n: (c.step, c.epoch) for n, c in chosen.items()} == {"source_val": (10, 0), "oracle": (20, 1), "target_entropy": (30, 2), "last": (30, 2)}
     assert chosen["oracle"].target_acc == pytest.approx(0.62) and chosen["source_val"].source_acc == pytest.approx(0.9)
     assert [name for name in ("source_val", "oracle", "target_entropy", "last") if get_rule(name).uses_target_labels] == ["oracle"]
 
@@ -129,13 +139,9 @@ def test_unknown_rule_is_one_clear_error():
 # ---------------------------------------------------------------- collect
 def test_collect_one_row_per_run_and_rule_with_the_rule_epoch(frame):
     assert len(frame) == 21 * 4  # 7 configurations × 3 seeds, FINISHED, repeat dropped; 4 rules
-    assert frame.groupby("rule")["selected_step"].unique().map(list).to_dict() == {
-        "source_val": [10], "oracle": [20], "target_entropy": [30], "last": [30]
-    }
+    assert frame.groupby("rule")["selected_step"].unique().map(list).to_dict() == {"source_val": [10], "oracle": [20], "target_entropy": [30], "last": [30]}
     one = frame[(frame["adapt.name"] == "dann") & (frame["data.name"] == "office") & (frame["seed"] == "1") & (frame["freeze.name"] == "full")]
-    assert one.set_index("rule")["target_acc"].round(6).to_dict() == {
-        "source_val": 0.49, "oracle": 0.54, "target_entropy": 0.59, "last": 0.59
-    }
+    assert one.set_index("rule")["target_acc"].round(6).to_dict() == {"source_val": 0.49, "oracle": 0.54, "target_entropy": 0.59, "last": 0.59}
     assert set(frame.loc[frame["rule"] == "oracle", "uses_target_labels"]) == {True}
     assert set(frame.loc[frame["rule"] != "oracle", "uses_target_labels"]) == {False}
     assert frame["epochs"].eq(3).all() and set(frame["task"]) == {"synthetic_digits→sklearn_digits", "amazon→webcam"}
@@ -271,10 +277,22 @@ def test_cli_prints_table_and_writes_files(store, tmp_path, capsys):
 
 def test_cli_budget_table_and_plot_with_a_filter(store, tmp_path, capsys):
     out_dir = tmp_path / "budget"
-    code = main([
-        "--uri", store.uri, "--experiment", "budget", "--rows", "freeze.name", "--cols", "data.labels_per_class",
-        "--filter", "params.seed = '0'", "--out", str(out_dir),
-    ])
+    code = main(
+        [
+            "--uri",
+            store.uri,
+            "--experiment",
+            "budget",
+            "--rows",
+            "freeze.name",
+            "--cols",
+            "data.labels_per_class",
+            "--filter",
+            "params.seed = '0'",
+            "--out",
+            str(out_dir),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     header = next(line for line in out.splitlines() if line.startswith("| freeze.name"))
@@ -286,7 +304,10 @@ def test_cli_budget_table_and_plot_with_a_filter(store, tmp_path, capsys):
 def test_cli_missing_experiment_exits_2_with_one_line(store, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tlbench", "report", "--uri", store.uri, "--experiment", "nope"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

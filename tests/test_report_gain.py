@@ -17,8 +17,13 @@ from tlbench.report.compare import ALPHA, paired_test
 
 KEYS = ["adapt.name", "adapt.trade_off", "freeze.name", "backbone.weights", "data.name", "optim.lr", "batch_composition"]
 DEFAULT = {
-    "adapt.name": "source_only", "adapt.trade_off": "None", "freeze.name": "full", "backbone.weights": "imagenet",
-    "data.name": "digits", "optim.lr": "0.01", "batch_composition": "joint",
+    "adapt.name": "source_only",
+    "adapt.trade_off": "None",
+    "freeze.name": "full",
+    "backbone.weights": "imagenet",
+    "data.name": "digits",
+    "optim.lr": "0.01",
+    "batch_composition": "joint",
 }
 DANN = {"adapt.name": "dann", "adapt.trade_off": "1.0"}
 
@@ -29,10 +34,16 @@ def tidy(*configs: tuple[dict, dict]) -> pd.DataFrame:
     for overrides, by_seed in configs:
         config = {**DEFAULT, **overrides}
         for seed, acc in by_seed.items():
-            rows.append({
-                **config, "seed": str(seed), "rule": "source_val", "target_acc": acc / 100,
-                "config_id": "|".join(config[k] for k in KEYS), "is_scratch": config["freeze.name"] == "scratch",
-            })
+            rows.append(
+                {
+                    **config,
+                    "seed": str(seed),
+                    "rule": "source_val",
+                    "target_acc": acc / 100,
+                    "config_id": "|".join(config[k] for k in KEYS),
+                    "is_scratch": config["freeze.name"] == "scratch",
+                }
+            )
     frame = pd.DataFrame(rows)
     frame.attrs["config_keys"] = KEYS
     return frame
@@ -104,9 +115,7 @@ def test_small_consistent_gain_is_significant_and_large_noisy_gain_is_noise():
     source_only = {0: 60.0, 1: 65.0, 2: 70.0}
     small = {s: a + d for (s, a), d in zip(source_only.items(), (1.0, 1.1, 0.9))}
     noisy = {s: a + d for (s, a), d in zip(source_only.items(), (20.0, -5.0, 15.0))}
-    table = paper_table(tidy(
-        (DEFAULT, source_only), ({"adapt.name": "mcc"}, small), ({"adapt.name": "cdan", "adapt.trade_off": "1.0"}, noisy)
-    ))
+    table = paper_table(tidy((DEFAULT, source_only), ({"adapt.name": "mcc"}, small), ({"adapt.name": "cdan", "adapt.trade_off": "1.0"}, noisy)))
     small_cell, noisy_cell = cell(table, "mcc"), cell(table, "cdan")
     assert small_cell["source_only_gain"] < noisy_cell["source_only_gain"]
     assert small_cell["source_only_p_value"] < ALPHA < noisy_cell["source_only_p_value"]
@@ -133,7 +142,9 @@ def test_scratch_gain_uses_the_same_paired_test_and_says_when_the_baseline_is_am
     dann, dann_scratch = {0: 70.0, 1: 74.0, 2: 71.0}, {0: 61.0, 2: 60.0, 3: 58.0}
     scratch = {"freeze.name": "scratch", "backbone.weights": "none"}
     frame = tidy(
-        (DEFAULT, {0: 65.0, 1: 66.0, 2: 64.0}), (DANN, dann), ({**DANN, **scratch}, dann_scratch),
+        (DEFAULT, {0: 65.0, 1: 66.0, 2: 64.0}),
+        (DANN, dann),
+        ({**DANN, **scratch}, dann_scratch),
         ({"data.name": "office"}, {0: 50.0, 1: 52.0}),
         ({**scratch, "data.name": "office"}, {0: 40.0, 1: 41.0}),
         ({**scratch, "data.name": "office", "backbone.weights": "random"}, {0: 41.0, 1: 42.0}),
@@ -163,7 +174,13 @@ def test_csv_and_captions_carry_the_test(tmp_path):
     assert line["source_only_p_value"] == pytest.approx(got["source_only_p_value"], abs=1e-6)
     assert (line["source_only_n_pairs"], line["source_only_verdict"]) == (3, got["source_only_verdict"])
     caption = table.gain_caption(table.compared[0])
-    for phrase in ("paired t-test across seeds", "two-sided", f"significance level {ALPHA:g}", "rule 'source_val'",
-                   "max source validation accuracy", "never paired with another seed"):
+    for phrase in (
+        "paired t-test across seeds",
+        "two-sided",
+        f"significance level {ALPHA:g}",
+        "rule 'source_val'",
+        "max source validation accuracy",
+        "never paired with another seed",
+    ):
         assert phrase in caption and phrase in md.read_text(), phrase
     assert "paired t-test" in tex.read_text() and "source-only" in tex.read_text()

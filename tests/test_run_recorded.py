@@ -8,12 +8,11 @@ import sys
 
 import mlflow
 import pytest
+from helpers import TINY, compose, tiny_run
 from mlflow.tracking import MlflowClient
 
 from tlbench.errors import TrainingError
 from tlbench.train import train
-
-from helpers import TINY, compose, tiny_run
 
 
 def test_run_records_params_metrics_artifact_and_tags(tmp_path, mlflow_uri):
@@ -51,8 +50,17 @@ def test_nan_loss_marks_run_failed_with_reason(tmp_path, mlflow_uri):
 def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path, mlflow_uri):
     """adapt × seed grid (4 runs) plus one bad-lr point that fails: the sweep continues and exits 1."""
     command = [
-        sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt",
-        "adapt=source_only,dann", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep",
+        sys.executable,
+        "-m",
+        "tlbench",
+        "-m",
+        *TINY,
+        "trainer.max_epochs=1",
+        f"tracking.uri={mlflow_uri}",
+        f"checkpoint_dir={tmp_path}/ckpt",
+        "adapt=source_only,dann",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}/sweep",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -65,7 +73,10 @@ def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path,
 
     runs, parents = runs_and_parents()
     assert sorted((r.data.params["adapt.name"], r.data.params["seed"]) for r in runs) == [
-        ("dann", "0"), ("dann", "1"), ("source_only", "0"), ("source_only", "1")
+        ("dann", "0"),
+        ("dann", "1"),
+        ("source_only", "0"),
+        ("source_only", "1"),
     ]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert "test target acc" in result.stdout  # the end-of-sweep table
@@ -80,7 +91,10 @@ def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path,
 
     failing = subprocess.run(
         command[:-3] + ["optim.lr=1e30,0.001", "optim.name=sgd", "optim.scheduler=constant", f"hydra.sweep.dir={tmp_path}/sweep2"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert failing.returncode == 1
     assert "non-finite loss" in failing.stderr
@@ -152,22 +166,30 @@ def test_a_run_late_in_a_sweep_matches_the_same_run_in_a_fresh_process(tmp_path)
     """What one sweep process reuses between its runs (built domains, objects frozen out of the collector,
     buffered metric writes) changes nothing: the second job of a sweep records exactly the metrics the
     same configuration records alone in a new process. Cached and uncached paths both."""
+
     def recorded(uri: str, *overrides: str) -> dict:
         client = MlflowClient(uri)
-        (run,) = [r for r in client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
-                  if "tlbench.parent" not in r.data.tags and all(r.data.params[k] == v for k, v in (o.split("=") for o in overrides))]
+        (run,) = [
+            r
+            for r in client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+            if "tlbench.parent" not in r.data.tags and all(r.data.params[k] == v for k, v in (o.split("=") for o in overrides))
+        ]
         history = {m: [(p.step, p.value) for p in client.get_metric_history(run.info.run_id, m)] for m in ("train/loss", "val/target_acc")}
         return {"metrics": {k: v for k, v in run.data.metrics.items() if "seconds" not in k}, "history": history}
 
     base = [sys.executable, "-m", "tlbench", *TINY, "trainer.max_epochs=2", "adapt=dann", f"checkpoint_dir={tmp_path}/ckpt"]
     freezes = ("full", "linear_probe")  # the uncached and the cached path
-    commands = {"sweep": base[:3] + ["-m"] + base[3:] + [f"freeze={','.join(freezes)}", "optim.lr=0.01,0.003",
-                                                         f"tracking.uri=sqlite:///{tmp_path}/sweep.db", f"hydra.sweep.dir={tmp_path}/sweep"]}
+    commands = {
+        "sweep": base[:3]
+        + ["-m"]
+        + base[3:]
+        + [f"freeze={','.join(freezes)}", "optim.lr=0.01,0.003", f"tracking.uri=sqlite:///{tmp_path}/sweep.db", f"hydra.sweep.dir={tmp_path}/sweep"]
+    }
     for freeze in freezes:  # each alone in a new process, with the sweep's last learning rate
-        commands[freeze] = base + [f"freeze={freeze}", "optim.lr=0.003", f"tracking.uri=sqlite:///{tmp_path}/{freeze}.db",
-                                   f"hydra.run.dir={tmp_path}/{freeze}"]
-    processes = {name: subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-                 for name, command in commands.items()}  # at once: the three processes are independent
+        commands[freeze] = base + [f"freeze={freeze}", "optim.lr=0.003", f"tracking.uri=sqlite:///{tmp_path}/{freeze}.db", f"hydra.run.dir={tmp_path}/{freeze}"]
+    processes = {
+        name: subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path) for name, command in commands.items()
+    }  # at once: the three processes are independent
     for name, process in processes.items():
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
@@ -204,12 +226,16 @@ def test_garbage_made_between_runs_is_not_frozen_forever(tmp_path, mlflow_uri):
 def test_a_skip_done_sweep_counts_reused_runs_as_done_and_tables_include_them(tmp_path, mlflow_uri):
     """The restart path: a sweep rerun with tracking.skip_done=true reuses the finished runs — exit 0, parent
     FINISHED, nothing counted as failed — and its gain table and `report --sweep` include the reused baseline."""
-    base = [sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}",
-            f"checkpoint_dir={tmp_path}/ckpt", "seed=0,1"]
+    base = [sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt", "seed=0,1"]
     first = subprocess.run(base + ["adapt=source_only", f"hydra.sweep.dir={tmp_path}/sweep1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    again = subprocess.run(base + ["adapt=source_only,dann", "tracking.skip_done=true", f"hydra.sweep.dir={tmp_path}/sweep2"],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    again = subprocess.run(
+        base + ["adapt=source_only,dann", "tracking.skip_done=true", f"hydra.sweep.dir={tmp_path}/sweep2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "4/4 run(s) done" in again.stdout and "failed" not in again.stdout
     client = MlflowClient(mlflow_uri)
@@ -235,8 +261,19 @@ def test_the_printed_report_command_works_for_the_sweep_that_printed_it(tmp_path
     must group by what the sweep varies."""
     import shlex
 
-    command = [sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={mlflow_uri}",
-               f"checkpoint_dir={tmp_path}/ckpt", "freeze=full,linear_probe", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep"]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "-m",
+        *TINY,
+        "trainer.max_epochs=1",
+        f"tracking.uri={mlflow_uri}",
+        f"checkpoint_dir={tmp_path}/ckpt",
+        "freeze=full,linear_probe",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("Tables of this sweep:"))

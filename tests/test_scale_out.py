@@ -11,9 +11,8 @@ import time
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
-
 from helpers import TINY
+from mlflow.tracking import MlflowClient
 from servers import start_mlflow_server, start_postgres, why_no_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_no_postgres() is not None, reason=why_no_postgres() or "")]
@@ -38,14 +37,24 @@ def server(postgres, tmp_path_factory):
 
 def _tlbench(args: list[str], cwd, server_uri: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": server_uri, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tlbench", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen([sys.executable, "-m", "tlbench", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def test_joblib_sweep_records_on_the_tracking_server_with_artifacts_on_the_server_side(server, tmp_path):
-    sweep = _tlbench(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "tracking.experiment=scale_out",
-                      f"checkpoint_dir={tmp_path}/ckpt", f"hydra.sweep.dir={tmp_path}/sweep", "adapt=source_only,dann"],
-                     tmp_path, server.uri)
+    sweep = _tlbench(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            *FAST,
+            "tracking.experiment=scale_out",
+            f"checkpoint_dir={tmp_path}/ckpt",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+            "adapt=source_only,dann",
+        ],
+        tmp_path,
+        server.uri,
+    )
     output = sweep.communicate(timeout=300)[0]
     assert sweep.returncode == 0, output[-3000:]
     client = MlflowClient(server.uri)
@@ -73,8 +82,23 @@ def test_joblib_sweep_records_on_the_tracking_server_with_artifacts_on_the_serve
 
 def test_two_search_processes_share_a_postgres_study_and_record_on_the_server(postgres, server, tmp_path):
     storage = postgres.create_database("optuna")
-    command = ["search", *FAST, "tracking.experiment=search_pg", "--n-trials", "4", "--sampler", "random", "--pruner", "none",
-               "--storage", storage, "--study-name", "shared", "--out-dir", str(tmp_path / "out")]
+    command = [
+        "search",
+        *FAST,
+        "tracking.experiment=search_pg",
+        "--n-trials",
+        "4",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+        "--storage",
+        storage,
+        "--study-name",
+        "shared",
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
     first = _tlbench(command, tmp_path, server.uri)
     time.sleep(1.0)  # the second joins a study the first is still setting up
     second = _tlbench(command, tmp_path, server.uri)

@@ -72,13 +72,19 @@ def children_and_parent(uri: str, experiment: str):
 def test_space_yaml_and_command_line_sweeps_become_params_and_overrides():
     space = load_space("dann")
     assert set(space.params) == {"optim.lr", "adapt.trade_off", "freeze"} and space.params["optim.lr"].log
-    merged, fixed = merge_command_line(space, ["backbone=small_cnn", "optim.lr=0.01", "seed=range(0,3)", "adapt.gamma=tag(int,interval(5,15))", "adapt.max_lambda=interval(0.5,1)"])
+    merged, fixed = merge_command_line(
+        space, ["backbone=small_cnn", "optim.lr=0.01", "seed=range(0,3)", "adapt.gamma=tag(int,interval(5,15))", "adapt.max_lambda=interval(0.5,1)"]
+    )
     assert "optim.lr" not in merged.params  # fixed on the command line
     assert merged.params["seed"].type == "int" and (merged.params["seed"].low, merged.params["seed"].high) == (0, 2)
     assert merged.params["adapt.gamma"].type == "int" and merged.params["adapt.max_lambda"].type == "float"
     assert fixed == ["adapt=dann", "backbone=small_cnn", "optim.lr=0.01"]
     assert trial_overrides(fixed, {"freeze": "full", "adapt.trade_off": 0.5, "optim.lr": 1e-05}) == [
-        "adapt=dann", "backbone=small_cnn", "freeze=full", "adapt.trade_off=0.5", "optim.lr=1e-05"
+        "adapt=dann",
+        "backbone=small_cnn",
+        "freeze=full",
+        "adapt.trade_off=0.5",
+        "optim.lr=1e-05",
     ]
     with pytest.raises(ConfigError, match="log scale needs low > 0"):
         space_from_dict("bad", {"params": {"optim.lr": {"type": "float", "low": 0, "high": 1, "log": True}}})
@@ -89,19 +95,23 @@ def test_space_yaml_and_command_line_sweeps_become_params_and_overrides():
 def test_study_prunes_fails_and_nests_every_trial_under_one_parent(tmp_path, tracking):
     """Grid over max_epochs × lr: 1 epoch → COMPLETE, 3 epochs → PRUNED after epoch 1 (threshold pruner
     that no accuracy passes), lr=1e30 → NaN loss → FAIL; the study goes on through all four."""
-    space = load_space(write_space(tmp_path / "grid.yaml", """
+    space = load_space(
+        write_space(
+            tmp_path / "grid.yaml",
+            """
 params:
   trainer.max_epochs: {type: categorical, choices: [1, 3]}
   optim.lr: {type: categorical, choices: [0.01, 1.0e+30]}
 study:
   sampler: grid
   pruner: {type: threshold, lower: 2.0, n_warmup_steps: 1}
-"""))
+""",
+        )
+    )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     fixed = [o for o in TINY if not o.startswith("trainer.max_epochs")]  # a plain override would fix the searched key
     mlflow_uri, experiment, tracking_overrides = tracking
-    job = prepare(space, fixed + ["optim.name=sgd", "optim.scheduler=constant", *tracking_overrides],
-                  storage=storage, out_dir=str(tmp_path / "out"))
+    job = prepare(space, fixed + ["optim.name=sgd", "optim.scheduler=constant", *tracking_overrides], storage=storage, out_dir=str(tmp_path / "out"))
     assert job.n_trials == 4 and job.monitor == "val/source_acc" and job.direction == "maximize"
     result = run_search(job)
     assert (result["complete"], result["pruned"], result["failed"], result["lost"]) == (1, 1, 2, 0)
@@ -135,15 +145,27 @@ study:
 
 def search_command(tmp_path: Path, space: str, tracking_overrides: list[str], *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "tlbench.search.cli", "--space", space, *TINY, *tracking_overrides,
-        "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir", str(tmp_path / "out"), *extra,
+        sys.executable,
+        "-m",
+        "tlbench.search.cli",
+        "--space",
+        space,
+        *TINY,
+        *tracking_overrides,
+        "--storage",
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        "--out-dir",
+        str(tmp_path / "out"),
+        *extra,
     ]
 
 
 def test_killed_worker_trial_is_requeued_and_the_study_resumes_to_n_trials(tmp_path, tracking):
     """SIGKILL the worker in the middle of trial 0; the same command again finds trial 0 without a heartbeat
     (grace 3 s), marks it FAIL (lost), queues its parameters again as trial 2 and runs trials 1 and 2."""
-    space = write_space(tmp_path / "space.yaml", """
+    space = write_space(
+        tmp_path / "space.yaml",
+        """
 params:
   optim.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
 study:
@@ -152,7 +174,8 @@ study:
   pruner: none
   heartbeat_interval: 1
   grace_period: 3
-""")
+""",
+    )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     uri, experiment, tracking_overrides = tracking
     command = search_command(tmp_path, space, tracking_overrides, "trainer.max_epochs=40")
@@ -201,12 +224,17 @@ study:
 
 
 def test_two_worker_processes_share_one_sqlite_study(tmp_path, tracking):
-    space = load_space(write_space(tmp_path / "space.yaml", """
+    space = load_space(
+        write_space(
+            tmp_path / "space.yaml",
+            """
 params:
   optim.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
   freeze: {type: categorical, choices: [linear_probe, full]}
 study: {n_trials: 4, sampler: tpe, pruner: median}
-"""))
+""",
+        )
+    )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     mlflow_uri, experiment, tracking_overrides = tracking
     job = prepare(space, TINY + tracking_overrides, storage=storage, out_dir=str(tmp_path / "out"))
@@ -227,10 +255,21 @@ def test_hydra_sweeper_plugin_runs_the_same_study(tmp_path, tracking):
     mlflow_uri, experiment, tracking_overrides = tracking
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [
-        sys.executable, "-m", "tlbench", "-m", "hydra/sweeper=tlbench_optuna", "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler=random", "hydra.sweeper.pruner=none", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
-        *TINY, "trainer.max_epochs=1", *tracking_overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "optim.lr=tag(log,interval(1e-3,1e-1))", "freeze=full,linear_probe",
+        sys.executable,
+        "-m",
+        "tlbench",
+        "-m",
+        "hydra/sweeper=tlbench_optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.pruner=none",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
+        *TINY,
+        "trainer.max_epochs=1",
+        *tracking_overrides,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "optim.lr=tag(log,interval(1e-3,1e-1))",
+        "freeze=full,linear_probe",
     ]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -248,15 +287,21 @@ def test_best_trial_rerun_command_reproduces_it_and_a_changed_resume_is_refused(
     from tlbench.search.cli import main as search_main
 
     mlflow_uri, experiment, tracking_overrides = tracking
-    space = write_space(tmp_path / "lr.yaml", "params:\n  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
-                                              "study: {sampler: random, pruner: none}\n")
+    space = write_space(
+        tmp_path / "lr.yaml", "params:\n  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\nstudy: {sampler: random, pruner: none}\n"
+    )
     common = ["--space", space, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out-dir", str(tmp_path / "out")]
     assert search_main([*common, "--n-trials", "2", *TINY, *tracking_overrides]) == 0
     printed = capsys.readouterr().out
     best_value = float(re.search(r"best: trial \d+ val/source_acc=([0-9.]+)", printed).group(1))
     rerun = re.search(r"\(rerun: tlbench (.*)\)", printed).group(1)
-    result = subprocess.run([sys.executable, "-m", "tlbench", *shlex.split(rerun), f"checkpoint_dir={tmp_path}/ckpt",
-                             "tracking.experiment=rerun"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", *shlex.split(rerun), f"checkpoint_dir={tmp_path}/ckpt", "tracking.experiment=rerun"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (rerun_run,) = runs_of(mlflow_uri, "rerun")
     history = MlflowClient(mlflow_uri).get_metric_history(rerun_run.info.run_id, "val/source_acc")
@@ -267,12 +312,19 @@ def test_best_trial_rerun_command_reproduces_it_and_a_changed_resume_is_refused(
     (parent,) = children_and_parent(mlflow_uri, experiment)[0]
     assert parent.data.params["search.sampler"] == "random"  # not the JSON string "\"random\""
     with pytest.raises(ConfigError, match=r"study 'lr' .* other settings \(.*\+data\.batch_size=16"):
-        run_search(prepare(load_space(space), [*TINY, "data.batch_size=16", *tracking_overrides],
-                           storage=f"sqlite:///{tmp_path / 'optuna.db'}", out_dir=str(tmp_path / "out")))
+        run_search(
+            prepare(
+                load_space(space),
+                [*TINY, "data.batch_size=16", *tracking_overrides],
+                storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                out_dir=str(tmp_path / "out"),
+            )
+        )
 
 
-@pytest.mark.parametrize("rule, metric, direction", [("im", "val/target_im", "maximize"), ("dev", "val/dev", "minimize"),
-                                                     ("classami", "val/target_classami", "maximize")])
+@pytest.mark.parametrize(
+    "rule, metric, direction", [("im", "val/target_im", "maximize"), ("dev", "val/dev", "minimize"), ("classami", "val/target_classami", "maximize")]
+)
 def test_a_label_free_validator_is_a_search_objective_in_its_own_direction(rule, metric, direction, tmp_path):
     space = space_from_dict("lr", {"params": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}})
     job = prepare(space, TINY + [f"selection={rule}"], storage=f"sqlite:///{tmp_path}/o.db", out_dir=str(tmp_path / "out"))
@@ -283,6 +335,8 @@ def test_search_rule_flag_is_the_selection_override(monkeypatch):
     from tlbench.search import cli
 
     seen = {}
-    monkeypatch.setattr("tlbench.search.study.prepare", lambda space, overrides, **kw: seen.setdefault("overrides", overrides) and (_ for _ in ()).throw(ConfigError("stop")))
+    monkeypatch.setattr(
+        "tlbench.search.study.prepare", lambda space, overrides, **kw: seen.setdefault("overrides", overrides) and (_ for _ in ()).throw(ConfigError("stop"))
+    )
     assert cli.main(["--rule", "bnm", "backbone=small_cnn"]) != 0
     assert seen["overrides"][-1] == "selection=bnm"

@@ -4,12 +4,11 @@ setting, `trainer.threads` overrides both, and the previous setting is restored 
 from __future__ import annotations
 
 import torch
+from helpers import tiny_run
 from mlflow.tracking import MlflowClient
 
 from tlbench.threads import intra_op_threads
 from tlbench.train import train
-
-from helpers import tiny_run
 
 
 def _threads_tag(run, mlflow_uri: str) -> str:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_run
 from mlflow.tracking import MlflowClient
 
 from tlbench import validators as V
 from tlbench.errors import ConfigError
 from tlbench.selection import RULES
-
-from helpers import tiny_run
 
 VALIDATOR_RULES = ("im", "bnm", "snd", "dev", "devn", "classami")
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]], dtype=torch.float64)
@@ -101,8 +100,9 @@ def test_a_run_logs_every_validator_each_epoch_and_checkpoints_on_the_chosen_one
     run = tiny_run(tmp_path, mlflow_uri, ["adapt=dann", f"selection={rule}", "trainer.max_epochs=3"])
     result = train(run)
     client = MlflowClient(mlflow_uri)
-    histories = {RULES[n].metric: [m.value for m in sorted(client.get_metric_history(result["run_id"], RULES[n].metric), key=lambda m: m.step)]
-                 for n in VALIDATOR_RULES}
+    histories = {
+        RULES[n].metric: [m.value for m in sorted(client.get_metric_history(result["run_id"], RULES[n].metric), key=lambda m: m.step)] for n in VALIDATOR_RULES
+    }
     assert all(len(values) == 3 and np.isfinite(values).all() for values in histories.values()), histories
     values = histories[RULES[rule].metric]
     best = int(np.argmax(values) if RULES[rule].mode == "max" else np.argmin(values))
@@ -142,11 +142,15 @@ def test_regrets_of_a_rule_on_two_trials_by_hand():
 
     from tlbench.report.validator_benchmark import rule_scores
 
-    frame = pd.DataFrame({
-        "run_id": ["a"] * 3 + ["b"] * 3, "arm": "dann", "epoch": [0, 1, 2] * 2,
-        "target_acc": [0.50, 0.70, 0.60, 0.40, 0.45, 0.80],
-        "val/target_im": [0.1, 0.3, 0.2, 0.5, 0.9, 0.4],  # picks epoch 1 in a (0.70, best), epoch 1 in b (0.45; best 0.80)
-    })
+    frame = pd.DataFrame(
+        {
+            "run_id": ["a"] * 3 + ["b"] * 3,
+            "arm": "dann",
+            "epoch": [0, 1, 2] * 2,
+            "target_acc": [0.50, 0.70, 0.60, 0.40, 0.45, 0.80],
+            "val/target_im": [0.1, 0.3, 0.2, 0.5, 0.9, 0.4],  # picks epoch 1 in a (0.70, best), epoch 1 in b (0.45; best 0.80)
+        }
+    )
     scores = rule_scores(frame, "im")
     assert scores["checkpoint_regret"] == pytest.approx(100 * (0 + 0.35) / 2)
     # the trial whose chosen checkpoint scores best is b (0.9): 0.45 against the better trial's 0.70

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .config import RunConfig, to_plain_dict, validate
-from .errors import TlbenchError
+from .composition import compose
+from .config import RunConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the heavy imports (torch, Lightning) wait for the first call that needs them
     import pytorch_lightning as pl
     import torch
 
@@ -42,16 +41,6 @@ if TYPE_CHECKING:
     from .module import TransferModule
 
 __all__ = ["compose", "build", "fit", "record", "load_run", "module_from_checkpoint", "predict", "RunConfig"]
-
-#: Key of the run config inside a checkpoint written by a module that knows its config (see `build`).
-CHECKPOINT_KEY = "tlbench"
-
-
-def compose(overrides: Sequence[str] = ()) -> RunConfig:
-    """The validated config of `tlbench <overrides>` (same Hydra composition, same checks)."""
-    from .cli import compose as compose_config
-
-    return validate(compose_config(list(overrides)))
 
 
 def build(run: RunConfig, feature_cache: bool = False) -> tuple["TransferModule", "DomainDataModule"]:
@@ -61,13 +50,14 @@ def build(run: RunConfig, feature_cache: bool = False) -> tuple["TransferModule"
     the module then takes features, not images, so `predict` does not apply)."""
     import pytorch_lightning as pl
 
+    from .assembly import build_module
     from .data.datamodule import DomainDataModule
-    from .train import build_module
+    from .module import TransferModule
 
     run = dataclasses.replace(run, trainer=dataclasses.replace(run.trainer, feature_cache=feature_cache))
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
-    module, datamodule, _ = build_module(run, datamodule)
+    module, datamodule, _ = build_module(run, datamodule, TransferModule)
     return module, datamodule
 
 
@@ -98,111 +88,25 @@ def load_run(run_id: str, uri: str = "", checkpoint_dir: str | Path | None = Non
     """The module of a finished MLflow run with the weights of the checkpoint its selection rule chose, in
     eval mode. Checkpoints stay on the machine that trained (`<checkpoint_dir>/<config hash>/`); pass
     checkpoint_dir when it was relative to another working directory."""
-    from omegaconf import OmegaConf
+    from .module import TransferModule
+    from .restore import load_run as load_recorded
 
-    from .tracking import client_for, resolve_uri
-
-    client = client_for(resolve_uri(uri))
-    try:
-        recorded = client.get_run(run_id)
-    except TlbenchError:
-        raise
-    except Exception as exc:
-        raise TlbenchError(f"load_run: no run {run_id} in {resolve_uri(uri)} ({str(exc).splitlines()[0]})") from None
-    if "selected_epoch" not in recorded.data.metrics:
-        raise TlbenchError(f"load_run: run {run_id} has no selected checkpoint (status {recorded.info.status}); only finished runs do")
-    config = OmegaConf.create(Path(client.download_artifacts(run_id, "config.yaml")).read_text())
-    run = validate(config)
-    folder = Path(checkpoint_dir or run.checkpoint_dir) / recorded.data.tags["config_hash"]
-    best = sorted(folder.glob("best-*.ckpt"))  # the run keeps one: save_top_k=1
-    if not best:
-        raise TlbenchError(f"load_run: no selected checkpoint of run {run_id} in {folder}; pass checkpoint_dir= (the run's was '{run.checkpoint_dir}')")
-    return module_from_checkpoint(best[-1], run, map_location, batch_composition=recorded.data.tags.get("batch_composition"))
+    return load_recorded(run_id, uri, checkpoint_dir, map_location, module_class=TransferModule)
 
 
 def module_from_checkpoint(
-    path: str | Path, run_config: RunConfig | dict | None = None, map_location: str | None = "cpu", batch_composition: str | None = None,
+    path: str | Path, run_config: RunConfig | dict | None = None, map_location: str | None = "cpu", batch_composition: str | None = None
 ) -> "TransferModule":
-    """A TransferModule rebuilt from its config with the checkpoint's weights, in eval mode. The config is
-    the one stored in the checkpoint, else `run_config`. A backbone that trained on cached features has no
-    weights in the checkpoint and keeps the ones its config names (e.g. pretrained)."""
-    import torch
+    """A TransferModule rebuilt from its config with the checkpoint's weights, in eval mode (the config
+    stored in the checkpoint, else `run_config`); see tlbench/restore.py."""
+    from .module import TransferModule
 
-    from .train import build_module
-
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    stored = checkpoint.get(CHECKPOINT_KEY, {})
-    if run_config is None and "run" not in stored:
-        raise TlbenchError(f"{path}: the checkpoint does not carry its run config; pass run_config= or use tlbench.load_run(run_id)")
-    run = run_config if run_config is not None else stored["run"]
-    run = run if isinstance(run, RunConfig) else validate(run)
-    state = checkpoint["state_dict"]
-    has_backbone = any(key.startswith("backbone.") for key in state)
-    if has_backbone and hasattr(run.backbone, "weights"):  # the checkpoint has them: no download
-        run = dataclasses.replace(run, backbone=dataclasses.replace(run.backbone, weights="none"))
-    composition = stored.get("batch_composition") or batch_composition or run.batch_composition
-    run = dataclasses.replace(
-        run, batch_composition=composition,
-        trainer=dataclasses.replace(run.trainer, feature_cache=False), data=dataclasses.replace(run.data, augment="none"),
-    )
-    head_weights = [value for key, value in state.items() if key.startswith("head.") and key.endswith(".weight")]
-    domain = SimpleNamespace(hflip_ok=False)  # augmentations only shape training, which this module will not do
-    wiring = SimpleNamespace(num_classes=int(head_weights[-1].shape[0]), in_domain=run.data.source == run.data.target,
-                             source=domain, target=domain, serve=lambda adapter, composition: None)
-    module, _, _ = build_module(run, wiring)  # type: ignore[arg-type]  (the wiring needs only these)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    optional = ("adapter.",) + (() if has_backbone else ("backbone.",))  # method layers only shape training
-    if unexpected or [key for key in missing if not key.startswith(optional)]:
-        raise TlbenchError(f"{path}: weights do not fit the config's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    module.run_config = to_plain_dict(run)
-    return module.eval()
-
-
-def checked_images(images: Any) -> "torch.Tensor":
-    """Raw images as the model takes them, or one DataError line: N × C × H × W; uint8, or other integers
-    holding 0..255 (read as uint8), or finite floats in [0, 1]. (Floats holding 0..255 would otherwise
-    give quietly different probabilities.)"""
-    import torch
-
-    from .errors import DataError
-
-    try:
-        images = torch.as_tensor(images)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(f"images: not an array of numbers ({str(exc).splitlines()[0]})") from None
-    if images.ndim != 4 or images.shape[1] not in (1, 3) or min(images.shape) == 0:
-        raise DataError(f"images: expected N × C × H × W with C = 1 or 3, got shape {tuple(images.shape)}")
-    if images.dtype == torch.bool or images.is_complex():
-        raise DataError(f"images: expected uint8 or floats in [0, 1], got {images.dtype}")
-    if images.is_floating_point():
-        if not torch.isfinite(images).all():
-            raise DataError("images: NaN or infinite values")
-        low, high = images.min().item(), images.max().item()
-        if low < 0 or high > 1:
-            raise DataError(f"images: float images must lie in [0, 1], got {low:g}..{high:g} (divide 0..255 values by 255, or pass uint8)")
-        return images
-    if images.dtype != torch.uint8:
-        low, high = images.min().item(), images.max().item()
-        if low < 0 or high > 255:
-            raise DataError(f"images: integer images must lie in 0..255, got {low}..{high}")
-        images = images.to(torch.uint8)
-    return images
+    return TransferModule.load_from_checkpoint(path, map_location, run_config, batch_composition)
 
 
 def predict(module: "TransferModule", images: "torch.Tensor", domain: str = "target", batch_size: int = 256) -> "torch.Tensor":
-    """Class probabilities (N × classes) for raw images (N × C × H × W, uint8 or floats in [0, 1]; see
-    checked_images), with the module in eval mode; `domain` picks the BatchNorm copy of a
-    batch_composition=domain_bn model."""
-    import torch
+    """Class probabilities (N × classes) for raw images (N × C × H × W, uint8 or floats in [0, 1]); see
+    tlbench/prediction.py."""
+    from .prediction import predict as predict_probabilities
 
-    from .domain_bn import batchnorm_domain
-
-    images = checked_images(images)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad(), batchnorm_domain(module, domain):
-            device = next(module.parameters()).device
-            return torch.cat([module(chunk.to(device)).softmax(1).cpu() for chunk in images.split(batch_size)])
-    finally:
-        module.train(was_training)
+    return predict_probabilities(module, images, domain, batch_size)

@@ -17,6 +17,10 @@ from .atomic_files import atomic_write
 from .errors import WeightsError, one_line
 from .interrupts import signals_held
 
+#: Key of the run config inside a checkpoint written by a module that knows its config: what rebuilds
+#: the model from the file alone (tlbench/restore.py).
+CHECKPOINT_KEY = "tlbench"
+
 
 def _local(path) -> bool:
     return "://" not in str(path)

@@ -26,26 +26,6 @@ from .user_errors import describe_os_error, full_disk
 log = logging.getLogger("tlbench")
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The root config exactly as `tlbench <overrides>` composes it, for Python callers and tests.
-    A mistake in the overrides raises a ConfigError with the one line the CLI would print."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-
-    from .errors import ConfigError
-    from .user_errors import describe_hydra_error
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        try:
-            return hydra_compose(config_name="config", overrides=overrides or [])
-        except HydraException as exc:
-            line = describe_hydra_error(exc, overrides or [])
-            if line is None:
-                raise
-            raise ConfigError(line) from None
-
-
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -77,9 +57,10 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     if not _in_multirun() and metrics.get("run_id"):  # "" on DDP ranks other than 0, which record nothing
         runs = load_runs(run.tracking.uri, run.tracking.experiment, f"attributes.run_id = '{metrics['run_id']}'")
         print(summary_table(runs))
-        print(f"MLflow run {metrics['run_id']} in experiment '{run.tracking.experiment}'"
-              + (f"; its backbone for a next transfer: backbone.weights=runs:/{metrics['run_id']}/backbone/backbone.pt"
-                 if run.tracking.log_model else ""))
+        print(
+            f"MLflow run {metrics['run_id']} in experiment '{run.tracking.experiment}'"
+            + (f"; its backbone for a next transfer: backbone.weights=runs:/{metrics['run_id']}/backbone/backbone.pt" if run.tracking.log_model else "")
+        )
     return metrics.get("test/target_acc")
 
 
@@ -98,8 +79,11 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         full = full_disk([cfg.get("checkpoint_dir"), HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None, "."])
         if full:  # e.g. torch.save's "unexpected pos" on a full disk: the disk, not a bug
             log.debug("run failed on a full disk", exc_info=True)
-            return _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} — the disk holding {full} is full; "
-                         "free space, or point checkpoint_dir/hydra.run.dir to another disk", 1)
+            return _fail(
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} — the disk holding {full} is full; "
+                "free space, or point checkpoint_dir/hydra.run.dir to another disk",
+                1,
+            )
         if not _in_multirun():
             raise
         log.exception("run failed")
@@ -181,9 +165,11 @@ def main() -> None:
     except BaseException as exc:
         if type(exc).__name__ == "TerminatedWorkerError":  # joblib: a worker process was killed (OOM, SIGKILL)
             sweep_run.close_interrupted_sweep("FAILED", close_dead_children=True)
-            print("tlbench: error: a worker process of the sweep died (killed, or out of memory); the sweep stopped. "
-                  "Its unfinished runs are marked KILLED; the same command with tracking.skip_done=true runs the rest",
-                  file=sys.stderr)
+            print(
+                "tlbench: error: a worker process of the sweep died (killed, or out of memory); the sweep stopped. "
+                "Its unfinished runs are marked KILLED; the same command with tracking.skip_done=true runs the rest",
+                file=sys.stderr,
+            )
             raise SystemExit(1) from None
         sweep_run.close_interrupted_sweep("KILLED" if sys.exc_info()[0] is SystemExit else "FAILED")
         raise

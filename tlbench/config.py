@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .registry import describe_omegaconf_error
 
+
 @dataclass
 class DataConfig:
     name: str = "digits"
@@ -29,6 +30,13 @@ class DataConfig:
     #: Label budget for the labelled (source) training set: at most one of these.
     labels_per_class: Optional[int] = None
     label_fraction: Optional[float] = None
+    #: Cap on the labelled source validation split, images per class (stratified, fixed for a seed): at
+    #: small label budgets a validation split larger than the training budget is labels a practitioner
+    #: would have trained on. None = the whole split.
+    val_labels_per_class: Optional[int] = None
+    #: What the target test accuracy is measured on: `split` (the target's held-out test split) or `whole`
+    #: (every target image, as TLlib's Office-31 protocol does; its unlabelled training images included).
+    target_eval: str = "split"
     #: Augmentation preset applied to training batches: none | standard | strong.
     augment: str = "none"
     num_workers: int = 0
@@ -170,8 +178,8 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     """Check a composed config completely before anything trains; return it typed."""
     from .adapt import ADAPTERS
     from .backbones import BACKBONES
-    from .suggestions import unknown_key
     from .freeze import SCHEDULES
+    from .suggestions import unknown_key
 
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     container.pop("hydra", None)
@@ -207,6 +215,11 @@ def _check_values(run: RunConfig) -> None:
     check_values(run)
     if run.data.labels_per_class is not None and run.data.label_fraction is not None:
         raise ConfigError("data: set at most one of labels_per_class and label_fraction")
+    if run.data.target_eval == "whole" and run.data.target == run.data.source:
+        raise ConfigError(
+            "data.target_eval=whole: the target is the source domain here, so its whole domain includes "
+            "the labelled training images; use target_eval=split for in-domain runs"
+        )
 
 
 def to_plain_dict(run: RunConfig) -> dict[str, Any]:

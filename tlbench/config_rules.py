@@ -99,19 +99,41 @@ def _valid_device_list(indices: list) -> bool:
 
 
 #: Lightning 2.x names (tests/test_reliability_config.py checks them against the installed Lightning).
-PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
-              "transformer-engine", "transformer-engine-float16")
+PRECISIONS = (
+    "32-true",
+    "32",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "64",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
-              "ddp_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true",
-              "ddp_spawn_find_unused_parameters_false", "fsdp", "deepspeed", "single_device")
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false",
+    "ddp_spawn_find_unused_parameters_true",
+    "ddp_spawn_find_unused_parameters_false",
+    "fsdp",
+    "deepspeed",
+    "single_device",
+)
 
 
 def _rules() -> dict[str, Rule]:
     from .freeze.base import BN_POLICIES
 
-    fraction_or_count = Rule(lambda v: 0 < v <= 1 or (v > 1 and float(v).is_integer()),
-                             "must be a fraction in (0, 1] or a whole number of batches > 1")
+    fraction_or_count = Rule(lambda v: 0 < v <= 1 or (v > 1 and float(v).is_integer()), "must be a fraction in (0, 1] or a whole number of batches > 1")
     return {
         # top level
         "seed": within(0, MAX_SEED),
@@ -128,6 +150,8 @@ def _rules() -> dict[str, Rule]:
         "data.batch_size": at_least(1),  # larger than a split is fine: the split is one batch
         "data.labels_per_class": at_least(1),
         "data.label_fraction": within(0, 1, low_open=True),
+        "data.val_labels_per_class": at_least(1),
+        "data.target_eval": one_of("split", "whole"),
         "data.augment": one_of("none", "standard", "strong"),
         "data.num_workers": within(0, 256),
         "data.synthetic_size": at_least(100),  # below ~70 the 80/10/10 split leaves validation or test empty (a crash)

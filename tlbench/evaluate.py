@@ -40,14 +40,15 @@ def evaluate_run(run_id: str, overrides: list[str], uri: str = "", checkpoint_di
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from .api import load_run
     from .config import validate
     from .data.datamodule import DomainDataModule
+    from .module import TransferModule
+    from .restore import load_run
     from .tracking import client_for, recorded_run, resolve_uri
 
     _check_overrides(overrides)
     uri = resolve_uri(uri)
-    module = load_run(run_id, uri, checkpoint_dir)
+    module = load_run(run_id, uri, checkpoint_dir, module_class=TransferModule)
     client = client_for(uri)
     original = client.get_run(run_id)
     recorded_config = validate(OmegaConf.create(Path(client.download_artifacts(run_id, "config.yaml")).read_text()))
@@ -55,8 +56,10 @@ def evaluate_run(run_id: str, overrides: list[str], uri: str = "", checkpoint_di
     datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
     datamodule.setup("test")
     if datamodule.num_classes != module.num_classes:
-        raise ConfigError(f"{run.data.target} has {datamodule.num_classes} classes, the model of run {run_id} "
-                          f"predicts {module.num_classes}; evaluate on data with the same classes")
+        raise ConfigError(
+            f"{run.data.target} has {datamodule.num_classes} classes, the model of run {run_id} "
+            f"predicts {module.num_classes}; evaluate on data with the same classes"
+        )
     experiment = client.get_experiment(original.info.experiment_id).name
     tracking = dataclasses.replace(run.tracking, uri=uri, experiment=experiment)
     tags = {"mlflow.parentRunId": run_id, "eval_of": run_id, "overrides": " ".join(overrides)}

@@ -70,7 +70,7 @@ def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_e
         return "freeze.bn_policy=train lets BatchNorm statistics of frozen stages move"
     if augment != "none":
         return f"data.augment={augment} makes inputs differ every epoch"
-    if not adapter.uses_source:
+    if not adapter.needs.source:
         return f"adapt={type(adapter).__name__} is source-free (the cache would featurize the source data)"
     if adapter.changes_backbone_before_evaluation:
         return f"adapt={type(adapter).__name__} changes the backbone before evaluation"
@@ -112,9 +112,13 @@ def _verified_entry(path: Path, key_json: str) -> TensorFeatures | None:
     its content matching the digest written with it. Anything else is removed, with one line saying why."""
     try:
         stored = torch.load(path, weights_only=True)
-        problem = ("it was built for another split or backbone" if stored.get("key") != key_json
-                   else "its content does not match its digest" if _content_digest(stored["features"], stored["labels"]) != stored.get("digest")
-                   else None)
+        problem = (
+            "it was built for another split or backbone"
+            if stored.get("key") != key_json
+            else "its content does not match its digest"
+            if _content_digest(stored["features"], stored["labels"]) != stored.get("digest")
+            else None
+        )
     except Exception as exc:  # unreadable, truncated, or not a cache entry at all
         problem = f"it is unreadable ({type(exc).__name__})"
     if problem is None:
@@ -138,8 +142,14 @@ def featurize_split(backbone: Backbone, data: TensorImages, key: dict) -> Tensor
 
 def split_key(backbone: Backbone, backbone_key: str, domain: DomainSplits, split: str, labels: torch.Tensor) -> dict:
     """Everything a split's features depend on: the cache entry's name."""
-    return {"backbone": backbone_key, "preprocessing": repr(backbone.preprocessing), "domain": domain.name,
-            "fingerprint": domain.fingerprint, "split": split, "labels": hashlib.sha256(labels.numpy().tobytes()).hexdigest()}
+    return {
+        "backbone": backbone_key,
+        "preprocessing": repr(backbone.preprocessing),
+        "domain": domain.name,
+        "fingerprint": domain.fingerprint,
+        "split": split,
+        "labels": hashlib.sha256(labels.numpy().tobytes()).hexdigest(),
+    }
 
 
 def featurize_domain(backbone: Backbone, domain: DomainSplits, backbone_key: str) -> DomainSplits:

@@ -120,9 +120,13 @@ class SweepSummary(Callback):
             self._summarise(config, sweep_dir)
         except TlbenchError as exc:  # the store is unreachable now: what the jobs said is what we know
             sweep_run.failed_jobs = max(failed_here, 1)
-            print(f"tlbench: error: the sweep's end could not read the store ({exc}); {failed_here} of {self.total or '?'} "
-                  "job(s) failed; when the store is back, the same command with tracking.skip_done=true runs only "
-                  "what did not finish", file=sys.stderr, flush=True)
+            print(
+                f"tlbench: error: the sweep's end could not read the store ({exc}); {failed_here} of {self.total or '?'} "
+                "job(s) failed; when the store is back, the same command with tracking.skip_done=true runs only "
+                "what did not finish",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         sweep_run.failed_jobs = max(sweep_run.failed_jobs, failed_here)
 

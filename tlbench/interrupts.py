@@ -10,6 +10,7 @@ from contextlib import contextmanager
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM (a scheduler or `kill`) behaves like Ctrl-C: the run is closed as KILLED, checkpoints kept."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 

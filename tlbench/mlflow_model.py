@@ -27,16 +27,16 @@ class TransferClassifier:
         import numpy as np
         import torch
 
-        from .api import predict
+        from .prediction import predict
 
         return predict(self.module, torch.as_tensor(np.asarray(model_input))).numpy()
 
 
 def _load_pyfunc(data_path: str) -> TransferClassifier:
     """MLflow's entry point for this model flavour (`loader_module`): the slim checkpoint → the model."""
-    from .api import module_from_checkpoint
+    from .module import TransferModule
 
-    return TransferClassifier(module_from_checkpoint(data_path))
+    return TransferClassifier(TransferModule.load_from_checkpoint(data_path))
 
 
 #: What loading the model needs besides tlbench itself (listed so MLflow does not infer them: its
@@ -61,7 +61,7 @@ def save_slim_checkpoint(module, path: Path) -> Path:
     only shapes training), which is what `module_from_checkpoint` needs; a few hundred KB for small nets."""
     import torch
 
-    from .api import CHECKPOINT_KEY
+    from .checkpoint_io import CHECKPOINT_KEY
 
     state = {k: v for k, v in module.state_dict().items() if not k.startswith("adapter.")}
     torch.save({"state_dict": state, CHECKPOINT_KEY: {"run": module.run_config, "batch_composition": module.batch_composition}}, path)
@@ -79,7 +79,7 @@ def log_model(recorder, module, example_images, folder: Path) -> None:
     import torch
     from mlflow.models import infer_signature
 
-    from .api import predict
+    from .prediction import predict
 
     checkpoint = save_slim_checkpoint(module, folder / "model.ckpt")
     example = np.asarray(example_images)
@@ -87,7 +87,11 @@ def log_model(recorder, module, example_images, folder: Path) -> None:
     local = folder / MODEL_PATH
     shutil.rmtree(local, ignore_errors=True)
     mlflow.pyfunc.save_model(
-        path=str(local), loader_module=__name__, data_path=str(checkpoint),
-        signature=signature, input_example=example, pip_requirements=runtime_requirements(),
+        path=str(local),
+        loader_module=__name__,
+        data_path=str(checkpoint),
+        signature=signature,
+        input_example=example,
+        pip_requirements=runtime_requirements(),
     )
     recorder.client.log_artifacts(recorder.run_id, str(local), MODEL_PATH)

@@ -21,10 +21,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from .adapt import Adapter
 from . import validators
+from .adapt import Adapter
 from .adapt.layers import prediction_entropy
 from .backbones import Backbone
+from .checkpoint_io import CHECKPOINT_KEY
 from .config import OptimConfig
 from .domain_bn import batchnorm_domain, split_batchnorm
 from .errors import TrainingError
@@ -68,7 +69,7 @@ class TransferModule(pl.LightningModule):
             split_batchnorm(self.backbone)
             split_batchnorm(self.bottleneck)
         self.adapter = adapter
-        if adapter.freezes_head:  # e.g. SHOT's source hypothesis: it stays as the source model left it
+        if adapter.needs.frozen_head:  # e.g. SHOT's source hypothesis: it stays as the source model left it
             head.requires_grad_(False)
         self.schedule = schedule
         schedule.regularizer(backbone)  # L2-SP anchors at the starting weights now, before any checkpoint restore
@@ -104,17 +105,21 @@ class TransferModule(pl.LightningModule):
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:  # what load_from_checkpoint rebuilds the model from
-            from .api import CHECKPOINT_KEY
-
             checkpoint[CHECKPOINT_KEY] = {"run": self.run_config, "batch_composition": self.batch_composition}
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location="cpu", run_config=None) -> "TransferModule":  # type: ignore[override]
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path,
+        map_location="cpu",
+        run_config=None,  # type: ignore[override]
+        batch_composition=None,
+    ) -> "TransferModule":
         """The model rebuilt from the run config in the checkpoint (or `run_config`) with its weights, in
         eval mode. (Lightning's version would call __init__ with saved arguments; ours are built objects.)"""
-        from .api import module_from_checkpoint
+        from .restore import module_from_checkpoint
 
-        return module_from_checkpoint(checkpoint_path, run_config, map_location)
+        return module_from_checkpoint(checkpoint_path, run_config, map_location, batch_composition, module_class=cls)
 
     # -------------------------------------------------------------- freezing
     def apply_freezing(self, epoch: int) -> None:
@@ -176,7 +181,10 @@ class TransferModule(pl.LightningModule):
         return batchnorm_domain(self, domain) if self.batch_composition == "domain_bn" else nullcontext()
 
     def _forward_domains(
-        self, images_s: torch.Tensor | None, images_t: torch.Tensor | None, images_t_strong: torch.Tensor | None = None,
+        self,
+        images_s: torch.Tensor | None,
+        images_t: torch.Tensor | None,
+        images_t_strong: torch.Tensor | None = None,
     ) -> "DomainForward":
         """Features and logits of one training step under the configured batch composition.
 
@@ -207,7 +215,10 @@ class TransferModule(pl.LightningModule):
                 features_t = [self.features(x) for x in inputs_t]
         logits_t = [self.head(f) for f in features_t]
         return DomainForward(
-            features_s, None if features_s is None else self.head(features_s), features_t[0], logits_t[0],
+            features_s,
+            None if features_s is None else self.head(features_s),
+            features_t[0],
+            logits_t[0],
             logits_t[1] if len(logits_t) > 1 else None,
         )
 
@@ -216,12 +227,12 @@ class TransferModule(pl.LightningModule):
         images_t, target_index = batch.get("target"), None
         if isinstance(images_t, (tuple, list)):  # methods that need positions get (images, index)
             images_t, target_index = images_t
-        strong = images_t if self.adapter.needs_strong_view else None
+        strong = images_t if self.adapter.needs.strong_view else None
         out = self._forward_domains(images_s, images_t, strong)
         extra = {}
-        if self.adapter.needs_strong_view:
+        if self.adapter.needs.strong_view:
             extra["logits_t_strong"] = out.logits_t_strong
-        if self.adapter.needs_target_index:
+        if self.adapter.needs.target_index:
             extra["target_index"] = target_index
         adapted = self.adapter.loss(out.features_s, out.features_t, out.logits_s, out.logits_t, labels_s, self.progress, step=self.global_step, **extra)
         logs = {}
@@ -275,8 +286,10 @@ class TransferModule(pl.LightningModule):
         record chance accuracy as a FINISHED result, so the run fails here instead."""
         broken = next((name for name, p in self.named_parameters() if not torch.isfinite(p).all()), None)
         if broken is not None:
-            raise TrainingError(f"non-finite weights ({broken}) at epoch {self.current_epoch}, step {self.global_step} "
-                                f"(lr={self.optim_cfg.lr}): training diverged; lower optim.lr or check the data")
+            raise TrainingError(
+                f"non-finite weights ({broken}) at epoch {self.current_epoch}, step {self.global_step} "
+                f"(lr={self.optim_cfg.lr}): training diverged; lower optim.lr or check the data"
+            )
 
     def on_validation_epoch_end(self) -> None:
         """Log every label-free validator (tlbench.validators) of this epoch's target validation pass."""
@@ -327,8 +340,9 @@ class TransferModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # Every rank computes (the sync across devices is collective); only rank 0 draws them afterwards.
-        self._test_confusion = {split: self.confusion[split.replace("/", "_")].compute().cpu()
-                                for split in TEST_SPLITS if self.confusion[split.replace("/", "_")].update_count}
+        self._test_confusion = {
+            split: self.confusion[split.replace("/", "_")].compute().cpu() for split in TEST_SPLITS if self.confusion[split.replace("/", "_")].update_count
+        }
 
     def test_confusion(self) -> dict[str, torch.Tensor]:
         """Test split → its confusion matrix (true × predicted counts) from the last test pass."""
@@ -354,7 +368,7 @@ class TransferModule(pl.LightningModule):
     def configure_optimizers(self):
         stages = self.backbone.stage_parameters()
         cfg = self.optim_cfg
-        new_layers = list(self.bottleneck.parameters()) + ([] if self.adapter.freezes_head else list(self.head.parameters()))
+        new_layers = list(self.bottleneck.parameters()) + ([] if self.adapter.needs.frozen_head else list(self.head.parameters()))
         groups = param_groups(
             stages,
             [scale * cfg.backbone_lr_scale for scale in self.schedule.stage_lr_scales(len(stages))],

@@ -18,11 +18,7 @@ def param_groups(
     base_lr: float,
 ) -> list[dict]:
     """One group per backbone stage (lr = base × stage scale), then one per named part (lr = base × its scale)."""
-    groups = [
-        {"name": f"stage{i}", "params": params, "lr": base_lr * scale}
-        for i, (params, scale) in enumerate(zip(stage_params, stage_lr_scales))
-        if params
-    ]
+    groups = [{"name": f"stage{i}", "params": params, "lr": base_lr * scale} for i, (params, scale) in enumerate(zip(stage_params, stage_lr_scales)) if params]
     groups += [{"name": name, "params": params, "lr": base_lr * scale} for name, (params, scale) in others.items() if params]
     return groups
 
@@ -46,6 +42,4 @@ def lr_factor(kind: str, progress: float, step: int = 0, inv_gamma: float = 0.00
 
 def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int):
     total = max(1, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg.scheduler, step / total, step, cfg.inv_gamma, cfg.inv_power)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg.scheduler, step / total, step, cfg.inv_gamma, cfg.inv_power))

@@ -18,8 +18,7 @@ def cache_dir(*parts: str) -> Path:
     except OSError as exc:  # a file in the way, a read-only or missing mount
         from .errors import DataError
 
-        raise DataError(f"cache folder {path}: cannot create it ({exc.strerror or exc}); point TLBENCH_CACHE to a "
-                        "writable folder") from None
+        raise DataError(f"cache folder {path}: cannot create it ({exc.strerror or exc}); point TLBENCH_CACHE to a writable folder") from None
     return path
 
 

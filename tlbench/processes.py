@@ -27,7 +27,7 @@ def this_process() -> str:
 
 
 def process_state(token: str) -> str:
-    """"alive", "gone", or "unknown" (another host, or a token this version did not write)."""
+    """ "alive", "gone", or "unknown" (another host, or a token this version did not write)."""
     parts = token.split(":")
     if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
         return "unknown"

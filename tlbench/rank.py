@@ -108,9 +108,15 @@ def zoo_run(tracking, name: str) -> str:
     uri = resolve_uri(tracking.uri)
     client = client_for(uri, tracking.timeout_s)
     experiment = client.get_experiment_by_name(ZOO_EXPERIMENT)
-    runs = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id], f"tags.zoo_member = '{name}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1,
+    runs = (
+        []
+        if experiment is None
+        else client.search_runs(
+            [experiment.experiment_id],
+            f"tags.zoo_member = '{name}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
     )
     if not runs:
         raise WeightsError(f"candidate {name}: no finished zoo run in {uri} (experiment '{ZOO_EXPERIMENT}'); build the zoo with {ZOO_BUILD} --uri {uri}")
@@ -119,7 +125,6 @@ def zoo_run(tracking, name: str) -> str:
 
 def source_head(candidate: Candidate, zoo_run_id: str | None):
     """The candidate's source classifier (features → source-class logits), or None when it has none."""
-    import torch
     from torch import nn
 
     if candidate.source_head == "none":
@@ -178,8 +183,13 @@ def score_candidate(candidate: Candidate, run, domain, labelled, estimators: lis
             scores[f"rank/{name}"] = float(FEATURE_ESTIMATORS[name](features, labels))
         elif probs is not None:
             scores[f"rank/{name}"] = float(HEAD_ESTIMATORS[name](probs, labels))
-    return {**scores, "rank/feature_seconds": feature_seconds, "rank/score_seconds": time.perf_counter() - started,
-            "rank/samples": float(len(labels)), "rank/feature_dim": float(features.shape[1])}
+    return {
+        **scores,
+        "rank/feature_seconds": feature_seconds,
+        "rank/score_seconds": time.perf_counter() - started,
+        "rank/samples": float(len(labels)),
+        "rank/feature_dim": float(features.shape[1]),
+    }
 
 
 def rank_hash(run, candidate: Candidate, estimators: list[str]) -> str:
@@ -192,8 +202,8 @@ def rank_hash(run, candidate: Candidate, estimators: list[str]) -> str:
 
 def rank(args: list[str]) -> list[dict[str, Any]]:
     """Score every candidate; returns one row per candidate (name, scores, run_id), best LogME first."""
-    from .api import compose
     from .backbones.weights import runs_resolved_in
+    from .composition import compose
     from .tracking import resolve_uri
 
     names, estimators, overrides = split_arguments(args)
@@ -206,7 +216,7 @@ def rank(args: list[str]) -> list[dict[str, Any]]:
 
 
 def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: list[str]) -> list[dict[str, Any]]:
-    from .api import compose
+    from .composition import compose
     from .config import flatten, to_plain_dict
     from .data.datamodule import DomainDataModule
     from .tracking import finished_run_with_hash, recorded_run
@@ -224,11 +234,23 @@ def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: l
         if done:
             rows.append({"candidate": candidate.name, "run_id": done, "split": domain.name, **recorded_scores(run.tracking, done)})
             continue
-        tags = {"config_hash": digest, "rank_candidate": candidate.name, "source_head": candidate.source_head,
-                "dataset": run.data.name, "labelled_split": domain.name, "source_fingerprint": domain.fingerprint}
+        tags = {
+            "config_hash": digest,
+            "rank_candidate": candidate.name,
+            "source_head": candidate.source_head,
+            "dataset": run.data.name,
+            "labelled_split": domain.name,
+            "source_fingerprint": domain.fingerprint,
+        }
         with recorded_run(run.tracking, f"rank {candidate.name} · {task}", tags) as recorder:
-            recorder.log_params({**flatten(to_plain_dict(run)), "rank.candidate": candidate.name,
-                                 "rank.source_head": candidate.source_head, "rank.estimators": ",".join(estimators)})
+            recorder.log_params(
+                {
+                    **flatten(to_plain_dict(run)),
+                    "rank.candidate": candidate.name,
+                    "rank.source_head": candidate.source_head,
+                    "rank.estimators": ",".join(estimators),
+                }
+            )
             scores = score_candidate(candidate, run, domain, labelled, estimators, zoo_run_id)
             recorder.log_metrics(scores, step=0)
         rows.append({"candidate": candidate.name, "run_id": recorder.run_id, "split": domain.name, **scores})
@@ -275,6 +297,8 @@ def main() -> int:
         print(f"tlbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(ranking_table(rows))
-    print(f"scored on {int(rows[0]['rank/samples'])} labelled training images of {rows[0]['split']}; higher is better; "
-          "(n) = rank under that estimator; – = no source head (LEEP/NCE need one)")
+    print(
+        f"scored on {int(rows[0]['rank/samples'])} labelled training images of {rows[0]['split']}; higher is better; "
+        "(n) = rank under that estimator; – = no source head (LEEP/NCE need one)"
+    )
     return 0

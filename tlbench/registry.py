@@ -65,9 +65,7 @@ class Registry(Generic[T]):
     def entry(self, name: str) -> Entry[T]:
         self._discover()
         if name not in self._entries:
-            raise ConfigError(
-                f"{self.group}.{self.key}: unknown {self.group} '{name}'; choose one of: {', '.join(self.choices())}"
-            )
+            raise ConfigError(f"{self.group}.{self.key}: unknown {self.group} '{name}'; choose one of: {', '.join(self.choices())}")
         return self._entries[name]
 
     def validate(self, node: Any) -> Any:

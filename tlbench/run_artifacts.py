@@ -45,8 +45,11 @@ def log_run_artifacts(recorder, module, raw_datamodule, output_dir: str, log_mod
         _log_figure(recorder, learning_curves(recorder), "plots/learning_curves.png")
         for split, counts in module.test_confusion().items():  # counted in the test pass: no extra inference
             name = split.replace("test/", "")
-            _log_figure(recorder, confusion_figure(counts, raw_datamodule.target.class_names, f"{name} test (the selected checkpoint)"),
-                        f"plots/confusion_{name}_test.png")
+            _log_figure(
+                recorder,
+                confusion_figure(counts, raw_datamodule.target.class_names, f"{name} test (the selected checkpoint)"),
+                f"plots/confusion_{name}_test.png",
+            )
     from .feature_cache import CachedBackbone
 
     has_images = hasattr(raw_datamodule.target.test, "images")

@@ -15,7 +15,7 @@ def load_runs(uri: str = "", experiment: str = "tlbench", filter_string: str | t
     if found is None:
         return pd.DataFrame()
     rows, seen = [], set()
-    for one_filter in (filter_string if isinstance(filter_string, tuple) else (filter_string,)):
+    for one_filter in filter_string if isinstance(filter_string, tuple) else (filter_string,):
         _collect_rows(client, found.experiment_id, one_filter, rows, seen)
     frame = pd.DataFrame(rows)
     if not include_running and not frame.empty:
@@ -31,8 +31,13 @@ def _collect_rows(client, experiment_id: str, filter_string: str, rows: list, se
             if run.info.run_id in seen:
                 continue
             seen.add(run.info.run_id)
-            row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status, "start_time": run.info.start_time,
-                   "end_time": run.info.end_time}
+            row = {
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "status": run.info.status,
+                "start_time": run.info.start_time,
+                "end_time": run.info.end_time,
+            }
             row.update({f"params.{k}": v for k, v in run.data.params.items()})
             row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
             row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
@@ -78,8 +83,10 @@ def summary_table(runs: pd.DataFrame, width: int = SUMMARY_WIDTH) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cells) + " |"
 
-    return "\n".join([
-        line([h.ljust(w) for h, w in widths.items()]),
-        line([("-" * (w - 1) + ":") if h in numeric else (":" + "-" * (w - 1)) for h, w in widths.items()]),
-        *(line([v.rjust(widths[h]) if h in numeric else v.ljust(widths[h]) for h, v in zip(columns, row)]) for row in zip(*columns.values())),
-    ])
+    return "\n".join(
+        [
+            line([h.ljust(w) for h, w in widths.items()]),
+            line([("-" * (w - 1) + ":") if h in numeric else (":" + "-" * (w - 1)) for h, w in widths.items()]),
+            *(line([v.rjust(widths[h]) if h in numeric else v.ljust(widths[h]) for h, v in zip(columns, row)]) for row in zip(*columns.values())),
+        ]
+    )

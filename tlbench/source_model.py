@@ -29,15 +29,19 @@ def source_run_id(run: RunConfig) -> str:
     """The run id `adapt.source_model` names; a ConfigError that says what to run when there is none."""
     spec = run.adapt.source_model
     if spec.startswith(RUNS_PREFIX):
-        return spec[len(RUNS_PREFIX):].strip("/").split("/")[0]
+        return spec[len(RUNS_PREFIX) :].strip("/").split("/")[0]
     uri = resolve_uri(run.tracking.uri)
     client = client_for(uri, run.tracking.timeout_s)
     experiment = client.get_experiment_by_name(run.tracking.experiment)
     wanted = _matching_params(run)
-    candidates = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id],
-        f"params.`adapt.name` = '{spec}' and params.seed = '{run.seed}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
+    candidates = (
+        []
+        if experiment is None
+        else client.search_runs(
+            [experiment.experiment_id],
+            f"params.`adapt.name` = '{spec}' and params.seed = '{run.seed}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+        )
     )
     for candidate in candidates:
         if all(candidate.data.params.get(k) == v for k, v in wanted.items()):
@@ -55,19 +59,23 @@ def check_source_data(run: RunConfig, run_id: str, trained_on: dict) -> None:
     'source-free' result."""
     labelled = trained_on.get("source")
     if labelled == run.data.target:
-        raise ConfigError(f"adapt.source_model: run {run_id} was trained on labelled '{labelled}', this run's target "
-                          "domain: its weights carry target labels; use a source model trained on the source domain")
+        raise ConfigError(
+            f"adapt.source_model: run {run_id} was trained on labelled '{labelled}', this run's target "
+            "domain: its weights carry target labels; use a source model trained on the source domain"
+        )
     if labelled != run.data.source:
-        raise ConfigError(f"adapt.source_model: run {run_id} was trained on '{labelled}', not on this run's source "
-                          f"'{run.data.source}'; use a source model of the same source domain")
+        raise ConfigError(
+            f"adapt.source_model: run {run_id} was trained on '{labelled}', not on this run's source "
+            f"'{run.data.source}'; use a source model of the same source domain"
+        )
 
 
 def load_source_model(module, run: RunConfig) -> str:
     """Copy the source run's backbone, bottleneck and head weights into `module`; returns its run id."""
-    from .api import load_run
+    from .restore import load_run
 
     run_id = source_run_id(run)
-    source = load_run(run_id, run.tracking.uri)
+    source = load_run(run_id, run.tracking.uri, module_class=type(module))
     check_source_data(run, run_id, (source.run_config or {}).get("data", {}))
     for part in ("backbone", "bottleneck", "head"):
         try:

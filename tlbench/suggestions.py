@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 
 def closest(word: str, candidates: Iterable[Any]) -> str:
-    """"; closest: x" for the most similar candidate, or "" when none is similar."""
+    """ "; closest: x" for the most similar candidate, or "" when none is similar."""
     names = [str(c) for c in candidates]
     match = difflib.get_close_matches(str(word), names, n=1, cutoff=0.5)
     return f"; closest: {match[0]}" if match else ""

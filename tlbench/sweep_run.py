@@ -180,8 +180,7 @@ def close_sweep_run(uri: str, parent_id: str, summary: str, runs: Any, expected:
     recorded = sum(counts.values())
     missing = max((expected or 0) - recorded - reused, 0)
     failed = counts.get("FAILED", 0) + counts.get("KILLED", 0) + missing
-    for name, value in {"runs_finished": counts.get("FINISHED", 0), "runs_reused": reused, "runs_failed": failed,
-                        "runs_missing": missing}.items():
+    for name, value in {"runs_finished": counts.get("FINISHED", 0), "runs_reused": reused, "runs_failed": failed, "runs_missing": missing}.items():
         client.log_metric(parent_id, name, value)
     client.log_text(parent_id, summary, "sweep_summary.md")
     plot = _accuracy_plot(runs)

@@ -31,6 +31,9 @@ DEFAULT_TIMEOUT_S = 20
 T = TypeVar("T")
 #: Config keys that do not change what is computed, left out of the config hash.
 NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+#: Fields added after runs were recorded, at the value that computes what their absence did: left out of
+#: the config hash at that value, so the hashes (and skip_done) of older runs stay valid.
+NEUTRAL_DEFAULTS = {"data.val_labels_per_class": None, "data.target_eval": "split"}
 
 
 #: Set once a run of this process was closed as KILLED by an interrupt (the CLI then ignores more Ctrl-C).
@@ -130,8 +133,13 @@ def check_server(uri: str, timeout_s: float) -> None:
 def config_hash(run: RunConfig) -> str:
     """Hash of everything that changes what a run computes (seed included): the key for skip_done."""
     flat = flatten(to_plain_dict(run))
-    semantic = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)
-                and v != {}}  # an empty options dict computes what its absence did: hashes of older runs stay valid
+    semantic = {
+        k: v
+        for k, v in flat.items()
+        if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)
+        and v != {}  # an empty options dict computes what its absence did: hashes of older runs stay valid
+        and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
+    }
     return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -214,8 +222,9 @@ def check_sqlite_store(uri: str, timeout_s: float) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)  # what MLflow would do, but with one line when it cannot
         except OSError as exc:
-            raise TrackingError(f"{where} cannot be created: its folder {folder} cannot be made ({exc.strerror or exc}); "
-                                "set tracking.uri to a writable place") from None
+            raise TrackingError(
+                f"{where} cannot be created: its folder {folder} cannot be made ({exc.strerror or exc}); set tracking.uri to a writable place"
+            ) from None
         return  # created (and migrated) by MLflow under store_creation_lock
     try:
         with open(path, "rb") as f:
@@ -240,8 +249,9 @@ def check_sqlite_store(uri: str, timeout_s: float) -> None:
             connection.close()
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
-            raise TrackingError(f"{where} stayed locked by another process for {time.monotonic() - started:.0f}s "
-                                "(tracking.timeout_s); try again when it is done") from None
+            raise TrackingError(
+                f"{where} stayed locked by another process for {time.monotonic() - started:.0f}s (tracking.timeout_s); try again when it is done"
+            ) from None
         raise TrackingError(f"{where} cannot be used: {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise TrackingError(f"{where} is damaged ({exc}); move it away to start a new store, or set tracking.uri") from None
@@ -306,9 +316,7 @@ def finished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
     found = client.get_experiment_by_name(tracking.experiment)
     if found is None:
         return None
-    runs = client.search_runs(
-        [found.experiment_id], f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'", max_results=1
-    )
+    runs = client.search_runs([found.experiment_id], f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 
@@ -417,8 +425,10 @@ def unfinished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | Non
         return None
     close_dead_runs(client, found.experiment_id, digest)
     runs = client.search_runs(
-        [found.experiment_id], f"tags.config_hash = '{digest}' and attributes.status != 'FINISHED'",
-        max_results=20, order_by=["attributes.start_time DESC"],
+        [found.experiment_id],
+        f"tags.config_hash = '{digest}' and attributes.status != 'FINISHED'",
+        max_results=20,
+        order_by=["attributes.start_time DESC"],
     )
     runs = [r for r in runs if r.info.status != "RUNNING" or process_state(r.data.tags.get(PROCESS_TAG, "")) != "alive"]
     return runs[0].info.run_id if runs else None

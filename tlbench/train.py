@@ -14,26 +14,22 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
-from torch import nn
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from . import __version__
-from .adapt import ADAPTERS
-from .backbones import BACKBONES
+from .assembly import build_module
 from .backbones.weights import runs_resolved_in
 from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
-from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, streamed, why_not_cacheable
-from .freeze import SCHEDULES
 from .errors import ConfigError
-from .heads import build_bottleneck, build_head
-from .module import TransferModule
+from .feature_cache import CachedBackbone
 from .interrupts import sigterm_as_interrupt
-from .progress import EpochSummary
-from .selection import RULES, SELECTION_METRICS
-from .threads import intra_op_threads, threads_for
 from .mlflow_logger import MlflowMetricLogger
+from .module import TransferModule
+from .progress import EpochSummary
+from .selection import SELECTION_METRICS
+from .threads import intra_op_threads, threads_for
 from .tracking import (
     config_hash,
     finished_run_with_hash,
@@ -46,95 +42,10 @@ from .tracking import (
 log = logging.getLogger(__name__)
 
 
-def build_augmentation_for(preset: str, datamodule: DomainDataModule):
-    if preset == "none":
-        return None
-    from .data.augment import build_augmentation
-
-    # The same augmentation is applied to source and target batches: flip only if both allow it.
-    return build_augmentation(preset, datamodule.source.hflip_ok and datamodule.target.hflip_ok)
-
-
-def check_method_fits(run: RunConfig, adapter, datamodule: DomainDataModule) -> None:
-    """Refuse combinations a method cannot honour: a source-free method has no source split to select on
-    and no second domain in an in-domain run."""
-    if adapter.uses_source:
-        return
-    if RULES[run.selection].reads_source:
-        usable = ", ".join(name for name, rule in RULES.items() if not rule.reads_source and not rule.uses_target_labels)
-        raise ConfigError(f"selection={run.selection}: adapt={run.adapt.name} is source-free, so there is no source "
-                          f"validation split; use selection= one of {usable} (or oracle, labelled as such)")
-    if datamodule.in_domain:
-        raise ConfigError(f"adapt={run.adapt.name} is source-free: it needs a target domain different from the source")
-
-
-def effective_batch_composition(run: RunConfig, adapter, datamodule: DomainDataModule, target_has_no_effect: bool) -> str:
-    """The batch composition a run trains with. A method that ignores the target forwards only the source
-    when a target batch could change nothing: in an in-domain run (a second source batch would just
-    change batch size), or when nothing that trains normalises or drops out (`target_has_no_effect`)."""
-    if run.batch_composition == "source" and adapter.needs_target:
-        raise ConfigError(
-            f"batch_composition=source: adapt={run.adapt.name} needs target batches; use joint or separate"
-        )
-    if run.batch_composition == "domain_bn" and adapter.changes_backbone_before_evaluation:
-        raise ConfigError(f"batch_composition=domain_bn: adapt={run.adapt.name} re-estimates BatchNorm itself; use joint or separate")
-    if not adapter.needs_target and (datamodule.in_domain or (target_has_no_effect and run.batch_composition in ("joint", "separate"))):
-        return "source"
-    return run.batch_composition
-
-
-def batch_dependent(*parts: nn.Module) -> bool:
-    """True if any part has BatchNorm or active dropout: layers whose output depends on what else is in
-    the batch or that draw random numbers, so forwarding a target batch changes the run."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(m, nn.Dropout) and m.p > 0)
-               for part in parts for m in part.modules())
-
-
-def build_module(run: RunConfig, datamodule: DomainDataModule) -> tuple[TransferModule, DomainDataModule, str]:
-    """Assemble the module; with a fully frozen backbone, swap images for cached features.
-
-    Returns the module, the datamodule it trains on, and the feature-cache decision ("on" or why not).
-    """
-    schedule = SCHEDULES.build(run.freeze)
-    backbone_cfg = run.backbone if schedule.uses_pretrained else dataclasses.replace(run.backbone, weights="none")
-    backbone = BACKBONES.build(backbone_cfg)
-    feature_dim = run.head.bottleneck or backbone.out_features
-    adapter = ADAPTERS.build(run.adapt, num_classes=datamodule.num_classes, feature_dim=feature_dim)
-    check_method_fits(run, adapter, datamodule)
-    head = build_head(feature_dim, datamodule.num_classes, run.head.hidden, run.head.dropout)
-    bottleneck = build_bottleneck(backbone.out_features, run.head.bottleneck)
-    not_fixed = why_not_cacheable(schedule, backbone, adapter, run.data.augment, run.trainer.max_epochs)
-    backbone_trains = schedule.always_frozen_prefix(len(backbone.stages()), run.trainer.max_epochs) < len(backbone.stages())
-    composition = effective_batch_composition(run, adapter, datamodule, not_fixed is None and not batch_dependent(bottleneck, head))
-    if not run.trainer.feature_cache:
-        reason = "trainer.feature_cache=false"
-    else:
-        reason = not_fixed or streamed((datamodule.source, datamodule.target))
-    if reason is None:
-        key = backbone_digest(backbone)
-        source = featurize_domain(backbone, datamodule.source, key)
-        target = source if datamodule.in_domain else featurize_domain(backbone, datamodule.target, key)
-        datamodule = DomainDataModule(run.data, run.seed, source, target, run.trainer.steps_per_epoch)
-        backbone = CachedBackbone(backbone.out_features)
-    # said when it matters (on, or off although the backbone never trains); a fine-tuning run needs no line
-    (log.debug if backbone_trains and reason is not None else log.info)(
-        "feature cache: %s", "on" if reason is None else f"off ({reason})")
-    datamodule.serve(adapter, composition)
-    module = TransferModule(
-        backbone, head, adapter, schedule, run.optim, datamodule.num_classes,
-        build_augmentation_for(run.data.augment, datamodule), seed=run.seed,
-        bottleneck=bottleneck, batch_composition=composition,
-        strong_augment=build_augmentation_for("strong", datamodule) if adapter.needs_strong_view else None,
-    )
-    module.run_config = to_plain_dict(run)  # stored in checkpoints: TransferModule.load_from_checkpoint(path) rebuilds it
-    return module, datamodule, "on" if reason is None else f"off: {reason}"
-
-
 #: TrainerConfig fields that are tlbench's own, not pl.Trainer arguments.
 TLBENCH_TRAINER_FIELDS = ("steps_per_epoch", "feature_cache", "threads", "options")
 #: pl.Trainer arguments tlbench sets itself: a run's recording, checkpoints and output folder depend on them.
-RESERVED_TRAINER_ARGS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins",
-                         "num_sanity_val_steps", "enable_model_summary")
+RESERVED_TRAINER_ARGS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "num_sanity_val_steps", "enable_model_summary")
 
 
 def trainer_arguments(t) -> dict[str, Any]:
@@ -165,8 +76,7 @@ def writable_folder(folder: str, setting: str) -> None:
         if not os.access(folder, os.W_OK):
             raise PermissionError(13, "not writable")
     except OSError as exc:
-        raise ConfigError(f"{setting}={folder}: cannot create or write this folder ({exc.strerror or exc}); "
-                          f"point {setting} to a writable place") from None
+        raise ConfigError(f"{setting}={folder}: cannot create or write this folder ({exc.strerror or exc}); point {setting} to a writable place") from None
 
 
 def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, callbacks: list | None = None) -> pl.Trainer:
@@ -180,8 +90,10 @@ def build_trainer(run: RunConfig, logger, checkpoint: ModelCheckpoint | None, ca
     except (MisconfigurationException, RuntimeError) as exc:
         if not isinstance(exc, MisconfigurationException) and "device" not in str(exc).lower():
             raise
-        raise ConfigError(f"trainer.accelerator={arguments.get('accelerator')} trainer.devices={arguments.get('devices')}: "
-                          f"{str(exc).splitlines()[0]} on this machine; use trainer=default (CPU) or check the drivers") from None
+        raise ConfigError(
+            f"trainer.accelerator={arguments.get('accelerator')} trainer.devices={arguments.get('devices')}: "
+            f"{str(exc).splitlines()[0]} on this machine; use trainer=default (CPU) or check the drivers"
+        ) from None
 
 
 def _trainer(run: RunConfig, arguments: dict, logger, checkpoint, callbacks) -> pl.Trainer:
@@ -265,8 +177,8 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
     raw_datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
     source_tags = {}
     with runs_resolved_in(resolve_uri(run.tracking.uri)):  # weights=runs:/... come from this run's store
-        module, datamodule, cache_decision = build_module(run, raw_datamodule)
-        if not module.adapter.uses_source:
+        module, datamodule, cache_decision = build_module(run, raw_datamodule, TransferModule)
+        if not module.adapter.needs.source:
             from .source_model import load_source_model
 
             source_tags["source_run_id"] = load_source_model(module, run)
@@ -276,10 +188,15 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
     if not resume_run_id:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
     threads = threads_for(run.trainer.threads, module)
-    tags = {**run_tags(run, datamodule, digest), "feature_cache": cache_decision,
-            "batch_composition": module.batch_composition, "threads": threads, **source_tags, **(extra_tags or {})}
-    with sigterm_as_interrupt(), intra_op_threads(threads), \
-            recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
+    tags = {
+        **run_tags(run, datamodule, digest),
+        "feature_cache": cache_decision,
+        "batch_composition": module.batch_composition,
+        "threads": threads,
+        **source_tags,
+        **(extra_tags or {}),
+    }
+    with sigterm_as_interrupt(), intra_op_threads(threads), recorded_run(run.tracking, default_run_name(run), tags, resume_run_id) as recorder:
         if not resume_run_id:
             plain = to_plain_dict(run)
             recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})
@@ -288,8 +205,13 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         checkpoint = None
         if not run.trainer.fast_dev_run:
             checkpoint = ModelCheckpoint(  # monitor None (selection=last): the newest epoch is the one kept
-                dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-                monitor=monitor, mode=mode if monitor else "max", save_top_k=1, save_last=True,
+                dirpath=checkpoint_dir,
+                filename="best-epoch{epoch:03d}",
+                auto_insert_metric_name=False,
+                monitor=monitor,
+                mode=mode if monitor else "max",
+                save_top_k=1,
+                save_last=True,
             )
         trainer = build_trainer(run, MlflowMetricLogger(recorder), checkpoint, extra_callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume_run_id else None, weights_only=True)

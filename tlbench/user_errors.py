@@ -10,8 +10,8 @@ import dataclasses
 import errno
 from typing import Any, Optional
 
-from .suggestions import closest, unknown_key
 from .errors import one_line
+from .suggestions import closest, unknown_key
 
 #: errno values that mean "the machine refused", not "tlbench has a bug".
 _ENVIRONMENT_ERRNOS = {
@@ -61,8 +61,13 @@ def _schema_fields(group: str, node: Any) -> list[str]:
     """Field names the group accepts: its dataclass, or the chosen implementation's for registry groups."""
     from . import config
 
-    fixed = {"data": config.DataConfig, "head": config.HeadConfig, "optim": config.OptimConfig,
-             "trainer": config.TrainerConfig, "tracking": config.TrackingConfig}
+    fixed = {
+        "data": config.DataConfig,
+        "head": config.HeadConfig,
+        "optim": config.OptimConfig,
+        "trainer": config.TrainerConfig,
+        "tracking": config.TrackingConfig,
+    }
     if group in fixed:
         return [f.name for f in dataclasses.fields(fixed[group])]
     registries = _registries()
@@ -101,8 +106,7 @@ def describe_hydra_error(exc: BaseException, overrides: list[str] = ()) -> Optio
         missing = str(getattr(exc, "missing_cfg_file", "") or "")
         if options and "/" in missing:
             group, _, option = missing.rpartition("/")
-            return (f"{group}={option}: no such option{closest(option, options)}; "
-                    f"Available options in '{group}': {', '.join(options)}")
+            return f"{group}={option}: no such option{closest(option, options)}; Available options in '{group}': {', '.join(options)}"
         return one_line(exc, limit=400)
     cause = exc.__cause__
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
@@ -113,8 +117,7 @@ def describe_hydra_error(exc: BaseException, overrides: list[str] = ()) -> Optio
         group, _, name = full_key.rpartition(".")
         schema = _schema_fields(group, parent) if group and "." not in group else []
         if name in schema and name not in present:  # a real field the chosen yaml does not set
-            return (f"{full_key}: not set by the chosen {group} config, so it must be added: "
-                    f"+{full_key}={_override_value(full_key, list(overrides))}")
+            return f"{full_key}: not set by the chosen {group} config, so it must be added: +{full_key}={_override_value(full_key, list(overrides))}"
         if not full_key:
             return one_line(exc, limit=400)
         where = f"{group} '{parent['name']}'" if group in ("adapt", "backbone", "freeze") and parent is not None and "name" in parent else group

@@ -120,7 +120,6 @@ def class_ami(probs: torch.Tensor, features: torch.Tensor, seed: int = 0) -> flo
     classes) of the features: high when the classifier's decisions follow the features' own clusters."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_mutual_info_score
-
     from threadpoolctl import threadpool_limits
 
     points = _principal_components(features.double(), CLUSTER_DIMS).numpy()
@@ -130,8 +129,9 @@ def class_ami(probs: torch.Tensor, features: torch.Tensor, seed: int = 0) -> flo
     return float(adjusted_mutual_info_score(probs.argmax(1).numpy(), clusters))
 
 
-def validator_scores(target_probs: torch.Tensor, target_features: torch.Tensor,
-                     source_features: torch.Tensor | None = None, source_losses: torch.Tensor | None = None) -> dict[str, float]:
+def validator_scores(
+    target_probs: torch.Tensor, target_features: torch.Tensor, source_features: torch.Tensor | None = None, source_losses: torch.Tensor | None = None
+) -> dict[str, float]:
     """Every validator's value for one evaluation pass, keyed by its metric name (selection.VALIDATOR_METRICS);
     DEV/DEVN only when the run has a source validation split."""
     target_probs, target_features = target_probs[:MAX_EXAMPLES].cpu(), target_features[:MAX_EXAMPLES].cpu()

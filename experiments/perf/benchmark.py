@@ -33,8 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
-PROBE_GRID = ["backbone=efficientnet_lite0", "freeze=linear_probe", "data=digits", "data.synthetic_size=1000",
-              "optim.lr=3e-4,1e-3,3e-3,1e-2", "head.hidden=choice([],[128])"]
+PROBE_GRID = [
+    "backbone=efficientnet_lite0",
+    "freeze=linear_probe",
+    "data=digits",
+    "data.synthetic_size=1000",
+    "optim.lr=3e-4,1e-3,3e-3,1e-2",
+    "head.hidden=choice([],[128])",
+]
 TINY_RUN = ["backbone=small_cnn", "data=digits", "data.synthetic_size=400", "data.batch_size=32", "trainer.max_epochs=1"]
 
 
@@ -65,9 +71,19 @@ def tlbench(work: Path, name: str, overrides: list[str], timings: Path | None = 
     """A tlbench command recording into its own store; through timed_tlbench.py when `timings` is given."""
     head = [PYTHON, str(HERE / "timed_tlbench.py"), str(timings)] if timings else [PYTHON, "-m", "tlbench"]
     folder = work / name
-    return head + (["-m"] if multirun else []) + overrides + [
-        f"tracking.uri=sqlite:///{folder}/mlflow.db", f"checkpoint_dir={folder}/ckpt", "trainer.enable_progress_bar=false",
-        "tracking.log_model=false", f"hydra.sweep.dir={folder}/sweep", f"hydra.run.dir={folder}/run"]
+    return (
+        head
+        + (["-m"] if multirun else [])
+        + overrides
+        + [
+            f"tracking.uri=sqlite:///{folder}/mlflow.db",
+            f"checkpoint_dir={folder}/ckpt",
+            "trainer.enable_progress_bar=false",
+            "tracking.log_model=false",
+            f"hydra.sweep.dir={folder}/sweep",
+            f"hydra.run.dir={folder}/run",
+        ]
+    )
 
 
 def interleaved(pairs: int, arms: dict[str, callable]) -> dict[str, list]:
@@ -75,7 +91,7 @@ def interleaved(pairs: int, arms: dict[str, callable]) -> dict[str, list]:
     names = list(arms)
     results: dict[str, list] = {name: [] for name in names}
     for index in range(pairs):
-        for name in (names if index % 2 == 0 else names[::-1]):
+        for name in names if index % 2 == 0 else names[::-1]:
             results[name].append(arms[name](index))
     return results
 
@@ -85,8 +101,11 @@ def accuracies(store: Path) -> dict[str, float]:
 
     client = MlflowClient(f"sqlite:///{store}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    return {f"lr={r.data.params['optim.lr']} hidden={r.data.params['head.hidden']}": r.data.metrics["test/target_acc"]
-            for r in runs if "tlbench.parent" not in r.data.tags}
+    return {
+        f"lr={r.data.params['optim.lr']} hidden={r.data.params['head.hidden']}": r.data.metrics["test/target_acc"]
+        for r in runs
+        if "tlbench.parent" not in r.data.tags
+    }
 
 
 def stats(values: list[float], digits: int = 1) -> str:
@@ -106,6 +125,7 @@ def section_probe_grid(work: Path, pairs: int, epochs: int, lines: list[str]) ->
             timed.accuracies = accuracies(work / name / "mlflow.db")
             timed.timings = json.loads((work / f"{name}.json").read_text())
             return timed
+
         return run
 
     results = interleaved(pairs, {"uncached": arm(False), "cached": arm(True)})
@@ -113,14 +133,19 @@ def section_probe_grid(work: Path, pairs: int, epochs: int, lines: list[str]) ->
     same = all(c.accuracies == u.accuracies for c, u in zip(cached, uncached))
     ratio = statistics.median(u.wall for u in uncached) / statistics.median(c.wall for c in cached)
     lines += [
-        "## 1. Linear-probe grid: cached vs uncached frozen features, end to end", "",
+        "## 1. Linear-probe grid: cached vs uncached frozen features, end to end",
+        "",
         f"`tlbench -m {' '.join(PROBE_GRID)} trainer.max_epochs={epochs} trainer.feature_cache=true|false` (8 runs in one process, "
         "EfficientNet-Lite0 ImageNet at 32 px, 1,000 synthetic source digits, 898 target), a new store and a cold cache "
-        f"folder for every command, {pairs} interleaved pairs.", "",
-        "| arm | wall s, median (min) | load average at start |", "|---|---|---|",
+        f"folder for every command, {pairs} interleaved pairs.",
+        "",
+        "| arm | wall s, median (min) | load average at start |",
+        "|---|---|---|",
         f"| uncached | {stats([u.wall for u in uncached])} | {loads(uncached)} |",
-        f"| cached | {stats([c.wall for c in cached])} | {loads(cached)} |", "",
-        f"Speed-up **{ratio:.1f}×** (issue target ≥ 20×, goal 50×); accuracies identical in every pair: **{same}**.", "",
+        f"| cached | {stats([c.wall for c in cached])} | {loads(cached)} |",
+        "",
+        f"Speed-up **{ratio:.1f}×** (issue target ≥ 20×, goal 50×); accuracies identical in every pair: **{same}**.",
+        "",
     ]
     return {"cached": cached, "uncached": uncached}
 
@@ -138,18 +163,25 @@ def overhead_rows(label: str, timed_runs: list[Timed]) -> tuple[str, float]:
 
 
 def section_overhead(probe: dict, tiny: list[Timed], lines: list[str]) -> None:
-    rows = [overhead_rows("cached linear probe (8 runs)", probe["cached"]), overhead_rows("uncached linear probe (8 runs)", probe["uncached"]),
-            overhead_rows(f"tiny small_cnn run ({len(tiny[0].timings['runs'])} runs)", tiny)]
+    rows = [
+        overhead_rows("cached linear probe (8 runs)", probe["cached"]),
+        overhead_rows("uncached linear probe (8 runs)", probe["uncached"]),
+        overhead_rows(f"tiny small_cnn run ({len(tiny[0].timings['runs'])} runs)", tiny),
+    ]
     lines += [
-        "## 2. Where a sweep's time goes", "",
+        "## 2. Where a sweep's time goes",
+        "",
         "From the commands above, timed inside the process (experiments/perf/timed_tlbench.py: the `tlbench` entry point with",
         "timers around train(), Trainer.fit and Trainer.test). *Per-run overhead* is a run's train() minus its fit and test",
         "(data and model build, MLflow run creation and params, checkpoint selection, artifacts, collection), runs 2..N;",
         "*outside runs* is the command's wall time minus imports minus all train() calls, per run (Hydra composing",
         "and launching each job, sweep callbacks, the end-of-sweep table and parent run, and the once-per-process",
-        "costs the first job pays: creating the store, importing MLflow; so it shrinks as a grid grows).", "",
+        "costs the first job pays: creating the store, importing MLflow; so it shrinks as a grid grows).",
+        "",
         "| grid | process start + imports s | fit + test s per run | per-run overhead s (goal < 0.5) | outside runs s per run |",
-        "|---|---|---|---|---|", *[row for row, _ in rows], "",
+        "|---|---|---|---|---|",
+        *[row for row, _ in rows],
+        "",
     ]
 
 
@@ -171,28 +203,42 @@ def section_peer(work: Path, pairs: int, runs: int, steps: int, lines: list[str]
     ratio = statistics.median(t.wall for t in ours) / statistics.median(p.wall for p in peer)
     rss = {n: statistics.median(t.timings["runs"][n - 1]["rss_mb"] for t in ours) for n in (5, 20, runs) if n <= runs}
     lines += [
-        f"## 3. A {runs}-run grid: one `tlbench -m` vs {runs} plain scripts", "",
+        f"## 3. A {runs}-run grid: one `tlbench -m` vs {runs} plain scripts",
+        "",
         f"`tlbench -m {' '.join(TINY_RUN)} trainer.limit_train_batches={steps} seed=range(0,{runs})` against {runs} invocations of",
         f"experiments/perf/plain_run.py (same network, data, batch and {steps} AdamW steps; it records nothing). tlbench also",
-        "validates every epoch, tests the selected checkpoint, and records params, metrics, config, plots and the sweep's parent run.", "",
-        "| arm | wall s, median (min) | CPU s, median | load average at start |", "|---|---|---|---|",
+        "validates every epoch, tests the selected checkpoint, and records params, metrics, config, plots and the sweep's parent run.",
+        "",
+        "| arm | wall s, median (min) | CPU s, median | load average at start |",
+        "|---|---|---|---|",
         f"| tlbench -m, one process | {stats([t.wall for t in ours])} | {statistics.median(t.cpu for t in ours):.1f} | {loads(ours)} |",
-        f"| {runs} plain scripts | {stats([p.wall for p in peer])} | {statistics.median(p.cpu for p in peer):.1f} | {loads(peer)} |", "",
-        f"Ratio tlbench / scripts **{ratio:.2f}** (goal ≤ 1.0).", "",
-        "RSS of the sweep process after run " + ", ".join(f"{n}: {mb:.0f} MB" for n, mb in rss.items())
-        + (f" (change from run 5 to run {runs}: {100 * (rss[runs] / rss[5] - 1):+.1f}%; goal ±5%)." if 5 in rss and runs in rss else "."), "",
+        f"| {runs} plain scripts | {stats([p.wall for p in peer])} | {statistics.median(p.cpu for p in peer):.1f} | {loads(peer)} |",
+        "",
+        f"Ratio tlbench / scripts **{ratio:.2f}** (goal ≤ 1.0).",
+        "",
+        "RSS of the sweep process after run "
+        + ", ".join(f"{n}: {mb:.0f} MB" for n, mb in rss.items())
+        + (f" (change from run 5 to run {runs}: {100 * (rss[runs] / rss[5] - 1):+.1f}%; goal ±5%)." if 5 in rss and runs in rss else "."),
+        "",
     ]
     return ours
 
 
 def section_help(work: Path, repeats: int, lines: list[str]) -> None:
     rows = []
-    for label, command in (("tlbench --help", [PYTHON, "-m", "tlbench", "--help"]),
-                           ("tlbench report --help", [PYTHON, "-m", "tlbench", "report", "--help"])):
+    for label, command in (("tlbench --help", [PYTHON, "-m", "tlbench", "--help"]), ("tlbench report --help", [PYTHON, "-m", "tlbench", "report", "--help"])):
         timed = [Timed(command, environment(work, "help"), work) for _ in range(repeats)]
         rows.append(f"| `{label}` | {stats([t.wall for t in timed], 2)} | {loads(timed)} |")
-    lines += ["## 4. Help without the heavy imports", "", f"{repeats} repeats each (goal < 1.5 s).", "",
-              "| command | wall s, median (min) | load average at start |", "|---|---|---|", *rows, ""]
+    lines += [
+        "## 4. Help without the heavy imports",
+        "",
+        f"{repeats} repeats each (goal < 1.5 s).",
+        "",
+        "| command | wall s, median (min) | load average at start |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 LOOP_CHILD = """
@@ -200,7 +246,7 @@ import json, sys, time
 import torch, torch.nn.functional as F
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
-from tlbench.cli import compose
+from tlbench.composition import compose_config as compose
 from tlbench.config import validate
 from tlbench.data.datamodule import DomainDataModule
 from tlbench.mlflow_logger import MlflowMetricLogger
@@ -249,9 +295,16 @@ print(json.dumps({"images_per_s": steps * run.data.batch_size / seconds, "steady
 def section_loop(work: Path, pairs: int, steps: int, lines: list[str]) -> None:
     def arm(name: str):
         def run(index: int) -> dict:
-            out = subprocess.run([PYTHON, "-c", LOOP_CHILD, str(work / f"loop_{name}_{index}"), str(steps), name],
-                                 env=environment(work, "loop"), cwd=work, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [PYTHON, "-c", LOOP_CHILD, str(work / f"loop_{name}_{index}"), str(steps), name],
+                env=environment(work, "loop"),
+                cwd=work,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             return json.loads(out.stdout.strip().splitlines()[-1])
+
         return run
 
     results = interleaved(pairs, {"lightning": arm("lightning"), "plain": arm("plain")})
@@ -263,19 +316,26 @@ def section_loop(work: Path, pairs: int, steps: int, lines: list[str]) -> None:
         return statistics.median(rates("lightning", key)) / statistics.median(rates("plain", key))
 
     lines += [
-        "## 5. The Trainer tlbench builds vs a plain PyTorch loop", "",
-        f"EfficientNet-Lite0 full fine-tune at 32 px, source-only with `batch_composition=source` (both loops forward the same 64",
-        f"source images per step; a first version of this benchmark let the Lightning side forward the target batch too and measured",
+        "## 5. The Trainer tlbench builds vs a plain PyTorch loop",
+        "",
+        "EfficientNet-Lite0 full fine-tune at 32 px, source-only with `batch_composition=source` (both loops forward the same 64",
+        "source images per step; a first version of this benchmark let the Lightning side forward the target batch too and measured",
         f"0.46×), {steps} steps of the same loader, one process per",
         "measurement. The Lightning side is `train.build_trainer` with the MLflow logger, a ModelCheckpoint and",
         "`deterministic=True`, plus one validation batch per loader and the checkpoint write at the epoch's end; the plain loop",
         f"does only the steps. *Whole fit*: {steps} steps' images over the wall time of `fit` (or of the loop); *steady steps*:",
         "from the start of step 10 to the start of the last step, i.e. without the fit's set-up, validation and checkpoint.",
-        f"{pairs} interleaved pairs.", "",
-        "| loop | whole fit, images/s, median (min) | steady steps, images/s, median (min) |", "|---|---|---|",
-        *(f"| {label} | {stats(rates(arm, 'images_per_s'))} | {stats(rates(arm, 'steady_images_per_s'))} |"
-          for label, arm in (("plain PyTorch", "plain"), ("TransferModule + tlbench's Trainer", "lightning"))), "",
-        f"Ratio **{ratio('images_per_s'):.2f}×** for the whole fit, **{ratio('steady_images_per_s'):.2f}×** for the steady steps (goal ≥ 0.9×).", "",
+        f"{pairs} interleaved pairs.",
+        "",
+        "| loop | whole fit, images/s, median (min) | steady steps, images/s, median (min) |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {stats(rates(arm, 'images_per_s'))} | {stats(rates(arm, 'steady_images_per_s'))} |"
+            for label, arm in (("plain PyTorch", "plain"), ("TransferModule + tlbench's Trainer", "lightning"))
+        ),
+        "",
+        f"Ratio **{ratio('images_per_s'):.2f}×** for the whole fit, **{ratio('steady_images_per_s'):.2f}×** for the steady steps (goal ≥ 0.9×).",
+        "",
     ]
 
 
@@ -283,24 +343,41 @@ def section_threads(work: Path, pairs: int, epochs: int, lines: list[str]) -> No
     def arm(threads: int):
         def run(index: int) -> Timed:
             name = f"threads_{threads}_{index}"
-            overrides = ["backbone=efficientnet_lite0", "freeze=linear_probe", "data=digits", "data.synthetic_size=1000",
-                         f"trainer.max_epochs={epochs}", f"trainer.threads={threads}"]
+            overrides = [
+                "backbone=efficientnet_lite0",
+                "freeze=linear_probe",
+                "data=digits",
+                "data.synthetic_size=1000",
+                f"trainer.max_epochs={epochs}",
+                f"trainer.threads={threads}",
+            ]
             env = environment(work, "threads")  # one warm cache for all: the head's training is what differs
             return Timed(tlbench(work, name, overrides, multirun=False), env, work)
+
         return run
 
-    Timed(tlbench(work, "threads_warm", ["backbone=efficientnet_lite0", "freeze=linear_probe", "data=digits",
-                                         "data.synthetic_size=1000", "trainer.max_epochs=1"], multirun=False),
-          environment(work, "threads"), work)
+    Timed(
+        tlbench(
+            work,
+            "threads_warm",
+            ["backbone=efficientnet_lite0", "freeze=linear_probe", "data=digits", "data.synthetic_size=1000", "trainer.max_epochs=1"],
+            multirun=False,
+        ),
+        environment(work, "threads"),
+        work,
+    )
     results = interleaved(pairs, {"1 thread": arm(1), "2 threads": arm(2)})
     lines += [
-        "## 6. A head on cached features: 1 vs 2 intra-op threads", "",
+        "## 6. A head on cached features: 1 vs 2 intra-op threads",
+        "",
         f"`tlbench backbone=efficientnet_lite0 freeze=linear_probe data=digits data.synthetic_size=1000 trainer.max_epochs={epochs}"
         " trainer.threads=1|2`, features cached beforehand (warm cache), one run per command. The automatic setting",
-        "(trainer.threads=null) picks 1 thread for exactly this case.", "",
-        "| threads | wall s, median (min) | CPU s, median | load average at start |", "|---|---|---|---|",
-        *[f"| {name} | {stats([t.wall for t in timed])} | {statistics.median(t.cpu for t in timed):.1f} | {loads(timed)} |"
-          for name, timed in results.items()], "",
+        "(trainer.threads=null) picks 1 thread for exactly this case.",
+        "",
+        "| threads | wall s, median (min) | CPU s, median | load average at start |",
+        "|---|---|---|---|",
+        *[f"| {name} | {stats([t.wall for t in timed])} | {statistics.median(t.cpu for t in timed):.1f} | {loads(timed)} |" for name, timed in results.items()],
+        "",
     ]
 
 
@@ -313,12 +390,14 @@ def main() -> None:
 
     quick = args.quick
     lines = [
-        "# Performance, end to end", "",
+        "# Performance, end to end",
+        "",
         f"Command: `.venv/bin/python experiments/perf/benchmark.py --pairs {args.pairs}{' --quick' if quick else ''}` "
         f"(this file was written by it, {time.strftime('%Y-%m-%d')}).  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}. Every comparison runs its arms interleaved "
-        f"({args.pairs} pairs, the first arm alternating); the 1-minute load average is recorded when each command starts.", "",
+        f"({args.pairs} pairs, the first arm alternating); the 1-minute load average is recorded when each command starts.",
+        "",
     ]
     with tempfile.TemporaryDirectory(prefix="tlbench-perf-") as folder:
         work = Path(folder)

@@ -23,16 +23,37 @@ import time
 from pathlib import Path
 
 #: A seconds-long tlbench run on the embedded digits task.
-TINY_RUN = ["backbone=small_cnn", "data=digits", "data.synthetic_size=400", "data.batch_size=32", "trainer.max_epochs=1",
-            "trainer.limit_train_batches=5", "trainer.enable_progress_bar=false", "tracking.plots=false"]
+TINY_RUN = [
+    "backbone=small_cnn",
+    "data=digits",
+    "data.synthetic_size=400",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=5",
+    "trainer.enable_progress_bar=false",
+    "tracking.plots=false",
+]
 
 
 def recorded_runs(folder: Path, overrides: list[str]) -> tuple[int, list[str], str]:
     """Run `tlbench` with `overrides` into a fresh SQLite store; its exit code, run statuses and stderr tail."""
     store = folder / "mlflow.db"
-    result = subprocess.run([sys.executable, "-m", "tlbench", *TINY_RUN, *overrides, f"tracking.uri=sqlite:///{store}",
-                             f"checkpoint_dir={folder / 'ckpt'}", f"hydra.run.dir={folder / 'run'}"],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlbench",
+            *TINY_RUN,
+            *overrides,
+            f"tracking.uri=sqlite:///{store}",
+            f"checkpoint_dir={folder / 'ckpt'}",
+            f"hydra.run.dir={folder / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     statuses = []
     if store.exists():
         connection = sqlite3.connect(store)
@@ -89,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device("cpu" if args.dry_run else "cuda")
     accelerator = ["trainer.accelerator=cpu", "trainer.precision=bf16-mixed"] if args.dry_run else ["trainer=gpu"]
-    parallel = (["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"] if args.dry_run else ["trainer=ddp"])
+    parallel = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"] if args.dry_run else ["trainer=ddp"]
     lines, failed = [], 0
 
     def check(name: str, ok: bool, detail: str) -> None:
@@ -99,12 +120,18 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         code, statuses, tail = recorded_runs(Path(folder) / "single", accelerator)
-        check("one run on the accelerator" + (" (bf16-mixed)" if args.dry_run else " (trainer=gpu, bf16-mixed)"),
-              code == 0 and statuses == ["FINISHED"], f"exit {code}, runs {statuses}" + ("" if code == 0 else f": {tail.splitlines()[-1:]}"))
+        check(
+            "one run on the accelerator" + (" (bf16-mixed)" if args.dry_run else " (trainer=gpu, bf16-mixed)"),
+            code == 0 and statuses == ["FINISHED"],
+            f"exit {code}, runs {statuses}" + ("" if code == 0 else f": {tail.splitlines()[-1:]}"),
+        )
         code, statuses, tail = recorded_runs(Path(folder) / "ddp", parallel)
         devices = 2 if args.dry_run else torch.cuda.device_count()
-        check(f"DDP on {devices} device(s) records one run", code == 0 and statuses == ["FINISHED"],
-              f"exit {code}, runs {statuses}" + ("" if code == 0 else f": {tail.splitlines()[-1:]}"))
+        check(
+            f"DDP on {devices} device(s) records one run",
+            code == 0 and statuses == ["FINISHED"],
+            f"exit {code}, runs {statuses}" + ("" if code == 0 else f": {tail.splitlines()[-1:]}"),
+        )
     steps = 3 if args.dry_run else 20
     model_name = "ResNet-18 at 64 px (dry run)" if args.dry_run else "ResNet-50 at 224 px"
     eager = None
@@ -115,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         rate, losses = throughput("fp32", device, args.dry_run, steps, compile_model=True)
         close = all(abs(a - b) <= 1e-2 * max(1.0, abs(b)) for a, b in zip(losses, eager))
-        check(f"{model_name}, torch.compile vs eager losses", close, f"{rate:.1f} images/s; max |Δloss| "
-              f"{max(abs(a - b) for a, b in zip(losses, eager)):.2e}")
+        check(f"{model_name}, torch.compile vs eager losses", close, f"{rate:.1f} images/s; max |Δloss| {max(abs(a - b) for a, b in zip(losses, eager)):.2e}")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (dry run)"
-    report = "\n".join([f"GPU check on {name}, torch {torch.__version__} (`experiments/perf/gpu_check.py`).", "",
-                        "| check | result | detail |", "|:--|:--|:--|", *lines]) + "\n"
+    report = (
+        "\n".join(
+            [f"GPU check on {name}, torch {torch.__version__} (`experiments/perf/gpu_check.py`).", "", "| check | result | detail |", "|:--|:--|:--|", *lines]
+        )
+        + "\n"
+    )
     print(report)
     if args.out:
         Path(args.out).write_text(report)

@@ -16,8 +16,15 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SWEEP = ["backbone=efficientnet_lite0", "freeze=linear_probe", "data=digits", "data.synthetic_size=1000",
-         "trainer.max_epochs=5", "trainer.enable_progress_bar=false", "optim.lr=0.1,0.03,0.01,0.003"]
+SWEEP = [
+    "backbone=efficientnet_lite0",
+    "freeze=linear_probe",
+    "data=digits",
+    "data.synthetic_size=1000",
+    "trainer.max_epochs=5",
+    "trainer.enable_progress_bar=false",
+    "optim.lr=0.1,0.03,0.01,0.003",
+]
 #: Stage → (file suffix, function) whose cumulative time stands for it; "~" marks a built-in.
 STAGES = {
     "whole process": ("cli.py", "main"),
@@ -38,21 +45,30 @@ STAGES = {
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tlbench-profile-"))
-    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(work / "prof.out"), "-m", "tlbench", "-m", *SWEEP,
-                    "tracking.log_model=false"], cwd=work, check=True, capture_output=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(work / "prof.out"), "-m", "tlbench", "-m", *SWEEP, "tracking.log_model=false"],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     stats = pstats.Stats(str(work / "prof.out")).stats
     lines = [
-        "# Profile of a small cached-feature sweep", "",
-        "Command: `.venv/bin/python experiments/perf/profile_sweep.py` (this file was written by it).", "",
+        "# Profile of a small cached-feature sweep",
+        "",
+        "Command: `.venv/bin/python experiments/perf/profile_sweep.py` (this file was written by it).",
+        "",
         f"One process: `tlbench -m {' '.join(SWEEP)} tracking.log_model=false` (4 runs, one intra-op thread,",
         "2-core CPU machine) under cProfile. Cumulative seconds per stage; stages nest (train() holds fit, test,",
-        "artifacts and gc), so rows do not add up. cProfile inflates Python-heavy stages.", "",
-        "| stage | calls | cumulative s |", "|---|---:|---:|",
+        "artifacts and gc), so rows do not add up. cProfile inflates Python-heavy stages.",
+        "",
+        "| stage | calls | cumulative s |",
+        "|---|---:|---:|",
     ]
     for label, (suffix, function) in STAGES.items():
-        found = [(nc, ct) for (path, _, name), (_, nc, _, ct, _) in stats.items()
-                 if name == function and (path.endswith(suffix) or (suffix == "~" and path == "~"))]
+        found = [
+            (nc, ct) for (path, _, name), (_, nc, _, ct, _) in stats.items() if name == function and (path.endswith(suffix) or (suffix == "~" and path == "~"))
+        ]
         calls, seconds = max(found, key=lambda item: item[1]) if found else (0, 0.0)
         lines.append(f"| {label} | {calls} | {seconds:.2f} |")
     out = REPO / "results" / "perf_profile.md"

@@ -37,6 +37,7 @@ def main() -> None:
                 return function(*args, **kwargs)
             finally:
                 current[key] = current.get(key, 0.0) + time.perf_counter() - started
+
         return wrapper
 
     pl.Trainer.fit = timed(pl.Trainer.fit, "fit_s")

@@ -63,10 +63,20 @@ def finetune_all() -> None:
             backbone = candidate_overrides(name)
             for schedule in ("linear_probe", "full"):
                 for seed in SPEC["seeds"]:
-                    run = tlbench.compose([*overrides, *backbone, *finetune["common"], *finetune[schedule], f"seed={seed}",
-                                           *tracking("finetune", task), f"+tracking.tags.rank_candidate={name}",
-                                           f"tracking.run_name='{schedule} s{seed} · {name} · {task}'",
-                                           f"checkpoint_dir={ROOT / 'checkpoints' / 'ranking'}", f"output_dir={ROOT / 'outputs' / 'ranking'}"])
+                    run = tlbench.compose(
+                        [
+                            *overrides,
+                            *backbone,
+                            *finetune["common"],
+                            *finetune[schedule],
+                            f"seed={seed}",
+                            *tracking("finetune", task),
+                            f"+tracking.tags.rank_candidate={name}",
+                            f"tracking.run_name='{schedule} s{seed} · {name} · {task}'",
+                            f"checkpoint_dir={ROOT / 'checkpoints' / 'ranking'}",
+                            f"output_dir={ROOT / 'outputs' / 'ranking'}",
+                        ]
+                    )
                     started = time.perf_counter()
                     try:
                         result = tlbench.record(run)
@@ -102,8 +112,12 @@ def summarise(scores, accuracies):
     score_cols = {f"metrics.rank/{e}": e for e in ESTIMATORS}
     scores = scores.assign(score_seconds=scores["metrics.rank/feature_seconds"] + scores["metrics.rank/score_seconds"])
     mean_scores = scores.groupby(["tags.task", "tags.rank_candidate"])[[*score_cols, "score_seconds"]].mean().rename(columns=score_cols)
-    acc = accuracies.pivot_table(index=["tags.task", "tags.rank_candidate"], columns="params.freeze.name",
-                                 values=["metrics.test/target_acc", "seconds"], aggfunc=["mean", "std", "count"])
+    acc = accuracies.pivot_table(
+        index=["tags.task", "tags.rank_candidate"],
+        columns="params.freeze.name",
+        values=["metrics.test/target_acc", "seconds"],
+        aggfunc=["mean", "std", "count"],
+    )
     table = pd.DataFrame(index=mean_scores.index.union(acc.index))
     for schedule in ("linear_probe", "full"):
         for stat in ("mean", "std", "count"):
@@ -129,8 +143,9 @@ def weighted_tau(table):
                 tau = weightedtau(pair[estimator].to_numpy(), pair[f"{schedule}_mean"].to_numpy())[0]
                 best = pair[f"{schedule}_mean"].max()
                 pick = pair[f"{schedule}_mean"].loc[pair[estimator].idxmax()]
-                rows.append({"task": task, "schedule": schedule, "estimator": estimator, "tau_w": tau,
-                             "top1_regret": 100 * (best - pick), "candidates": len(pair)})
+                rows.append(
+                    {"task": task, "schedule": schedule, "estimator": estimator, "tau_w": tau, "top1_regret": 100 * (best - pick), "candidates": len(pair)}
+                )
     return pd.DataFrame(rows)
 
 
@@ -155,9 +170,18 @@ def write_report(table, taus, accuracies, per_seed) -> None:
     untimed = int(accuracies["seconds"].isna().sum())
     table.to_csv(OUT / "scores_vs_accuracy.csv")
     taus.to_csv(OUT / "weighted_tau.csv", index=False)
-    lines = [f"# {SPEC['title']}", "", SPEC["protocol"].strip(), "",
-             "Regenerate (zoo, scores, fine-tuning, these files; finished runs are skipped):", "", f"    {COMMAND}", "",
-             "Runs: `results/ranking/mlflow.db` (experiments `zoo`, `rank`, `finetune`; not committed).", ""]
+    lines = [
+        f"# {SPEC['title']}",
+        "",
+        SPEC["protocol"].strip(),
+        "",
+        "Regenerate (zoo, scores, fine-tuning, these files; finished runs are skipped):",
+        "",
+        f"    {COMMAND}",
+        "",
+        "Runs: `results/ranking/mlflow.db` (experiments `zoo`, `rank`, `finetune`; not committed).",
+        "",
+    ]
     if not taus.empty:
         for schedule in ("full", "linear_probe"):
             part = taus[taus["schedule"] == schedule]
@@ -169,18 +193,30 @@ def write_report(table, taus, accuracies, per_seed) -> None:
             seeds = per_seed[per_seed["schedule"] == schedule].groupby(["estimator", "task"])["tau_w"].agg(["mean", "std"])
             spread = seeds.apply(lambda r: f"{r['mean']:+.2f} ± {r['std']:.2f}", axis=1).unstack().reindex(ESTIMATORS)
             count = part.pivot(index="estimator", columns="task", values="candidates").reindex(ESTIMATORS)
-            lines += [f"## Weighted Kendall tau: score vs {schedule.replace('_', ' ')} test accuracy", "",
-                      "(candidates per cell in parentheses: LEEP/NCE only score models with a source head)", "",
-                      tau.apply(lambda col: [f"{v:+.2f}" + (f" ({int(n)})" if col.name != "mean" else "")
-                                             for v, n in zip(col, count.get(col.name, count.iloc[:, 0]))]).to_markdown(), "",
-                      "The same, computed per seed (that seed's labelled split and fine-tuning runs), mean ± std over seeds:", "",
-                      spread.to_markdown(), "",
-                      f"Top-1 regret (points of {schedule.replace('_', ' ')} accuracy lost by taking each estimator's first pick):", "",
-                      regret.map(lambda v: f"{v:.1f}").to_markdown(), ""]
+            lines += [
+                f"## Weighted Kendall tau: score vs {schedule.replace('_', ' ')} test accuracy",
+                "",
+                "(candidates per cell in parentheses: LEEP/NCE only score models with a source head)",
+                "",
+                tau.apply(
+                    lambda col: [f"{v:+.2f}" + (f" ({int(n)})" if col.name != "mean" else "") for v, n in zip(col, count.get(col.name, count.iloc[:, 0]))]
+                ).to_markdown(),
+                "",
+                "The same, computed per seed (that seed's labelled split and fine-tuning runs), mean ± std over seeds:",
+                "",
+                spread.to_markdown(),
+                "",
+                f"Top-1 regret (points of {schedule.replace('_', ' ')} accuracy lost by taking each estimator's first pick):",
+                "",
+                regret.map(lambda v: f"{v:.1f}").to_markdown(),
+                "",
+            ]
     for task, part in table.groupby(level=0):
         shown = part.droplevel(0)
-        view = {"linear probe %": [fmt(m, s) for m, s in zip(shown.get("linear_probe_mean", []), shown.get("linear_probe_std", []))],
-                "full FT %": [fmt(m, s) for m, s in zip(shown.get("full_mean", []), shown.get("full_std", []))]}
+        view = {
+            "linear probe %": [fmt(m, s) for m, s in zip(shown.get("linear_probe_mean", []), shown.get("linear_probe_std", []))],
+            "full FT %": [fmt(m, s) for m, s in zip(shown.get("full_mean", []), shown.get("full_std", []))],
+        }
         for estimator in ESTIMATORS:
             view[estimator] = [f"{v:.3f}" if v == v else "–" for v in shown[estimator]]
         view["score s"] = [f"{v:.2f}" for v in shown["score_seconds"]]
@@ -188,16 +224,24 @@ def write_report(table, taus, accuracies, per_seed) -> None:
         view["full s"] = [f"{v:.1f}" for v in shown.get("full_seconds", [float("nan")] * len(shown))]
         import pandas as pd
 
-        frame = pd.DataFrame(view, index=shown.index).sort_values("full FT %", key=lambda c: c.str.split(" ").str[0].astype(float, errors="ignore"), ascending=False)
-        lines += [f"## {task}: scores (mean over seeds) beside test accuracy (mean ± std over seeds)", "",
-                  frame.to_markdown(disable_numparse=True), ""]
-    lines += ["## Cost", "", "Median wall seconds per candidate: scoring (building the model, features of the labelled split, all "
-              "estimators) vs one fine-tuning run (data, model, feature caching for the linear probe — paid by its first "
-              "seed —, 100 steps, validation, test).", "",
-              table.groupby(level=0)[["score_seconds", "linear_probe_seconds", "full_seconds"]].median().round(2).to_markdown(), "",
-              f"{untimed} of {len(accuracies)} fine-tuning runs have no wall time (finished before the benchmark measured "
-              "it) and are left out of the medians. Scoring times exclude loading the task's data, done once per task "
-              "and seed for all candidates.", ""]
+        frame = pd.DataFrame(view, index=shown.index).sort_values(
+            "full FT %", key=lambda c: c.str.split(" ").str[0].astype(float, errors="ignore"), ascending=False
+        )
+        lines += [f"## {task}: scores (mean over seeds) beside test accuracy (mean ± std over seeds)", "", frame.to_markdown(disable_numparse=True), ""]
+    lines += [
+        "## Cost",
+        "",
+        "Median wall seconds per candidate: scoring (building the model, features of the labelled split, all "
+        "estimators) vs one fine-tuning run (data, model, feature caching for the linear probe — paid by its first "
+        "seed —, 100 steps, validation, test).",
+        "",
+        table.groupby(level=0)[["score_seconds", "linear_probe_seconds", "full_seconds"]].median().round(2).to_markdown(),
+        "",
+        f"{untimed} of {len(accuracies)} fine-tuning runs have no wall time (finished before the benchmark measured "
+        "it) and are left out of the medians. Scoring times exclude loading the task's data, done once per task "
+        "and seed for all candidates.",
+        "",
+    ]
     (OUT / "README.md").write_text("\n".join(lines))
 
 

@@ -32,10 +32,20 @@ def member_overrides(spec: dict, name: str) -> list[str]:
 def build_command(spec: dict, name: str, uri: str, out: Path) -> list[str]:
     from tlbench.rank import ZOO_EXPERIMENT
 
-    return [sys.executable, "-m", "tlbench", *member_overrides(spec, name), f"tracking.uri={uri}",
-            f"tracking.experiment={ZOO_EXPERIMENT}", "tracking.skip_done=true", "tracking.log_model=true",
-            f"+tracking.tags.zoo_member={name}", f"tracking.run_name=zoo {name}",
-            f"checkpoint_dir={out / 'checkpoints' / 'zoo'}", f"hydra.run.dir={out / 'outputs' / 'zoo' / name}"]
+    return [
+        sys.executable,
+        "-m",
+        "tlbench",
+        *member_overrides(spec, name),
+        f"tracking.uri={uri}",
+        f"tracking.experiment={ZOO_EXPERIMENT}",
+        "tracking.skip_done=true",
+        "tracking.log_model=true",
+        f"+tracking.tags.zoo_member={name}",
+        f"tracking.run_name=zoo {name}",
+        f"checkpoint_dir={out / 'checkpoints' / 'zoo'}",
+        f"hydra.run.dir={out / 'outputs' / 'zoo' / name}",
+    ]
 
 
 def export_head(uri: str, run_id: str) -> None:

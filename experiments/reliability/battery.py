@@ -30,11 +30,22 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 #: A run of a few seconds: small CNN, small synthetic source set.
-TINY = ["backbone=small_cnn", "data=digits", "data.synthetic_size=300", "data.batch_size=32", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false"]
+TINY = [
+    "backbone=small_cnn",
+    "data=digits",
+    "data.synthetic_size=300",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+]
 #: A run long enough to be interrupted after its first epoch.
 LONG = [o for o in TINY if not o.startswith(("trainer.max_epochs", "trainer.limit_train_batches"))] + [
-    "trainer.max_epochs=6", "trainer.limit_train_batches=6", "trainer.log_every_n_steps=1"]
+    "trainer.max_epochs=6",
+    "trainer.limit_train_batches=6",
+    "trainer.log_every_n_steps=1",
+]
 GOAL_LINES, GOAL_SECONDS = 3, 30.0
 
 
@@ -102,9 +113,16 @@ class Process:
         if "MLFLOW_TRACKING_URI" not in self.env:
             env.pop("MLFLOW_TRACKING_URI", None)
         self.started = time.monotonic()
-        self.popen = subprocess.Popen([PYTHON, "-m", "tlbench", *self.args], cwd=self.cwd, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=_foreground_signals)
+        self.popen = subprocess.Popen(
+            [PYTHON, "-m", "tlbench", *self.args],
+            cwd=self.cwd,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_foreground_signals,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
@@ -219,8 +237,8 @@ def _missing_root(tmp: Path) -> Outcome:
 
 
 def _write_folder(root: Path, per_class: int = 10, size: int = 24) -> Path:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
@@ -232,8 +250,18 @@ def _write_folder(root: Path, per_class: int = 10, size: int = 24) -> Path:
 
 def _folder_run(tmp: Path, source: Path, target: Path, *extra: str) -> Outcome:
     overrides = [o for o in TINY if not o.startswith(("data=", "data.synthetic_size"))]
-    outcome = tlbench(tmp, *overrides, "data=folder", f"data.source=folder:{source}", f"data.target=folder:{target}",
-                      "data.image_size=24", "data.num_workers=1", "data.augment=none", f"tracking.uri={store(tmp)}", *extra)
+    outcome = tlbench(
+        tmp,
+        *overrides,
+        "data=folder",
+        f"data.source=folder:{source}",
+        f"data.target=folder:{target}",
+        "data.image_size=24",
+        "data.num_workers=1",
+        "data.augment=none",
+        f"tracking.uri={store(tmp)}",
+        *extra,
+    )
     return with_store_counts(outcome, tmp / "mlflow.db")
 
 
@@ -283,8 +311,10 @@ def _truncated_store(tmp: Path) -> Outcome:
 
 
 def _hold_lock(db: Path, seconds: float) -> subprocess.Popen:
-    code = ("import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]))\n")
+    code = (
+        "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]))\n"
+    )
     holder = subprocess.Popen([PYTHON, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
     holder.stdout.readline()
     return holder
@@ -316,8 +346,7 @@ def _briefly_locked_store(tmp: Path) -> Outcome:
 
 def _mount_tmpfs(where: Path, options: str) -> bool:
     where.mkdir(parents=True, exist_ok=True)
-    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                                                capture_output=True).returncode == 0
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
 
 
 def _umount(where: Path) -> None:
@@ -411,8 +440,7 @@ def _interrupt(tmp: Path, sig: int, *, twice: bool = False) -> Outcome:
         os.killpg(process.popen.pid, sig)
     code, _ = process.finish(120)
     after = process.text_lines(since=sent)
-    outcome = Outcome(exit_code=code, lines=len(after), seconds=time.monotonic() - sent, expect="signal",
-                      last_line=after[-1] if after else "")
+    outcome = Outcome(exit_code=code, lines=len(after), seconds=time.monotonic() - sent, expect="signal", last_line=after[-1] if after else "")
     outcome = with_store_counts(outcome, tmp / "mlflow.db", expected_runs=1)
     counts = runs_by_status(tmp / "mlflow.db")
     outcome.note = f"runs: {counts}"
@@ -484,8 +512,7 @@ def _two_grids(tmp: Path) -> Outcome:
     started = time.monotonic()
     processes = [Process(["-m", *TINY, f"tracking.uri={store(tmp)}", f"seed={seeds}"], tmp).start() for seeds in ("0,1", "2,3")]
     codes = [p.finish()[0] for p in processes]
-    outcome = Outcome(exit_code=max(codes), seconds=time.monotonic() - started, expect="works",
-                      lines=sum(len(p.text_lines()) for p in processes))
+    outcome = Outcome(exit_code=max(codes), seconds=time.monotonic() - started, expect="works", lines=sum(len(p.text_lines()) for p in processes))
     outcome = with_store_counts(outcome, tmp / "mlflow.db", expected_runs=4)
     outcome.note = f"exit codes {codes}; runs: {runs_by_status(tmp / 'mlflow.db')}"
     return outcome
@@ -495,8 +522,24 @@ def _two_grids(tmp: Path) -> Outcome:
 def _two_searches(tmp: Path) -> Outcome:
     import optuna
 
-    search = ["search", *[o for o in TINY], "backbone.width=4", f"tracking.uri={store(tmp)}", "--n-trials", "6", "--sampler", "random",
-              "--pruner", "none", "--storage", f"sqlite:///{tmp / 'optuna.db'}", "--study-name", "shared", "--out-dir", str(tmp / "out")]
+    search = [
+        "search",
+        *[o for o in TINY],
+        "backbone.width=4",
+        f"tracking.uri={store(tmp)}",
+        "--n-trials",
+        "6",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+        "--storage",
+        f"sqlite:///{tmp / 'optuna.db'}",
+        "--study-name",
+        "shared",
+        "--out-dir",
+        str(tmp / "out"),
+    ]
     started = time.monotonic()
     first = Process(search, tmp).start()
     time.sleep(1)
@@ -508,8 +551,7 @@ def _two_searches(tmp: Path) -> Outcome:
     connection = sqlite3.connect(tmp / "mlflow.db")
     parents = connection.execute("select count(*) from tags where key = 'search.role' and value = 'parent'").fetchone()[0]
     connection.close()
-    outcome = Outcome(exit_code=max(codes), seconds=time.monotonic() - started, expect="works",
-                      lines=sum(len(p.text_lines()) for p in (first, second)))
+    outcome = Outcome(exit_code=max(codes), seconds=time.monotonic() - started, expect="works", lines=sum(len(p.text_lines()) for p in (first, second)))
     outcome = with_store_counts(outcome, tmp / "mlflow.db", expected_runs=7)
     outcome.note = f"{len(trials)} trials, {len(points)} distinct points, {parents} MLflow parent run(s)"
     if len(points) != 6 or parents != 1:
@@ -520,8 +562,7 @@ def _two_searches(tmp: Path) -> Outcome:
 
 @case("concurrency", "DDP on CPU: trainer.devices=2 strategy=ddp (gloo), one MLflow run expected")
 def _ddp_two_processes(tmp: Path) -> Outcome:
-    outcome = tlbench(tmp, *TINY, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                      f"tracking.uri={store(tmp)}", expect="works")
+    outcome = tlbench(tmp, *TINY, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"tracking.uri={store(tmp)}", expect="works")
     outcome = with_store_counts(outcome, tmp / "mlflow.db", expected_runs=1)
     counts = runs_by_status(tmp / "mlflow.db")
     outcome.note = f"runs: {counts}"
@@ -551,8 +592,12 @@ def _write_cifar(root: Path, meta=None) -> Path:
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"batch_label": name, "labels": [i % 10 for i in range(20)],
-                 "data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "filenames": [f"{i}.png" for i in range(20)]}
+        batch = {
+            "batch_label": name,
+            "labels": [i % 10 for i in range(20)],
+            "data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+            "filenames": [f"{i}.png" for i in range(20)],
+        }
         _dump_like_cifar(batch, base / name)
     _dump_like_cifar(meta if meta is not None else {"label_names": [f"c{i}" for i in range(10)]}, base / "batches.meta")
     return base
@@ -612,8 +657,11 @@ def run_all(groups: Optional[set[str]]) -> list[tuple[Case, Outcome]]:
                 outcome = Outcome(note=f"battery error: {type(exc).__name__}: {exc}")
                 outcome.exit_code = None
         mark = "skip" if outcome.skipped else ("ok" if outcome.met() else "MISSED")
-        print(f"[{mark:6}] {item.group:11} {item.name}: exit {outcome.exit_code}, {outcome.lines} lines, "
-              f"{outcome.seconds:.1f}s, RUNNING {outcome.running}, lost {outcome.lost}  {outcome.last_line[:160]}", flush=True)
+        print(
+            f"[{mark:6}] {item.group:11} {item.name}: exit {outcome.exit_code}, {outcome.lines} lines, "
+            f"{outcome.seconds:.1f}s, RUNNING {outcome.running}, lost {outcome.lost}  {outcome.last_line[:160]}",
+            flush=True,
+        )
         results.append((item, outcome))
     return results
 
@@ -645,8 +693,10 @@ def write_table(results: list[tuple[Case, Outcome]], path: Path) -> None:
     for item, o in results:
         goal = "skipped: " + o.skipped if o.skipped else ("met" if o.met() else "**missed**")
         detail = "; ".join(x for x in (o.last_line[:220], o.note) if x)
-        lines.append(f"| {item.group} | {_cell(item.name)} | {o.expect} | {o.exit_code} | {o.lines} | {o.seconds:.1f} | {o.running} | "
-                     f"{o.lost} | {'**yes**' if o.code_ran else 'no'} | {goal} | {_cell(detail)} |")
+        lines.append(
+            f"| {item.group} | {_cell(item.name)} | {o.expect} | {o.exit_code} | {o.lines} | {o.seconds:.1f} | {o.running} | "
+            f"{o.lost} | {'**yes**' if o.code_ran else 'no'} | {goal} | {_cell(detail)} |"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 

@@ -23,23 +23,39 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 from servers import start_mlflow_server, start_postgres  # noqa: E402  (the same servers the tests start)
 
-GRID = ["backbone=small_cnn", "data=digits", "data.synthetic_size=400", "data.batch_size=32", "trainer.max_epochs=2",
-        "trainer.steps_per_epoch=10", "trainer.enable_progress_bar=false", "adapt=source_only,dann,coral,dan",
-        "seed=0,1,2,3"]
+GRID = [
+    "backbone=small_cnn",
+    "data=digits",
+    "data.synthetic_size=400",
+    "data.batch_size=32",
+    "trainer.max_epochs=2",
+    "trainer.steps_per_epoch=10",
+    "trainer.enable_progress_bar=false",
+    "adapt=source_only,dann,coral,dan",
+    "seed=0,1,2,3",
+]
 RUNS = 16
 ARMS = {
     "basic launcher, SQLite": ([], "sqlite"),
     "joblib (2 workers), SQLite": (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "sqlite"),
-    "submitit_local (all 16 jobs at once: it has no parallelism limit), SQLite": (
-        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30"], "sqlite"),
+    "submitit_local (all 16 jobs at once: it has no parallelism limit), SQLite": (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30"], "sqlite"),
     "joblib (2 workers), MLflow server + PostgreSQL": (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "server"),
 }
 
 
 def run_arm(launcher: list[str], uri: str, folder: Path) -> float:
     folder.mkdir(parents=True)
-    command = [sys.executable, "-m", "tlbench", "-m", *launcher, *GRID, f"tracking.uri={uri}",
-               f"checkpoint_dir={folder}/ckpt", f"hydra.sweep.dir={folder}/sweep"]
+    command = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "-m",
+        *launcher,
+        *GRID,
+        f"tracking.uri={uri}",
+        f"checkpoint_dir={folder}/ckpt",
+        f"hydra.sweep.dir={folder}/sweep",
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     elapsed = time.perf_counter() - started
@@ -88,8 +104,9 @@ def write_report(out: Path, times: dict[str, list[float]], loads: dict[str, list
     ]
     for arm, values in times.items():
         median = statistics.median(values)
-        lines.append(f"| {arm} | {median:.1f} | {min(values):.1f} | {median / RUNS:.2f} | {basic / median:.2f}× | "
-                     f"{', '.join(f'{v:.1f}' for v in loads[arm])} |")
+        lines.append(
+            f"| {arm} | {median:.1f} | {min(values):.1f} | {median / RUNS:.2f} | {basic / median:.2f}× | {', '.join(f'{v:.1f}' for v in loads[arm])} |"
+        )
     server = statistics.median(times["joblib (2 workers), MLflow server + PostgreSQL"])
     lines += [
         "",

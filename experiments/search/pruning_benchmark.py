@@ -29,12 +29,12 @@ SPACE = {
         "head.dropout": {"type": "float", "low": 0.0, "high": 0.5},
     },
 }
-FIXED = ["backbone=small_cnn", "data=digits", "freeze=full", "adapt=source_only", "optim.scheduler=cosine",
-         "trainer.enable_progress_bar=false", "seed=0"]
-FULL = {"n_trials": 24, "overrides": ["data.synthetic_size=3000", "data.batch_size=64", "trainer.max_epochs=9",
-                                      "trainer.limit_train_batches=30"]}
-QUICK = {"n_trials": 4, "overrides": ["data.synthetic_size=300", "data.batch_size=32", "trainer.max_epochs=4",
-                                      "trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]}
+FIXED = ["backbone=small_cnn", "data=digits", "freeze=full", "adapt=source_only", "optim.scheduler=cosine", "trainer.enable_progress_bar=false", "seed=0"]
+FULL = {"n_trials": 24, "overrides": ["data.synthetic_size=3000", "data.batch_size=64", "trainer.max_epochs=9", "trainer.limit_train_batches=30"]}
+QUICK = {
+    "n_trials": 4,
+    "overrides": ["data.synthetic_size=300", "data.batch_size=32", "trainer.max_epochs=4", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2"],
+}
 PRUNER = {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}
 
 
@@ -44,8 +44,11 @@ def run_study(label: str, pruner, n_trials: int, overrides: list[str], work: Pat
 
     space = space_from_dict(f"pruning-bench-{label}", {**SPACE, "study": {"sampler": sampler, "pruner": pruner, "seed": seed}})
     job = prepare(
-        space, FIXED + overrides + [f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "tracking.experiment=pruning_benchmark"],
-        n_trials=n_trials, storage=f"sqlite:///{work / 'optuna.db'}", out_dir=str(work / label),
+        space,
+        FIXED + overrides + [f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "tracking.experiment=pruning_benchmark"],
+        n_trials=n_trials,
+        storage=f"sqlite:///{work / 'optuna.db'}",
+        out_dir=str(work / label),
     )
     started = time.time()
     result = run_search(job)
@@ -75,8 +78,7 @@ def replay(storage: str, study_name: str, replay_name: str, pruner, max_epochs: 
     from tlbench.search.space import StudySettings, build_pruner
 
     source = optuna.load_study(study_name=study_name, storage=storage)
-    study = optuna.create_study(study_name=replay_name, direction=source.direction,
-                                pruner=build_pruner(StudySettings(pruner=pruner), max_epochs))
+    study = optuna.create_study(study_name=replay_name, direction=source.direction, pruner=build_pruner(StudySettings(pruner=pruner), max_epochs))
     epochs, best = 0, None
     for old in sorted(source.get_trials(deepcopy=False), key=lambda t: t.number):
         if old.state not in (TrialState.COMPLETE, TrialState.FAIL):
@@ -153,8 +155,10 @@ def report(pruned: dict, unpruned: dict, command: str, quick: bool, replays: lis
         "",
         "| pruner | best objective | gap (points) | epochs | epochs vs unpruned |",
         "|:--|--:|--:|--:|--:|",
-        *[f"| `{r['pruner']}` | {fmt(r['best_value'])} | {gap_points(unpruned, r)} | {r['epochs']} | "
-          f"{percent(r['epochs'], unpruned['epochs'])} |" for r in replays],
+        *[
+            f"| `{r['pruner']}` | {fmt(r['best_value'])} | {gap_points(unpruned, r)} | {r['epochs']} | {percent(r['epochs'], unpruned['epochs'])} |"
+            for r in replays
+        ],
         "",
         f"MLflow runs: `mlflow ui --backend-store-uri {pruned['storage'].replace('optuna.db', 'mlflow.db')}` (experiment pruning_benchmark).",
         "",
@@ -187,8 +191,7 @@ def main() -> int:
     storage = f"sqlite:///{work / 'optuna.db'}"
     max_epochs = int(next(o for o in settings["overrides"] if o.startswith("trainer.max_epochs=")).split("=")[1])
     # Replays carry the pruned study's name: Hyperband assigns brackets by hashing study name + trial number.
-    replays = [replay(storage, "pruning-bench-unpruned", "pruning-bench-pruned", p, max_epochs)
-               for p in [pruner] + [c for c in CANDIDATES if c != pruner]]
+    replays = [replay(storage, "pruning-bench-unpruned", "pruning-bench-pruned", p, max_epochs) for p in [pruner] + [c for c in CANDIDATES if c != pruner]]
     text = report(pruned, unpruned, command, args.quick, replays)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

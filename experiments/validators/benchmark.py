@@ -31,10 +31,16 @@ def train_digits(workers: int) -> None:
     from tlbench.report.sources import StoreSource, export_runs
 
     out = OUT / "digits"
-    subprocess.run([str(Path(sys.executable).with_name("tlbench")), "compare", "validators_digits", "--stages", "tune",
-                    "--workers", str(workers), "--out", str(out)], check=True, cwd=ROOT)
-    export_runs(StoreSource(f"sqlite:///{out / 'mlflow.db'}", "validators_digits"), out / "runs.csv",
-                {"kind": "validator_checkpoints", "comparison": "validators_digits"})
+    subprocess.run(
+        [str(Path(sys.executable).with_name("tlbench")), "compare", "validators_digits", "--stages", "tune", "--workers", str(workers), "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+    )
+    export_runs(
+        StoreSource(f"sqlite:///{out / 'mlflow.db'}", "validators_digits"),
+        out / "runs.csv",
+        {"kind": "validator_checkpoints", "comparison": "validators_digits"},
+    )
 
 
 def task_exports() -> dict[str, Path]:
@@ -77,10 +83,12 @@ def cost_table(shapes: dict[str, tuple[int, int, int]], repeats: int = 5) -> pd.
     for task, (n, d, c) in shapes.items():
         generator = torch.Generator().manual_seed(0)
         probs = torch.softmax(3 * torch.randn(n, c, generator=generator), 1)
-        feats, source, losses = (torch.randn(n, d, generator=generator), torch.randn(n, d, generator=generator), torch.rand(n, generator=generator))
+        feats, source, _losses = (torch.randn(n, d, generator=generator), torch.randn(n, d, generator=generator), torch.rand(n, generator=generator))
         parts = {
-            "im": lambda: V.information_maximization(probs), "bnm": lambda: V.batch_nuclear_norm(probs),
-            "snd": lambda: V.soft_neighbourhood_density(probs), "classami": lambda: V.class_ami(probs, feats),
+            "im": lambda: V.information_maximization(probs),
+            "bnm": lambda: V.batch_nuclear_norm(probs),
+            "snd": lambda: V.soft_neighbourhood_density(probs),
+            "classami": lambda: V.class_ami(probs, feats),
             "dev + devn": lambda: V.importance_weights(source, feats),
         }
         for name, call in parts.items():
@@ -167,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     write_tables(frames)
     if args.cost:
         costs = cost_table({"digits (360 × 192, 10 classes)": (360, 192, 10), "Office-31-like (1000 × 2048, 31 classes)": (1000, 2048, 31)})
-        (OUT / "cost.md").write_text("Median milliseconds per evaluation epoch, one thread, random inputs of each shape "
-                                     "(`experiments/validators/benchmark.py --cost`; machine-dependent).\n\n"
-                                     + costs.round(1).to_markdown(index=False) + "\n")
+        (OUT / "cost.md").write_text(
+            "Median milliseconds per evaluation epoch, one thread, random inputs of each shape "
+            "(`experiments/validators/benchmark.py --cost`; machine-dependent).\n\n" + costs.round(1).to_markdown(index=False) + "\n"
+        )
     print(f"wrote {OUT}")
     return 0
 

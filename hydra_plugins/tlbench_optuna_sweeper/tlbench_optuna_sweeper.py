@@ -41,9 +41,18 @@ ConfigStore.instance().store(group="hydra/sweeper", name="tlbench_optuna", node=
 
 
 class TlbenchOptunaSweeper(Sweeper):
-    def __init__(self, space: Optional[str] = None, params: Optional[Dict[str, str]] = None, n_trials: Optional[int] = None,
-                 workers: int = 1, storage: Optional[str] = None, study_name: Optional[str] = None,
-                 sampler: Optional[str] = None, pruner: Optional[str] = None, seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        space: Optional[str] = None,
+        params: Optional[Dict[str, str]] = None,
+        n_trials: Optional[int] = None,
+        workers: int = 1,
+        storage: Optional[str] = None,
+        study_name: Optional[str] = None,
+        sampler: Optional[str] = None,
+        pruner: Optional[str] = None,
+        seed: Optional[int] = None,
+    ) -> None:
         self.options = dict(n_trials=n_trials, storage=storage, study_name=study_name, sampler=sampler, pruner=pruner, seed=seed)
         self.space_name = space
         self.params = dict(params or {})
@@ -74,6 +83,7 @@ class TlbenchOptunaSweeper(Sweeper):
         command_line = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
         loader, master = self.hydra_context.config_loader, self.config
         sweep_dir = str(Path(self.config.hydra.sweep.dir).resolve())
+
         # In this process, compose through the app's own loader (its search path and hydra overrides).
         def compose(overrides: List[str]) -> DictConfig:
             cfg = loader.load_sweep_config(master, overrides)
@@ -82,9 +92,14 @@ class TlbenchOptunaSweeper(Sweeper):
             return cfg
 
         job = search.prepare(
-            space, command_line, **self.options, out_dir=sweep_dir,
-            config_dir=self._config_dir(), config_name=self.config.hydra.job.config_name or "config",
-            extra_tags={"sweep_dir": sweep_dir}, composer=compose,
+            space,
+            command_line,
+            **self.options,
+            out_dir=sweep_dir,
+            config_dir=self._config_dir(),
+            config_name=self.config.hydra.job.config_name or "config",
+            extra_tags={"sweep_dir": sweep_dir},
+            composer=compose,
         )
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, Path(sweep_dir) / "multirun.yaml")

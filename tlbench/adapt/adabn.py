@@ -28,7 +28,7 @@ def recompute_batchnorm_statistics(module: nn.Module, batches) -> int:
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     norms = [m for m in norms if m.track_running_stats]
     if not norms:
-        warnings.warn("AdaBN: the backbone has no BatchNorm layers with running statistics; nothing to adapt")
+        warnings.warn("AdaBN: the backbone has no BatchNorm layers with running statistics; nothing to adapt", stacklevel=2)
         return 0
     device = norms[0].running_mean.device
     modes = {m: m.training for m in module.modules()}

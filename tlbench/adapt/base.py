@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-
 #: Loss scales of methods whose published implementations differ by a constant factor.
 NORMALISATIONS = ("paper", "tllib")
 
@@ -33,20 +32,29 @@ class AdaptOutput:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a method reads and what it changes about training, declared once per method: the datamodule
+    serves the streams it names, the module wires the extra views and freezes what it says, and nothing
+    else asks the method what it is."""
+
+    #: Labelled source batches; False for source-free methods (SHOT): no source batch anywhere, and
+    #: `loss` gets None for every source argument.
+    source: bool = True
+    #: Unlabelled target batches during training; False for source_only and AdaBN.
+    target: bool = True
+    #: A strongly augmented view of each target batch (FixMatch): `loss` gets `logits_t_strong`.
+    strong_view: bool = False
+    #: Each target example's position in the target training set (SHOT's per-example pseudo-labels):
+    #: `loss` gets `target_index`.
+    target_index: bool = False
+    #: The classifier stays as the run started it (SHOT's frozen source hypothesis).
+    frozen_head: bool = False
+
+
 class Adapter(nn.Module):
-    #: False for methods that need no target batch during training (source_only, adabn).
-    needs_target: bool = True
-    #: False for source-free methods (SHOT): the run then draws no source batch at all, and `loss` gets
-    #: None for every source argument.
-    uses_source: bool = True
-    #: True for methods that also need a strongly augmented view of each target batch (FixMatch):
-    #: `loss` then gets `logits_t_strong`.
-    needs_strong_view: bool = False
-    #: True for methods that need each target example's position in the target training set (SHOT's
-    #: per-example pseudo-labels): `loss` then gets `target_index`.
-    needs_target_index: bool = False
-    #: True for methods that keep the classifier fixed (SHOT's frozen source hypothesis).
-    freezes_head: bool = False
+    #: What the method reads and changes (see Needs); the default is an ordinary two-domain method.
+    needs: Needs = Needs()
 
     def loss(
         self,
@@ -59,8 +67,8 @@ class Adapter(nn.Module):
         step: int = 0,
     ) -> AdaptOutput:
         """`progress` ∈ [0, 1] is the fraction of training done (drives schedules such as DANN's λ);
-        `step` the optimizer step, for schedules in absolute iterations (TLlib's λ warm-up). Methods that
-        set `needs_strong_view` / `needs_target_index` also receive `logits_t_strong` / `target_index`."""
+        `step` the optimizer step, for schedules in absolute iterations (TLlib's λ warm-up). Methods whose
+        `needs` name a strong view / the target index also receive `logits_t_strong` / `target_index`."""
         raise NotImplementedError
 
     def weight(self, progress: float) -> float:

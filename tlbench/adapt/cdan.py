@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput
 from .dann import DANNConfig
-from .layers import DomainDiscriminator, dann_lambda, ramp_position, domain_adversarial_loss, prediction_entropy
+from .layers import DomainDiscriminator, dann_lambda, domain_adversarial_loss, prediction_entropy, ramp_position
 
 #: Above this many map entries (feature_dim × num_classes) the full map is replaced by the
 #: randomized one, as in the paper.
@@ -96,8 +96,7 @@ class CDAN(Adapter):
             weights_s,
             weights_t,
         )
-        logs = {"transfer_loss": transfer.detach(), "domain_acc": domain_acc,
-                "dann_lambda": features_s.new_tensor(coeff)}
+        logs = {"transfer_loss": transfer.detach(), "domain_acc": domain_acc, "dann_lambda": features_s.new_tensor(coeff)}
         return AdaptOutput(loss=self.cfg.trade_off * transfer, logs=logs)
 
 

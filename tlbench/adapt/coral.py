@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter, check_normalisation
+from .base import Adapter, AdaptOutput, check_normalisation
 
 
 @dataclass

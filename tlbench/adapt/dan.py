@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter, check_normalisation
+from .base import Adapter, AdaptOutput, check_normalisation
 from .layers import mk_mmd2
 
 

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
-from .layers import DomainDiscriminator, dann_lambda, ramp_position, domain_adversarial_loss
+from .base import Adapter, AdaptOutput
+from .layers import DomainDiscriminator, dann_lambda, domain_adversarial_loss, ramp_position
 
 
 @dataclass
@@ -35,8 +35,7 @@ class DANN(Adapter):
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         coeff = dann_lambda(ramp_position(progress, step, self.cfg.ramp_steps), self.cfg.gamma, self.cfg.max_lambda)
         transfer, domain_acc = domain_adversarial_loss(self.discriminator, features_s, features_t, coeff)
-        logs = {"transfer_loss": transfer.detach(), "domain_acc": domain_acc,
-                "dann_lambda": features_s.new_tensor(coeff)}
+        logs = {"transfer_loss": transfer.detach(), "domain_acc": domain_acc, "dann_lambda": features_s.new_tensor(coeff)}
         return AdaptOutput(loss=self.cfg.trade_off * transfer, logs=logs)
 
 

@@ -8,7 +8,7 @@ default its weight ramps up with Ganin's schedule, like DANN's reversal coeffici
 from dataclasses import dataclass
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput
 from .layers import prediction_entropy
 
 
@@ -28,8 +28,7 @@ class EntropyMinimization(Adapter):
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         target_entropy = prediction_entropy(logits_t).mean()
         weight = self.weight(progress)
-        return AdaptOutput(loss=weight * target_entropy,
-                           logs={"transfer_loss": target_entropy.detach()})
+        return AdaptOutput(loss=weight * target_entropy, logs={"transfer_loss": target_entropy.detach()})
 
 
 @ADAPTERS.register("entropy", EntropyConfig)

@@ -8,7 +8,7 @@ for RandAugment + Cutout). The pseudo-label carries no gradient; only the strong
 from dataclasses import dataclass
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput, Needs
 from .layers import confident_pseudo_labels, masked_cross_entropy
 
 
@@ -22,7 +22,7 @@ class FixMatchConfig:
 
 
 class FixMatch(Adapter):
-    needs_strong_view = True
+    needs = Needs(strong_view=True)
 
     def __init__(self, cfg: FixMatchConfig):
         super().__init__()

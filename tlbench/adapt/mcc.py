@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput
 from .layers import prediction_entropy
 
 

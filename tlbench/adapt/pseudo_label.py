@@ -7,7 +7,7 @@ predictions with top probability ≥ `threshold` count, so the loss grows as the
 from dataclasses import dataclass
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput
 from .layers import confident_pseudo_labels, masked_cross_entropy
 
 

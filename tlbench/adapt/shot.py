@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput, Needs
 
 
 @dataclass
@@ -73,9 +73,7 @@ def centroid_pseudo_labels(features: torch.Tensor, logits: torch.Tensor, rounds:
 
 
 class Shot(Adapter):
-    uses_source = False
-    needs_target_index = True
-    freezes_head = True
+    needs = Needs(source=False, target_index=True, frozen_head=True)
 
     def __init__(self, cfg: ShotConfig):
         super().__init__()
@@ -115,6 +113,8 @@ def build_shot(cfg: ShotConfig, num_classes: int, feature_dim: int) -> Adapter:
     if not cfg.source_model:
         from ..errors import ConfigError
 
-        raise ConfigError("adapt.source_model: SHOT adapts a source-trained model; set runs:/<run_id> or a method "
-                          "name such as source_only (its finished run with the same seed, data.source, backbone and head)")
+        raise ConfigError(
+            "adapt.source_model: SHOT adapts a source-trained model; set runs:/<run_id> or a method "
+            "name such as source_only (its finished run with the same seed, data.source, backbone and head)"
+        )
     return Shot(cfg)

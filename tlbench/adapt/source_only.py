@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ADAPTERS
-from .base import AdaptOutput, Adapter
+from .base import Adapter, AdaptOutput, Needs
 
 
 @dataclass
@@ -14,7 +14,7 @@ class SourceOnlyConfig:
 
 
 class SourceOnly(Adapter):
-    needs_target = False
+    needs = Needs(target=False)
 
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         return AdaptOutput(loss=torch.zeros((), device=logits_s.device))

@@ -56,9 +56,7 @@ def dtn(input_size: int = 32) -> SequentialBackbone:
     """DTN: three stride-2 5x5 convs (64/128/256) with BN and growing dropout, then fc 4096→512 with BN."""
 
     def conv(cin: int, cout: int, drop: float) -> nn.Module:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 5, stride=2, padding=2), nn.BatchNorm2d(cout), nn.Dropout2d(drop), nn.ReLU()
-        )
+        return nn.Sequential(nn.Conv2d(cin, cout, 5, stride=2, padding=2), nn.BatchNorm2d(cout), nn.Dropout2d(drop), nn.ReLU())
 
     side = input_size
     for _ in range(3):

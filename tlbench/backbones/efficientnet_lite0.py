@@ -67,10 +67,7 @@ def imagenet_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
     mapped = {}
     for (key, value), (src_key, src_value) in zip(target.items(), source.items(), strict=True):
         if value.shape != src_value.shape:
-            raise WeightsError(
-                f"backbone.weights=imagenet: {path} entry {src_key} {tuple(src_value.shape)} "
-                f"does not fit {key} {tuple(value.shape)}"
-            )
+            raise WeightsError(f"backbone.weights=imagenet: {path} entry {src_key} {tuple(src_value.shape)} does not fit {key} {tuple(value.shape)}")
         mapped[key] = src_value
     return mapped
 

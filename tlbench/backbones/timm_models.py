@@ -28,6 +28,7 @@ from .weights import (
     resolve_imagenet,
 )
 
+
 @dataclass
 class TimmConfig:
     family: str = "timm"
@@ -62,6 +63,7 @@ def timm_stage_groups(net: nn.Module, coarse: bool = True, matcher: Optional[Mat
 
             def matcher(name: str) -> int:
                 return order.get(name.split(".")[0], -1)
+
     groups = group_parameters(net, matcher)
     return [groups[index] for index in sorted(groups)]
 
@@ -73,10 +75,7 @@ def check_timm_name(model: str) -> None:
         return
     close = difflib.get_close_matches(model, timm.list_models(), n=5, cutoff=0.6)
     suggestion = f"close names: {', '.join(close)}; " if close else ""
-    raise ConfigError(
-        f"backbone.model: unknown timm model '{model}'; {suggestion}"
-        f"list all with: python -c \"import timm; print(timm.list_models())\""
-    )
+    raise ConfigError(f"backbone.model: unknown timm model '{model}'; {suggestion}list all with: python -c \"import timm; print(timm.list_models())\"")
 
 
 def timm_imagenet_file(model: str) -> ImagenetFile:
@@ -162,4 +161,3 @@ def build_timm(cfg: TimmConfig) -> Backbone:
     if is_checkpoint(cfg.weights):
         load_backbone_weights(backbone, cfg.weights)
     return backbone
-

@@ -66,7 +66,7 @@ def check_model_name(model: str) -> None:
     suggestion = f"close names: {', '.join(close)}; " if close else ""
     raise ConfigError(
         f"backbone.model: unknown torchvision classification model '{model}'; {suggestion}list all with: "
-        "python -c \"import torchvision; print(torchvision.models.list_models(module=torchvision.models))\""
+        'python -c "import torchvision; print(torchvision.models.list_models(module=torchvision.models))"'
     )
 
 
@@ -137,7 +137,7 @@ def strip_heads(net: nn.Module) -> int:
         before = items[:index]
         while before and isinstance(before[-1][1], DROPOUTS):
             before.pop()  # dropout right before the classifier belongs to the new head, not the features
-        after = [(k, m) for k, m in items[index + 1:] if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten))]
+        after = [(k, m) for k, m in items[index + 1 :] if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten))]
         grand_name, _, parent_attr = parent_name.rpartition(".")
         setattr(net.get_submodule(grand_name), parent_attr, nn.Sequential(OrderedDict(before + after)))
     else:
@@ -152,8 +152,7 @@ def last_classification_layer(net: nn.Module) -> tuple[str, nn.Module]:
     found = [
         (name, m)
         for name, m in net.named_modules()
-        if (isinstance(m, nn.Linear) and m.out_features == NUM_CLASSES)
-        or (isinstance(m, nn.Conv2d) and m.out_channels == NUM_CLASSES)
+        if (isinstance(m, nn.Linear) and m.out_features == NUM_CLASSES) or (isinstance(m, nn.Conv2d) and m.out_channels == NUM_CLASSES)
     ]
     if not found:
         raise ConfigError(f"backbone.model: cannot find the {NUM_CLASSES}-class output layer of {type(net).__name__}")

@@ -114,9 +114,7 @@ def resolve_imagenet(spec: ImagenetFile) -> Path:
             reason = f"the download failed ({type(exc).__name__}: {first_line(exc)})"
     where = f"fetch {spec.url} and save it as {spec.path}" if spec.url else f"place the file at {spec.path}"
     hint = f"; {spec.hint}" if spec.hint else ""
-    raise WeightsError(
-        f"backbone.weights=imagenet: no local ImageNet weights for {spec.what} and {reason}; {where}{hint}"
-    )
+    raise WeightsError(f"backbone.weights=imagenet: no local ImageNet weights for {spec.what} and {reason}; {where}{hint}")
 
 
 def download_to(url: str, path: Path) -> Path:
@@ -186,7 +184,7 @@ def runs_resolved_in(uri: str) -> Iterator[None]:
 def resolve_checkpoint(source: str) -> Path:
     """Local path of a checkpoint given as a file path or `runs:/<run_id>/<artifact path>`."""
     if source.startswith(RUNS_PREFIX):
-        rest = source[len(RUNS_PREFIX):].strip("/")
+        rest = source[len(RUNS_PREFIX) :].strip("/")
         if "/" not in rest:
             raise WeightsError(f"backbone.weights={source}: expected runs:/<run_id>/<artifact path>")
         import mlflow
@@ -196,14 +194,11 @@ def resolve_checkpoint(source: str) -> Path:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=store))
         except Exception as exc:
             raise WeightsError(
-                f"backbone.weights={source}: cannot fetch the artifact from MLflow "
-                f"(tracking URI {store or mlflow.get_tracking_uri()}): {first_line(exc)}"
+                f"backbone.weights={source}: cannot fetch the artifact from MLflow (tracking URI {store or mlflow.get_tracking_uri()}): {first_line(exc)}"
             ) from None
     path = Path(source).expanduser()
     if not path.is_file():
-        raise WeightsError(
-            f"backbone.weights={source}: no such file; use none, imagenet, a checkpoint path or runs:/<run_id>/<path>"
-        )
+        raise WeightsError(f"backbone.weights={source}: no such file; use none, imagenet, a checkpoint path or runs:/<run_id>/<path>")
     return path
 
 
@@ -216,9 +211,7 @@ def load_checked(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sour
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     problems = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches (file vs model)", mismatched)):

@@ -20,13 +20,17 @@ from ..errors import TlbenchError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tlbench compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="tlbench compare", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1]
+    )
     p.add_argument("name", nargs="?", help="conf/compare/<name>.yaml or a yaml path")
     p.add_argument("--workers", type=int, default=1, help="worker processes per stage (default 1; 2 on a 2-core machine)")
     p.add_argument("--out", help="output folder (default results/<name>)")
-    p.add_argument("--stages", default="tune,eval,upper_bound,sensitivity,report",
-                   help="comma-separated subset of tune,eval,upper_bound,sensitivity,report (default: all, in that order)")
+    p.add_argument(
+        "--stages",
+        default="tune,eval,upper_bound,sensitivity,report",
+        help="comma-separated subset of tune,eval,upper_bound,sensitivity,report (default: all, in that order)",
+    )
     p.add_argument("--arms", help="comma-separated arms for tune/eval (default: all)")
     p.add_argument("--list", action="store_true", help="list the comparisons in conf/compare and exit")
     return p

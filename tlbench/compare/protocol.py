@@ -51,12 +51,20 @@ def study_name(arm: str, stage: str) -> str:
 
 
 def _settings(n_trials: int, sampler: Any, pruner: Any, seed: int, out: Path, name: str, keep_checkpoints: bool = False) -> StudySettings:
-    return StudySettings(n_trials=n_trials, sampler=sampler, pruner=pruner, seed=seed, out_dir=str(out / "trials" / name),
-                         keep_checkpoints=keep_checkpoints)
+    return StudySettings(n_trials=n_trials, sampler=sampler, pruner=pruner, seed=seed, out_dir=str(out / "trials" / name), keep_checkpoints=keep_checkpoints)
 
 
-def _run_study(spec: ComparisonSpec, where: Where, arm: str, stage: str, fixed: list[str],
-               params: dict[str, Param], settings: StudySettings, workers: int, name: str | None = None) -> dict[str, Any]:
+def _run_study(
+    spec: ComparisonSpec,
+    where: Where,
+    arm: str,
+    stage: str,
+    fixed: list[str],
+    params: dict[str, Param],
+    settings: StudySettings,
+    workers: int,
+    name: str | None = None,
+) -> dict[str, Any]:
     from ..search.study import prepare, run_search
 
     name = name or study_name(arm, stage)
@@ -80,13 +88,15 @@ def arm_overrides(spec: ComparisonSpec, arm: Arm) -> list[str]:
 def epoch_split(spec: ComparisonSpec, arm: Arm) -> tuple[int, int]:
     """(source epochs, adaptation epochs) of a source-free arm: `fraction` of the comparison's epochs
     for the source model, the rest for adaptation. Refused when the split is not whole epochs."""
-    from ..api import compose
+    from ..composition import compose
 
     epochs = compose([*spec.overrides, *spec.arms[arm.source_phase.arm].overrides]).trainer.max_epochs
     source = epochs * arm.source_phase.fraction
     if abs(source - round(source)) > 1e-9 or not 1 <= round(source) < epochs:
-        raise ConfigError(f"arm {arm.name}: source_phase.fraction {arm.source_phase.fraction} of {epochs} epochs is not a whole "
-                          "number of epochs for each phase; choose a fraction that splits them")
+        raise ConfigError(
+            f"arm {arm.name}: source_phase.fraction {arm.source_phase.fraction} of {epochs} epochs is not a whole "
+            "number of epochs for each phase; choose a fraction that splits them"
+        )
     return round(source), epochs - round(source)
 
 
@@ -107,10 +117,16 @@ def source_model(spec: ComparisonSpec, where: Where, arm: str, seed: int) -> str
 
     client = client_for(where.tracking_uri)
     experiment = client.get_experiment_by_name(spec.experiment)
-    found = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{TAG_NAME}` = '{spec.name}' and tags.`{TAG_ARM}` = '{arm}' and tags.`{TAG_STAGE}` = 'source' "
-        f"and params.seed = '{seed}' and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    found = (
+        []
+        if experiment is None
+        else client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`{TAG_NAME}` = '{spec.name}' and tags.`{TAG_ARM}` = '{arm}' and tags.`{TAG_STAGE}` = 'source' "
+            f"and params.seed = '{seed}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+        )
+    )
     if not found:
         raise ConfigError(f"arm {arm}: no finished source model for seed {seed} in {where.tracking_uri}; run the 'tune' stage first")
     return f"runs:/{found[0].info.run_id}"
@@ -142,8 +158,7 @@ def chosen_overrides(spec: ComparisonSpec, where: Where, arm: Arm, drop: Iterabl
     return [*arm_overrides(spec, arm), *(f"{k}={format_value(v)}" for k, v in values.items())]
 
 
-def _grid(spec: ComparisonSpec, where: Where, arm: str, stage: str, fixed: list[str], params: dict[str, list], workers: int,
-          name: str | None = None):
+def _grid(spec: ComparisonSpec, where: Where, arm: str, stage: str, fixed: list[str], params: dict[str, list], workers: int, name: str | None = None):
     grid = {k: Param(k, "categorical", choices=list(v)) for k, v in params.items()}
     size = 1
     for values in params.values():
@@ -158,9 +173,19 @@ def evaluate(spec: ComparisonSpec, where: Where, arm: Arm, workers: int) -> list
     if arm.source_phase is None:
         return [_grid(spec, where, arm.name, "eval", fixed, {"seed": spec.eval_seeds}, workers)]
     # each seed adapts its own source model: one study per seed (tagged stage 'eval' like the others)
-    return [_grid(spec, where, arm.name, "eval", [*fixed, f"adapt.source_model={source_model(spec, where, arm.name, seed)}"],
-                  {"seed": [seed]}, workers, name=f"{study_name(arm.name, 'eval')}.seed{seed}")
-            for seed in spec.eval_seeds]
+    return [
+        _grid(
+            spec,
+            where,
+            arm.name,
+            "eval",
+            [*fixed, f"adapt.source_model={source_model(spec, where, arm.name, seed)}"],
+            {"seed": [seed]},
+            workers,
+            name=f"{study_name(arm.name, 'eval')}.seed{seed}",
+        )
+        for seed in spec.eval_seeds
+    ]
 
 
 def upper_bound(spec: ComparisonSpec, where: Where, workers: int) -> dict[str, Any] | None:
@@ -176,14 +201,12 @@ def sensitivity(spec: ComparisonSpec, where: Where, workers: int) -> list[dict[s
     if s is None:
         return []
     return [
-        _grid(spec, where, name, "sensitivity", chosen_overrides(spec, where, spec.arms[name], drop=[s.key]),
-              {s.key: s.values, "seed": s.seeds}, workers)
+        _grid(spec, where, name, "sensitivity", chosen_overrides(spec, where, spec.arms[name], drop=[s.key]), {s.key: s.values, "seed": s.seeds}, workers)
         for name in s.arms
     ]
 
 
-def run(spec: ComparisonSpec, where: Where, stages: Iterable[str] = STAGES, arms: Iterable[str] | None = None,
-        workers: int = 1) -> None:
+def run(spec: ComparisonSpec, where: Where, stages: Iterable[str] = STAGES, arms: Iterable[str] | None = None, workers: int = 1) -> None:
     """The stages in order; `arms` limits tune/eval to some arms (the others must be done for later stages)."""
     stages = list(stages)
     unknown = [s for s in stages if s not in STAGES]

@@ -30,8 +30,7 @@ from typing import Any, Optional
 from ..errors import ConfigError
 from ..search.space import PRUNERS, SAMPLERS, Param, space_from_dict
 
-ALLOWED_KEYS = {"title", "experiment", "overrides", "rule", "tuning", "eval_seeds", "shared", "baseline", "arms",
-                "upper_bound", "sensitivity", "notes"}
+ALLOWED_KEYS = {"title", "experiment", "overrides", "rule", "tuning", "eval_seeds", "shared", "baseline", "arms", "upper_bound", "sensitivity", "notes"}
 
 
 @dataclass(frozen=True)
@@ -166,8 +165,9 @@ def _source_phase(raw: Any, arms: dict, raw_arms: dict, rule: str, where: str) -
     if not (isinstance(phase.fraction, (int, float)) and 0 < phase.fraction < 1):
         raise ConfigError(f"{where}: source_phase.fraction must lie strictly between 0 and 1, got {phase.fraction!r}")
     if RULES[rule].reads_source:
-        raise ConfigError(f"{where}: a source-free arm cannot be chosen by rule '{rule}' (it reads the source split); "
-                          "give the arm its own rule, e.g. rule: classami")
+        raise ConfigError(
+            f"{where}: a source-free arm cannot be chosen by rule '{rule}' (it reads the source split); give the arm its own rule, e.g. rule: classami"
+        )
     return phase
 
 
@@ -213,8 +213,7 @@ def spec_from_dict(name: str, raw: dict) -> ComparisonSpec:
         arm_rule = _label_free_rule(arm["rule"], where) if arm.get("rule") else None
         arms[arm_name] = Arm(arm_name, _overrides(arm.get("overrides"), f"arm {arm_name}"), params, arm_rule)
     for arm_name, arm in raw_arms.items():  # once every arm is known: a source phase names a labelled arm
-        phase = _source_phase((arm or {}).get("source_phase"), arms, raw_arms, arms[arm_name].rule or rule,
-                              f"comparison {name}: arm {arm_name}")
+        phase = _source_phase((arm or {}).get("source_phase"), arms, raw_arms, arms[arm_name].rule or rule, f"comparison {name}: arm {arm_name}")
         arms[arm_name] = replace(arms[arm_name], source_phase=phase)
     baseline = raw.get("baseline", "source_only")
     if baseline not in arms:
@@ -242,11 +241,23 @@ def spec_from_dict(name: str, raw: dict) -> ComparisonSpec:
             raise ConfigError(f"comparison {name}: sensitivity.arms: source-free arms ({', '.join(source_free)}) are not supported")
         if not s.get("key") or not s.get("values"):
             raise ConfigError(f"comparison {name}: sensitivity needs key and values")
-        sensitivity = Sensitivity(list(s["arms"]), str(s["key"]), [float(v) for v in s["values"]],
-                                  _seeds(s.get("seeds", eval_seeds), f"comparison {name}: sensitivity.seeds"))
+        sensitivity = Sensitivity(
+            list(s["arms"]), str(s["key"]), [float(v) for v in s["values"]], _seeds(s.get("seeds", eval_seeds), f"comparison {name}: sensitivity.seeds")
+        )
     return ComparisonSpec(
-        name=name, title=str(raw.get("title", name)), experiment=str(raw.get("experiment", name)),
-        overrides=_overrides(raw.get("overrides"), f"comparison {name}: overrides"), rule=rule, n_trials=n_trials,
-        tuning_seed=tuning_seed, sampler=sampler, pruner=pruner, eval_seeds=eval_seeds, baseline=baseline, arms=arms,
-        upper_bound=upper, sensitivity=sensitivity, notes=str(raw.get("notes", "")),
+        name=name,
+        title=str(raw.get("title", name)),
+        experiment=str(raw.get("experiment", name)),
+        overrides=_overrides(raw.get("overrides"), f"comparison {name}: overrides"),
+        rule=rule,
+        n_trials=n_trials,
+        tuning_seed=tuning_seed,
+        sampler=sampler,
+        pruner=pruner,
+        eval_seeds=eval_seeds,
+        baseline=baseline,
+        arms=arms,
+        upper_bound=upper,
+        sensitivity=sensitivity,
+        notes=str(raw.get("notes", "")),
     )

@@ -51,9 +51,8 @@ KEEP_BUILT = 4
 
 def build_domain(spec: str, cfg, seed: int) -> DomainSplits:
     """Build the domain named `family[:argument]`, or raise a one-line ConfigError listing the families."""
-    from .base import InMemoryExamples
-
     from ..paths import cache_dir, data_root
+    from .base import InMemoryExamples
 
     # The folders a builder reads from (data.root or $TLBENCH_DATA, $TLBENCH_CACHE) are part of the key.
     key = (spec, seed, str(data_root(cfg.root)), str(cache_dir()), *(getattr(cfg, field) for field in DOMAIN_FIELDS))

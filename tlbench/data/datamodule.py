@@ -10,17 +10,17 @@ and a run that forwards only the source draws no target batch.
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import CombinedLoader
-
 import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ..config import DataConfig
 from ..selection import TEST_SPLITS, VAL_SPLITS
 from . import build_domain
 from .base import DomainSplits, InMemoryExamples
-from .budget import apply_label_budget
+from .budget import apply_label_budget, dataset_labels
 from .loaders import FixedLengthLoader, make_loader
 
 
@@ -42,6 +42,18 @@ def with_positions(data: Dataset) -> Dataset:
     if isinstance(data, InMemoryExamples):  # stays in memory, so it keeps the fast loader
         return type(data)(data.images, torch.arange(len(data)))
     return PositionLabelled(data)
+
+
+def whole_domain(splits: DomainSplits) -> Dataset:
+    """Every image of a domain with its label (train, val and test): the target test set of protocols that
+    measure on the whole target domain (TLlib's Office-31), whose unlabelled training images are then
+    also test images."""
+    parts = [splits.train, splits.val, splits.test]
+    if all(isinstance(p, InMemoryExamples) for p in parts) and len({type(p) for p in parts}) == 1:
+        return type(parts[0])(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+    whole = ConcatDataset(parts)
+    whole.labels = np.concatenate([dataset_labels(p) for p in parts])
+    return whole
 
 
 class UnlabelledLoader:
@@ -89,6 +101,9 @@ class DomainDataModule(pl.LightningDataModule):
                 + (f"; classes in only one of them: {', '.join(differing[:10])}" if differing else " (same names, different order)")
             )
         self.source_train = apply_label_budget(self.source.train, seed, cfg.labels_per_class, cfg.label_fraction)
+        # a different draw from the training budget's (seed + 1), so the two subsets are not the same ranks
+        self.source_val = apply_label_budget(self.source.val, seed + 1, cfg.val_labels_per_class, None, "data.val_labels_per_class", "validation")
+        self.target_test = whole_domain(self.target) if cfg.target_eval == "whole" else self.target.test
         #: Set by `serve`: no source batch anywhere (source-free methods); target batches carry positions.
         self.source_free = False
         self.target_positions = False
@@ -97,8 +112,8 @@ class DomainDataModule(pl.LightningDataModule):
     def serve(self, adapter, batch_composition: str = "joint") -> "DomainDataModule":
         """Shape the loaders to what `adapter` may and must read (see the module docstring); under
         batch_composition=source no target training stream is drawn at all."""
-        self.source_free = not adapter.uses_source
-        self.target_positions = adapter.needs_target_index
+        self.source_free = not adapter.needs.source
+        self.target_positions = adapter.needs.target_index
         self.target_stream = batch_composition != "source"
         return self
 
@@ -122,9 +137,9 @@ class DomainDataModule(pl.LightningDataModule):
         """Sizes and fingerprints, recorded with every run."""
         return {
             "source_train_size": len(self.source_train),
-            "source_val_size": len(self.source.val),
+            "source_val_size": len(self.source_val),
             "target_train_size": len(self.target.train),
-            "target_test_size": len(self.target.test),
+            "target_test_size": len(self.target_test),
             "source_fingerprint": self.source.fingerprint,
             "target_fingerprint": self.target.fingerprint,
         }
@@ -157,8 +172,8 @@ class DomainDataModule(pl.LightningDataModule):
         return [self._loader(splits[name], train=False) for name in names]
 
     def val_dataloader(self):
-        splits = {"val/source": self.source.val, "val/target": self.target.val, "eval/target_test": self.target.test}
+        splits = {"val/source": self.source_val, "val/target": self.target.val, "eval/target_test": self.target_test}
         return self._evaluation_loaders(splits, self.val_splits)
 
     def test_dataloader(self):
-        return self._evaluation_loaders({"test/source": self.source.test, "test/target": self.target.test}, self.test_splits)
+        return self._evaluation_loaders({"test/source": self.source.test, "test/target": self.target_test}, self.test_splits)

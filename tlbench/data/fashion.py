@@ -190,8 +190,5 @@ def mnist_m(argument: str, cfg, seed: int) -> DomainSplits:
         mnist_error = exc
     if mnist_error is not None or not photos:
         needs = {f"MNIST (IDX files in {root / 'mnist'}/)": mnist_error, f"BSDS500 (*.jpg in {root / BSDS_FOLDERS[0]}/)": not photos}
-        raise DataError(
-            f"mnist_m: needs {' and '.join(needs)} ({ROOT_HINT}); missing: {', '.join(k for k, v in needs.items() if v)}"
-        )
+        raise DataError(f"mnist_m: needs {' and '.join(needs)} ({ROOT_HINT}); missing: {', '.join(k for k, v in needs.items() if v)}")
     return blended_domain("mnist_m", DIGITS, arrays, photos, _generation_seed("mnist_m", argument), hflip_ok=False)
-

@@ -92,9 +92,7 @@ def read_idx_set(files: dict[str, Path], num_classes: int = 10) -> tuple[np.ndar
         if images.dtype != np.uint8 or labels.dtype != np.uint8:
             raise DataError(f"{files[f'{part}_images']}: expected unsigned-byte IDX images and labels")
         if len(images) != len(labels):
-            raise DataError(
-                f"{files[f'{part}_labels']}: {len(labels)} labels for {len(images)} images in {files[f'{part}_images']}"
-            )
+            raise DataError(f"{files[f'{part}_labels']}: {len(labels)} labels for {len(images)} images in {files[f'{part}_images']}")
         if labels.size and labels.max() >= num_classes:
             raise DataError(f"{files[f'{part}_labels']}: label {labels.max()} outside 0..{num_classes - 1}")
         arrays += [images, labels.astype(np.int64)]

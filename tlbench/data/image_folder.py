@@ -155,12 +155,7 @@ def scan_folder(folder: Path, label: str) -> Manifest:
     files: list[str] = []
     labels: list[int] = []
     for index, class_dir in enumerate(classes):
-        members = sorted(
-            str(Path(dirpath, name).relative_to(folder))
-            for dirpath, _, names in os.walk(class_dir)
-            for name in names
-            if _is_image(name)
-        )
+        members = sorted(str(Path(dirpath, name).relative_to(folder)) for dirpath, _, names in os.walk(class_dir) for name in names if _is_image(name))
         if not members:
             raise DataError(f"{label}: class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS[:4])}, …)")
         files += members
@@ -201,8 +196,16 @@ FAMILIES = {
         ("Art", "Clipart", "Product", "Real_World"),
         {"a": "Art", "c": "Clipart", "p": "Product", "r": "Real_World", "real world": "Real_World"},
     ),
-    "pacs": FolderFamily(("pacs", "PACS", "pacs/kfold", "PACS/kfold"), ("art_painting", "cartoon", "photo", "sketch"), {"a": "art_painting", "c": "cartoon", "p": "photo", "s": "sketch"}),
-    "domainnet": FolderFamily(("domainnet", "DomainNet"), ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"), {"c": "clipart", "i": "infograph", "p": "painting", "q": "quickdraw", "r": "real", "s": "sketch"}),
+    "pacs": FolderFamily(
+        ("pacs", "PACS", "pacs/kfold", "PACS/kfold"),
+        ("art_painting", "cartoon", "photo", "sketch"),
+        {"a": "art_painting", "c": "cartoon", "p": "photo", "s": "sketch"},
+    ),
+    "domainnet": FolderFamily(
+        ("domainnet", "DomainNet"),
+        ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
+        {"c": "clipart", "i": "infograph", "p": "painting", "q": "quickdraw", "r": "real", "s": "sketch"},
+    ),
     "visda2017": FolderFamily(("visda2017", "visda-2017", "VisDA2017", "visda"), ("train", "validation"), {"synthetic": "train", "real": "validation"}),
 }
 

@@ -312,7 +312,9 @@ def stl10(argument: str, cfg, seed: int) -> DomainSplits:
     locate = lambda: base if all((base / f).is_file() for f in needed) else None  # noqa: E731
     obtain("stl10", folder, locate, f"stl10_binary/{{{', '.join(needed)}}}", STL10, [{"split": "train"}])
     class_names = (base / "class_names.txt").read_text().split()
-    return official_splits("stl10", class_names, *_read_stl10(base / "train_X.bin", base / "train_y.bin"), *_read_stl10(base / "test_X.bin", base / "test_y.bin"), hflip_ok=True)
+    return official_splits(
+        "stl10", class_names, *_read_stl10(base / "train_X.bin", base / "train_y.bin"), *_read_stl10(base / "test_X.bin", base / "test_y.bin"), hflip_ok=True
+    )
 
 
 def _torchvision_files(name: str, tv_class: type, folder: Path, split: str, files_attr: str) -> tuple[list[Path], list[int], list[str]]:

@@ -35,9 +35,7 @@ class FreezeSchedule:
     def always_frozen_prefix(self, num_stages: int, max_epochs: int) -> int:
         """Number of leading stages frozen for every epoch of the run (enables feature caching)."""
         frozen = 0
-        while frozen < num_stages and all(
-            frozen not in self.trainable_stages(epoch, num_stages) for epoch in range(max_epochs)
-        ):
+        while frozen < num_stages and all(frozen not in self.trainable_stages(epoch, num_stages) for epoch in range(max_epochs)):
             frozen += 1
         return frozen
 

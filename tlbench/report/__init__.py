@@ -12,10 +12,21 @@ from importlib import import_module
 
 #: Public name → submodule that defines it.
 _EXPORTS = {
-    "collect": "collection", "exclusion_notes": "collection", "ReportError": "errors", "bar_plot": "plots",
-    "budget_plot": "plots", "RULES": "selection", "Choice": "selection", "Rule": "selection",
-    "epoch_table": "selection", "get_rule": "selection", "PaperTable": "tables", "load_reference": "tables",
-    "paper_table": "tables", "per_config": "tables", "summarize": "tables",
+    "collect": "collection",
+    "exclusion_notes": "collection",
+    "ReportError": "errors",
+    "bar_plot": "plots",
+    "budget_plot": "plots",
+    "RULES": "selection",
+    "Choice": "selection",
+    "Rule": "selection",
+    "epoch_table": "selection",
+    "get_rule": "selection",
+    "PaperTable": "tables",
+    "load_reference": "tables",
+    "paper_table": "tables",
+    "per_config": "tables",
+    "summarize": "tables",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from ..errors import TlbenchError
+from ..selection import DEFAULT_RULE, RULES
 from ..tracking import DEFAULT_TIMEOUT_S, check_server, resolve_uri, server_error
 from .errors import ReportError
-from ..selection import DEFAULT_RULE, RULES
 
 MAX_LISTED_EXCLUSIONS = 10
 
@@ -21,8 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=sys.argv[0] if sys.argv and sys.argv[0].startswith("tlbench") else "tlbench report",
         description="Tables and plots of recorded runs, one model-selection rule per table.",
     )
-    parser.add_argument("--from", dest="from_export", metavar="RUNS_CSV", help="rebuild a study's tables from its committed "
-                        "export (results/<study>/runs.csv) instead of an MLflow store; its layout says which tables (with --out)")
+    parser.add_argument(
+        "--from",
+        dest="from_export",
+        metavar="RUNS_CSV",
+        help="rebuild a study's tables from its committed "
+        "export (results/<study>/runs.csv) instead of an MLflow store; its layout says which tables (with --out)",
+    )
     parser.add_argument("--uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir)")
     parser.add_argument("--experiment", default="tlbench", help="MLflow experiment name (default: tlbench)")
     parser.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.backbone.name = 'resnet50'\"")
@@ -34,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oracle", action="store_true", help="add a separate, labelled table of oracle selection (uses target labels)")
     parser.add_argument("--reference", metavar="FILE", help="YAML/JSON of published numbers, e.g. {dann: 76.66}, shown beside ours")
     parser.add_argument("--out", metavar="DIR", help="write table.md/.csv/.tex (oracle.* with --oracle), bars.png and budget.png here")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help=f"seconds to wait for a remote tracking server per request (default: {DEFAULT_TIMEOUT_S})")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait for a remote tracking server per request (default: {DEFAULT_TIMEOUT_S})",
+    )
     parser.add_argument("--budget-lines", default="freeze.name", help="key(s) for the lines of the label-budget plot (default: freeze.name)")
     return parser
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .errors import ReportError
 from .selection import HISTORY_METRICS, epoch_table, get_rule
+from .sources import StoreSource, check_experiment, existing_store_client
 
 DEFAULT_RULES = ("source_val", "oracle", "target_entropy")
 #: Params that do not make another configuration: the seed (aggregated over), the run's own checkpoint
@@ -27,8 +28,21 @@ SCRATCH = "scratch"
 #: Tags carried into the frame: which comparison, arm and stage a run belongs to (tlbench compare).
 COMPARE_TAGS = "tags.compare."
 RESULT_COLUMNS = [
-    "run_id", "run_name", "status", "start_time", "rule", "uses_target_labels", "target_acc", "source_acc",
-    "selected_step", "selected_epoch", "epochs", "config_id", "baseline_id", "is_scratch", "task",
+    "run_id",
+    "run_name",
+    "status",
+    "start_time",
+    "rule",
+    "uses_target_labels",
+    "target_acc",
+    "source_acc",
+    "selected_step",
+    "selected_epoch",
+    "epochs",
+    "config_id",
+    "baseline_id",
+    "is_scratch",
+    "task",
 ]
 
 
@@ -41,17 +55,6 @@ def _fingerprint(row: pd.Series, keys: list[str]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def existing_store_client(uri: str):
-    """`tracking.client_for` a store that must exist: a sqlite path that does not is an error, not a new
-    empty database."""
-    from ..tracking import client_for, sqlite_path
-
-    path = sqlite_path(uri)
-    if path is not None and not path.exists():
-        raise ReportError(f"no MLflow store at {path} (uri {uri}); train first or pass --uri")
-    return client_for(uri)
-
-
 def sweep_filter(uri: str, experiment: str, sweep: str) -> tuple[str, str]:
     """The filter strings (a union) for the runs of a sweep or search — its child runs and the finished
     runs a skip_done sweep reused: `latest` (the newest parent run in the experiment), a parent run id, or
@@ -59,8 +62,7 @@ def sweep_filter(uri: str, experiment: str, sweep: str) -> tuple[str, str]:
     client = existing_store_client(uri)
     check_experiment(client, uri, experiment)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    parents = client.search_runs([experiment_id], "tags.`tlbench.parent` != ''", max_results=200,
-                                 order_by=["attributes.start_time DESC"])
+    parents = client.search_runs([experiment_id], "tags.`tlbench.parent` != ''", max_results=200, order_by=["attributes.start_time DESC"])
     if sweep == "latest":
         chosen = parents[:1]
     else:
@@ -73,12 +75,6 @@ def sweep_filter(uri: str, experiment: str, sweep: str) -> tuple[str, str]:
     return f"tags.mlflow.parentRunId = '{chosen[0].info.run_id}'", reused_filter(chosen[0].info.run_id)
 
 
-def check_experiment(client, uri: str, experiment: str) -> None:
-    if client.get_experiment_by_name(experiment) is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise ReportError(f"experiment '{experiment}' not found in {uri}; existing: {', '.join(names) or 'none'}")
-
-
 def collect(
     uri: str = "",
     experiment: str = "tlbench",
@@ -87,8 +83,6 @@ def collect(
     statuses: Iterable[str] = ("FINISHED",),
 ) -> pd.DataFrame:
     """`collect_runs` of the runs of `experiment` in the MLflow store at `uri` (optionally filtered)."""
-    from .sources import StoreSource
-
     return collect_runs(StoreSource(uri, experiment, filter_string), rules, statuses)
 
 
@@ -106,9 +100,14 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     rule_objects = [get_rule(name) for name in rules]
     runs = source.runs()
     attrs = {
-        "uri": getattr(source, "uri", str(getattr(source, "path", ""))), "experiment": getattr(source, "experiment", ""),
-        "filter": getattr(source, "filter_string", ""), "config_keys": [],
-        "excluded": {}, "excluded_runs": [], "duplicates": 0, "missing": [],
+        "uri": getattr(source, "uri", str(getattr(source, "path", ""))),
+        "experiment": getattr(source, "experiment", ""),
+        "filter": getattr(source, "filter_string", ""),
+        "config_keys": [],
+        "excluded": {},
+        "excluded_runs": [],
+        "duplicates": 0,
+        "missing": [],
     }
     if "tags.tlbench.parent" in runs.columns:  # sweep and search parents hold children, not results
         runs = runs[runs["tags.tlbench.parent"].isna()]
@@ -119,8 +118,7 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     dropped = runs[~keep]
     attrs["excluded"] = {str(k): int(v) for k, v in dropped["status"].value_counts().sort_index().items()}
     attrs["excluded_runs"] = [
-        (r["run_name"], r["status"], r.get("tags.failure_reason") if isinstance(r.get("tags.failure_reason"), str) else "")
-        for _, r in dropped.iterrows()
+        (r["run_name"], r["status"], r.get("tags.failure_reason") if isinstance(r.get("tags.failure_reason"), str) else "") for _, r in dropped.iterrows()
     ]
     params = sorted(c[len("params.") :] for c in runs.columns if c.startswith("params."))
     compare_tags = sorted(c for c in runs.columns if c.startswith(COMPARE_TAGS))
@@ -143,23 +141,33 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     for _, run in runs.iterrows():
         history = epoch_table({m: source.history(run["run_id"], m) for m in HISTORY_METRICS})
         base = {
-            "run_id": run["run_id"], "run_name": run["run_name"], "status": run["status"], "start_time": run["start_time"],
-            "epochs": len(history), "config_id": run["config_id"], "baseline_id": run["baseline_id"],
+            "run_id": run["run_id"],
+            "run_name": run["run_name"],
+            "status": run["status"],
+            "start_time": run["start_time"],
+            "epochs": len(history),
+            "config_id": run["config_id"],
+            "baseline_id": run["baseline_id"],
             "is_scratch": run.get("freeze.name") == SCRATCH,
             "task": f"{run['data.source']}→{run['data.target']}" if {"data.source", "data.target"} <= set(run.index) else None,
-            **{k: run[k] for k in params}, **{t: run[t] for t in compare_tags},
+            **{k: run[k] for k in params},
+            **{t: run[t] for t in compare_tags},
         }
         for rule in rule_objects:
             choice = rule.choose(history)
             if choice is None:
                 attrs["missing"].append((run["run_name"], rule.name))
-            rows.append({
-                **base, "rule": rule.name, "uses_target_labels": rule.uses_target_labels,
-                "target_acc": choice.target_acc if choice else float("nan"),
-                "source_acc": choice.source_acc if choice else float("nan"),
-                "selected_step": choice.step if choice else None,
-                "selected_epoch": choice.epoch if choice else None,
-            })
+            rows.append(
+                {
+                    **base,
+                    "rule": rule.name,
+                    "uses_target_labels": rule.uses_target_labels,
+                    "target_acc": choice.target_acc if choice else float("nan"),
+                    "source_acc": choice.source_acc if choice else float("nan"),
+                    "selected_step": choice.step if choice else None,
+                    "selected_epoch": choice.epoch if choice else None,
+                }
+            )
     return _frame(rows, params + compare_tags, attrs)
 
 

@@ -18,18 +18,8 @@ import pandas as pd
 
 from .collection import collect_runs
 from .plots import _pyplot
+from .sources import CURVES, StoreSource
 from .tables import parse_keys
-
-#: (metric, panel title); missing metrics (e.g. domain accuracy of methods without a discriminator) are skipped.
-CURVES = (
-    ("val/source_acc", "source val accuracy (selects)"),
-    ("eval/target_test_acc", "target test accuracy (never selects)"),
-    ("val/target_entropy", "target val prediction entropy (label-free)"),
-    ("train_epoch/source_ce", "source cross-entropy (train, epoch mean)"),
-    ("train_epoch/domain_acc", "domain discriminator accuracy (train)"),
-    ("train_epoch/dann_lambda", "λ (gradient reversal)"),
-    ("train_epoch/transfer_loss", "adaptation loss (train)"),
-)
 
 
 def curve_frame(source, rows: str, runs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -57,7 +47,7 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     columns = min(3, len(present))
     rows = -(-len(present) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(present):]:
+    for ax in axes.flat[len(present) :]:
         ax.axis("off")
     # one colour per configuration in every panel (a panel may lack some, e.g. no discriminator)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -66,8 +56,7 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
         stats = curves[curves["metric"] == metric].groupby(["label", "step"])["value"].agg(["mean", "std"]).reset_index()
         for label, line in stats.groupby("label"):
             ax.plot(line["step"], line["mean"], label=label, lw=1.4, color=colour[label])
-            ax.fill_between(line["step"], line["mean"] - line["std"].fillna(0), line["mean"] + line["std"].fillna(0),
-                            alpha=0.15, color=colour[label])
+            ax.fill_between(line["step"], line["mean"] - line["std"].fillna(0), line["mean"] + line["std"].fillna(0), alpha=0.15, color=colour[label])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
@@ -79,8 +68,7 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def plateau_markdown(curves: pd.DataFrame, metric: str = "val/source_acc", labels=None, percent: bool = True,
-                     best=max) -> str:
+def plateau_markdown(curves: pd.DataFrame, metric: str = "val/source_acc", labels=None, percent: bool = True, best=max) -> str:
     """Did training converge? Per configuration (all, or `labels`): the seed-mean of `metric` at the last
     evaluation, its change over the last quarter of the steps, and the best value seen; a small change
     says more steps would not have moved the selection metric."""
@@ -88,15 +76,15 @@ def plateau_markdown(curves: pd.DataFrame, metric: str = "val/source_acc", label
     if labels is not None:
         stats = stats[stats["label"].isin(labels)]
     scale, unit = (100, "points") if percent else (1, "nats")
-    lines = [f"| configuration | steps | {metric} at the end | change over the last quarter ({unit}) | best |",
-             "|:--|--:|--:|--:|--:|"]
+    lines = [f"| configuration | steps | {metric} at the end | change over the last quarter ({unit}) | best |", "|:--|--:|--:|--:|--:|"]
     for label, line in stats.groupby("label"):
         line = line.sort_values("step")
         last = line.iloc[-1]
         quarter = line[line["step"] <= 0.75 * last["step"]]
         before = quarter.iloc[-1]["value"] if not quarter.empty else float("nan")
-        lines.append(f"| {label} | {int(last['step']) + 1} | {scale * last['value']:.2f} | "
-                     f"{scale * (last['value'] - before):+.2f} | {scale * best(line['value']):.2f} |")
+        lines.append(
+            f"| {label} | {int(last['step']) + 1} | {scale * last['value']:.2f} | {scale * (last['value'] - before):+.2f} | {scale * best(line['value']):.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -106,8 +94,11 @@ def cost_markdown(runs: pd.DataFrame) -> str:
     lines = ["| configuration | runs | mean s/run | min | max |", "|:--|--:|--:|--:|--:|"]
     lines += [f"| {label} | {int(r['count'])} | {r['mean']:.0f} | {r['min']:.0f} | {r['max']:.0f} |" for label, r in per.iterrows()]
     total = runs["seconds"].sum()
-    lines += ["", f"Total: {len(runs)} runs, {total:.0f} s of run wall time = {total / 3600:.2f} h "
-              "(core-hours = this × the intra-op threads each run used; the benchmarks here ran with one)."]
+    lines += [
+        "",
+        f"Total: {len(runs)} runs, {total:.0f} s of run wall time = {total / 3600:.2f} h "
+        "(core-hours = this × the intra-op threads each run used; the benchmarks here ran with one).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -117,16 +108,16 @@ def write_curves(source, rows: str, out: Path, runs: pd.DataFrame | None = None)
     if curves.empty:
         return []
     csv = out / "curves.csv"
-    (curves.groupby(["label", "metric", "step"])["value"].agg(["mean", "std", "count"]).reset_index()
-     .round(5).to_csv(csv, index=False))
+    (curves.groupby(["label", "metric", "step"])["value"].agg(["mean", "std", "count"]).reset_index().round(5).to_csv(csv, index=False))
     cost = out / "cost.md"
     text = "## Convergence (seed means)\n\n" + plateau_markdown(curves)
     with_source = set(curves.loc[curves["metric"] == "val/source_acc", "label"])
     source_free = sorted(set(curves["label"]) - with_source)
     if source_free:  # no source validation split: the label-free target entropy shows whether they settled
-        text += ("\nWithout a source validation split (source-free methods): mean target prediction entropy, "
-                 "lower = more confident; best = lowest.\n\n"
-                 + plateau_markdown(curves, "val/target_entropy", source_free, percent=False, best=min))
+        text += (
+            "\nWithout a source validation split (source-free methods): mean target prediction entropy, "
+            "lower = more confident; best = lowest.\n\n" + plateau_markdown(curves, "val/target_entropy", source_free, percent=False, best=min)
+        )
     cost.write_text(text + "\n## Cost\n\n" + cost_markdown(runs))
     return [plot_curves(curves, out / "curves.png"), csv, cost]
 
@@ -139,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default="")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from .sources import StoreSource
-
     for path in write_curves(StoreSource(args.uri, args.experiment, args.filter), args.rows, Path(args.out)):
         print(path)
     return 0

@@ -71,13 +71,11 @@ def arm_table(frame: pd.DataFrame, layout: dict[str, Any], rule: str) -> pd.Data
     rows = []
     for arm in arms:
         ours = _by_seed(runs, arm)
-        row = {"arm": arm, "role": "baseline" if arm == baseline else "method", "n": len(ours),
-               "mean": ours.mean(), "ci95": t_interval(ours.to_numpy(), LEVEL)}
+        row = {"arm": arm, "role": "baseline" if arm == baseline else "method", "n": len(ours), "mean": ours.mean(), "ci95": t_interval(ours.to_numpy(), LEVEL)}
         if arm != baseline:
             seeds = ours.index.intersection(base.index)
             result = paired_test(ours, base, what=arm)
-            row.update(gain=result["gain"], gain_ci95=t_interval((ours[seeds] - base[seeds]).to_numpy(), LEVEL),
-                       p=result["p_value"], n_pairs=result["n_pairs"])
+            row.update(gain=result["gain"], gain_ci95=t_interval((ours[seeds] - base[seeds]).to_numpy(), LEVEL), p=result["p_value"], n_pairs=result["n_pairs"])
         rows.append(row)
     table = pd.DataFrame(rows, columns=["arm", "role", "n", "mean", "ci95", "gain", "gain_ci95", "p", "n_pairs"])
     table["p_holm"] = holm(table["p"].astype(float).tolist())
@@ -87,8 +85,14 @@ def arm_table(frame: pd.DataFrame, layout: dict[str, Any], rule: str) -> pd.Data
         upper = _runs(frame, layout, rule, "upper_bound")
         values = upper.loc[upper[ARM] == bound, "acc"].to_numpy()
         if len(values):
-            table.loc[len(table)] = {"arm": bound, "role": "upper bound (target labels)", "n": len(values),
-                                     "mean": values.mean(), "ci95": t_interval(values, LEVEL), "verdict": "not a method"}
+            table.loc[len(table)] = {
+                "arm": bound,
+                "role": "upper bound (target labels)",
+                "n": len(values),
+                "mean": values.mean(),
+                "ci95": t_interval(values, LEVEL),
+                "verdict": "not a method",
+            }
     return table
 
 
@@ -114,13 +118,14 @@ def best_two(frame: pd.DataFrame, layout: dict[str, Any], table: pd.DataFrame, r
     ci = t_interval((ours[seeds] - other[seeds]).to_numpy(), LEVEL)
     p = "no test" if math.isnan(result["p_value"]) else format_p(result["p_value"])
     word = "ahead" if result["p_value"] < ALPHA else "not distinguishable"
-    return (f"Best two arms: **{first}** vs **{second}**: {result['gain']:+.2f} ± {ci:.2f} points (paired on {result['n_pairs']} seeds, "
-            f"two-sided paired t-test {p}, a single planned comparison outside the Holm family): {first} is {word}.")
+    return (
+        f"Best two arms: **{first}** vs **{second}**: {result['gain']:+.2f} ± {ci:.2f} points (paired on {result['n_pairs']} seeds, "
+        f"two-sided paired t-test {p}, a single planned comparison outside the Holm family): {first} is {word}."
+    )
 
 
 def _markdown_table(table: pd.DataFrame, baseline: str) -> str:
-    lines = [f"| arm | role | target acc (%) | n | Δ vs {baseline} (points) | p | p (Holm) | verdict |",
-             "|:--|:--|--:|--:|--:|--:|--:|:--|"]
+    lines = [f"| arm | role | target acc (%) | n | Δ vs {baseline} (points) | p | p (Holm) | verdict |", "|:--|:--|--:|--:|--:|--:|--:|:--|"]
     for _, r in table.iterrows():
         acc = f"{r['mean']:.2f}" + ("" if pd.isna(r["ci95"]) else f" ± {r['ci95']:.2f}")
         gain = "–" if pd.isna(r["gain"]) else f"{r['gain']:+.2f}" + ("" if pd.isna(r["gain_ci95"]) else f" ± {r['gain_ci95']:.2f}")
@@ -132,10 +137,17 @@ def _markdown_table(table: pd.DataFrame, baseline: str) -> str:
 
 def _caption(layout: dict[str, Any], rule: str) -> str:
     rule_obj = RULES[rule]
-    oracle = "ORACLE checkpoint selection — uses target labels; an upper bound on selection, not comparable to label-free results. " if rule_obj.uses_target_labels else ""
+    oracle = (
+        "ORACLE checkpoint selection — uses target labels; an upper bound on selection, not comparable to label-free results. "
+        if rule_obj.uses_target_labels
+        else ""
+    )
     seeds = layout["eval_seeds"]
-    own = "".join(f" Arm {arm} is source-free (no source validation split): its trials and epochs are chosen by rule "
-                  f"'{arm_rule}' instead." for arm, arm_rule in arm_rules(layout).items() if rule == layout["rule"])
+    own = "".join(
+        f" Arm {arm} is source-free (no source validation split): its trials and epochs are chosen by rule '{arm_rule}' instead."
+        for arm, arm_rule in arm_rules(layout).items()
+        if rule == layout["rule"]
+    )
     return (
         f"{oracle}Target test accuracy (%) of each arm's configuration chosen from {layout['n_trials']} Optuna trials per arm "
         f"(seed {layout['tuning_seed']}, chosen by rule '{layout['rule']}'), re-run on seeds {', '.join(map(str, seeds))}; "
@@ -211,35 +223,46 @@ def tuning_record(source, layout: dict[str, Any]) -> pd.DataFrame:
         chosen = max(scored, key=lambda s: (sign * s[1], -order(s))) if scored else None
         oracle = max(scored, key=lambda s: (s[3], -order(s))) if scored else None
         evals = runs[(runs[ARM] == arm) & (runs[STAGE] == "eval")]
-        rows.append({
-            "arm": arm, "trials": len(trials), "complete": len(complete), "pruned": int(pruned.sum()),
-            "failed": int((trials["status"] == "FAILED").sum()),
-            "chosen_trial": order(chosen) if chosen else None,
-            "chosen_params": _params(chosen[0], keys) if chosen else "",
-            "rule": rule_of(layout, arm), "rule_value": round(chosen[1], 6) if chosen else math.nan,
-            "chosen_tuning_target_acc": round(100 * chosen[2], 4) if chosen else math.nan,
-            "oracle_trial": order(oracle) if oracle else None,
-            "oracle_params": _params(oracle[0], keys) if oracle else "",
-            "oracle_tuning_target_acc": round(100 * oracle[4], 4) if oracle else math.nan,
-            "tuning_seconds": round(float(seconds[trials.index].sum()), 1),
-            "eval_seconds": round(float(seconds[evals.index].sum()), 1),
-        })
+        rows.append(
+            {
+                "arm": arm,
+                "trials": len(trials),
+                "complete": len(complete),
+                "pruned": int(pruned.sum()),
+                "failed": int((trials["status"] == "FAILED").sum()),
+                "chosen_trial": order(chosen) if chosen else None,
+                "chosen_params": _params(chosen[0], keys) if chosen else "",
+                "rule": rule_of(layout, arm),
+                "rule_value": round(chosen[1], 6) if chosen else math.nan,
+                "chosen_tuning_target_acc": round(100 * chosen[2], 4) if chosen else math.nan,
+                "oracle_trial": order(oracle) if oracle else None,
+                "oracle_params": _params(oracle[0], keys) if oracle else "",
+                "oracle_tuning_target_acc": round(100 * oracle[4], 4) if oracle else math.nan,
+                "tuning_seconds": round(float(seconds[trials.index].sum()), 1),
+                "eval_seconds": round(float(seconds[evals.index].sum()), 1),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def write_tuning(source, layout: dict[str, Any], out: Path) -> list[Path]:
     record = tuning_record(source, layout)
     record.astype({"chosen_trial": "Int64", "oracle_trial": "Int64"}).to_csv(out / "tuning.csv", index=False, lineterminator="\n")
-    lines = [f"Tuning record: {layout['n_trials']} trials per arm on seed {layout['tuning_seed']}, sampler {layout['sampler']}, "
-             f"chosen by each arm's rule (label-free, fixed before any run: '{layout['rule']}' unless the row says otherwise). The oracle columns show which trial "
-             "target validation labels would have chosen, and its target accuracy on the tuning seed: the cost of "
-             "choosing without labels. Target accuracies in %.", "",
-             "| arm | trials | complete | pruned | failed | chosen by | chosen trial | its target acc | oracle choice | its target acc | tuning s | eval s |",
-             "|:--|--:|--:|--:|--:|:--|:--|--:|:--|--:|--:|--:|"]
+    lines = [
+        f"Tuning record: {layout['n_trials']} trials per arm on seed {layout['tuning_seed']}, sampler {layout['sampler']}, "
+        f"chosen by each arm's rule (label-free, fixed before any run: '{layout['rule']}' unless the row says otherwise). The oracle columns show which trial "
+        "target validation labels would have chosen, and its target accuracy on the tuning seed: the cost of "
+        "choosing without labels. Target accuracies in %.",
+        "",
+        "| arm | trials | complete | pruned | failed | chosen by | chosen trial | its target acc | oracle choice | its target acc | tuning s | eval s |",
+        "|:--|--:|--:|--:|--:|:--|:--|--:|:--|--:|--:|--:|",
+    ]
     for _, r in record.iterrows():
-        lines.append(f"| {r['arm']} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | {r['rule']} | trial {r['chosen_trial']}: "
-                     f"{r['chosen_params']} | {r['chosen_tuning_target_acc']:.2f} | trial {r['oracle_trial']}: {r['oracle_params']} | "
-                     f"{r['oracle_tuning_target_acc']:.2f} | {r['tuning_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+        lines.append(
+            f"| {r['arm']} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | {r['rule']} | trial {r['chosen_trial']}: "
+            f"{r['chosen_params']} | {r['chosen_tuning_target_acc']:.2f} | trial {r['oracle_trial']}: {r['oracle_params']} | "
+            f"{r['oracle_tuning_target_acc']:.2f} | {r['tuning_seconds']:.0f} | {r['eval_seconds']:.0f} |"
+        )
     (out / "tuning.md").write_text("\n".join(lines) + "\n")
     return [out / "tuning.csv", out / "tuning.md"]
 
@@ -259,16 +282,20 @@ def write_sensitivity(frame: pd.DataFrame, layout: dict[str, Any], out: Path) ->
     stats["n"] = stats["acc"].map(len)
     tuned = {arm: float(v) for arm, v in _runs(frame, layout, layout["rule"], "eval").groupby(ARM)[key].first().items() if pd.notna(v)}
     values = sorted(stats["value"].unique())
-    lines = [f"Trade-off sensitivity: `{key}` varied, every other value at the arm's tuned choice; target test accuracy (%) "
-             f"by rule '{layout['rule']}', mean ± 95 % t-interval over seeds {', '.join(map(str, spec['seeds']))}.", "",
-             "| arm | tuned " + key + " | " + " | ".join(f"{v:g}" for v in values) + " |",
-             "|:--|--:|" + "--:|" * len(values)]
+    lines = [
+        f"Trade-off sensitivity: `{key}` varied, every other value at the arm's tuned choice; target test accuracy (%) "
+        f"by rule '{layout['rule']}', mean ± 95 % t-interval over seeds {', '.join(map(str, spec['seeds']))}.",
+        "",
+        "| arm | tuned " + key + " | " + " | ".join(f"{v:g}" for v in values) + " |",
+        "|:--|--:|" + "--:|" * len(values),
+    ]
     for arm, part in stats.groupby(ARM):
         cells = {row["value"]: f"{row['mean']:.2f} ± {row['ci95']:.2f}" for _, row in part.iterrows()}
         lines.append(f"| {arm} | {tuned.get(arm, float('nan')):.3g} | " + " | ".join(cells.get(v, "–") for v in values) + " |")
     (out / "sensitivity.md").write_text("\n".join(lines) + "\n")
     stats.drop(columns="acc").rename(columns={ARM: "arm", "value": key}).round({"mean": 4, "ci95": 4}).to_csv(
-        out / "sensitivity.csv", index=False, lineterminator="\n")
+        out / "sensitivity.csv", index=False, lineterminator="\n"
+    )
     return [out / "sensitivity.md", out / "sensitivity.csv"]
 
 
@@ -281,19 +308,30 @@ def write_curves_and_cost(source, frame: pd.DataFrame, layout: dict[str, Any], o
     paths = []
     if not curves.empty:
         curves.groupby(["label", "metric", "step"])["value"].agg(["mean", "std", "count"]).reset_index().round(5).to_csv(
-            out / "curves.csv", index=False, lineterminator="\n")
+            out / "curves.csv", index=False, lineterminator="\n"
+        )
         paths += [plot_curves(curves, out / "curves.png"), out / "curves.csv"]
     everything = source.runs()
     everything = everything[everything[STAGE].notna()] if STAGE in everything.columns else everything.iloc[0:0]
     everything = everything.assign(seconds=(everything["end_time"] - everything["start_time"]) / 1000.0)
-    lines = ["## Convergence of the evaluation runs (seed means)", "", plateau_markdown(curves) if not curves.empty else "(none)",
-             "## Cost of every stage", "", "| arm | stage | runs | mean s/run | total s |", "|:--|:--|--:|--:|--:|"]
+    lines = [
+        "## Convergence of the evaluation runs (seed means)",
+        "",
+        plateau_markdown(curves) if not curves.empty else "(none)",
+        "## Cost of every stage",
+        "",
+        "| arm | stage | runs | mean s/run | total s |",
+        "|:--|:--|--:|--:|--:|",
+    ]
     for (arm, stage), part in everything.groupby([ARM, STAGE], sort=True):
         lines.append(f"| {arm} | {stage} | {len(part)} | {part['seconds'].mean():.0f} | {part['seconds'].sum():.0f} |")
     total = everything["seconds"].sum()
-    lines += ["", f"Total: {len(everything)} runs, {total:.0f} s of run wall time = {total / 3600:.2f} CPU-hours at one intra-op "
-              f"thread per run (two worker processes ran side by side). Budget: {layout['n_trials']} tuning trials per arm, "
-              f"{len(layout['eval_seeds'])} evaluation seeds."]
+    lines += [
+        "",
+        f"Total: {len(everything)} runs, {total:.0f} s of run wall time = {total / 3600:.2f} CPU-hours at one intra-op "
+        f"thread per run (two worker processes ran side by side). Budget: {layout['n_trials']} tuning trials per arm, "
+        f"{len(layout['eval_seeds'])} evaluation seeds.",
+    ]
     (out / "cost.md").write_text("\n".join(lines) + "\n")
     return paths + [out / "cost.md"]
 
@@ -314,9 +352,16 @@ def write_comparison(source, layout: dict[str, Any], out: Path) -> list[Path]:
 def layout_of(spec) -> dict[str, Any]:
     """What an export must carry to rebuild a comparison's tables: the protocol as declared."""
     return {
-        "kind": "comparison", "name": spec.name, "title": spec.title, "rule": spec.rule, "baseline": spec.baseline,
-        "n_trials": spec.n_trials, "tuning_seed": spec.tuning_seed, "sampler": json.loads(json.dumps(spec.sampler)),
-        "eval_seeds": spec.eval_seeds, "arms": {name: list(arm.params) for name, arm in spec.arms.items()},
+        "kind": "comparison",
+        "name": spec.name,
+        "title": spec.title,
+        "rule": spec.rule,
+        "baseline": spec.baseline,
+        "n_trials": spec.n_trials,
+        "tuning_seed": spec.tuning_seed,
+        "sampler": json.loads(json.dumps(spec.sampler)),
+        "eval_seeds": spec.eval_seeds,
+        "arms": {name: list(arm.params) for name, arm in spec.arms.items()},
         "upper_bound": spec.upper_bound.name if spec.upper_bound else None,
         "sensitivity": {"key": spec.sensitivity.key, "seeds": spec.sensitivity.seeds} if spec.sensitivity else None,
         **({"arm_rules": own} if (own := {n: a.rule for n, a in spec.arms.items() if a.rule}) else {}),

@@ -32,7 +32,10 @@ def _title(rule_name: str) -> str:
 
 
 def bar_plot(
-    frame: pd.DataFrame, path: str | Path, rows: str | Iterable[str] = "adapt.name", cols: str | Iterable[str] = "data.name",
+    frame: pd.DataFrame,
+    path: str | Path,
+    rows: str | Iterable[str] = "adapt.name",
+    cols: str | Iterable[str] = "data.name",
     rule: str = DEFAULT_RULE,
 ) -> Path:
     """Grouped bars: one group per column value (task), one bar per row value (method), error bar = seed std."""
@@ -61,8 +64,12 @@ def bar_plot(
 
 
 def budget_plot(
-    frame: pd.DataFrame, path: str | Path, lines: str | Iterable[str] = "freeze.name", panels: str | Iterable[str] = "data.name",
-    rule: str = DEFAULT_RULE, budget: str = BUDGET_KEY,
+    frame: pd.DataFrame,
+    path: str | Path,
+    lines: str | Iterable[str] = "freeze.name",
+    panels: str | Iterable[str] = "data.name",
+    rule: str = DEFAULT_RULE,
+    budget: str = BUDGET_KEY,
 ) -> Path | None:
     """Accuracy vs label budget, one line per `lines` value, one panel per `panels` value; None when
     fewer than two numeric budgets were recorded (runs with all labels, `None`, are drawn as "all").

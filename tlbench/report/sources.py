@@ -28,10 +28,37 @@ KEPT_TAGS = ("compare.", "pruned", "optuna.trial", "failure_reason", "tlbench.pa
 DROPPED_PARAMS = ("tracking", "output_dir", "checkpoint_dir", "resume")
 
 
+#: (metric, panel title); missing metrics (e.g. domain accuracy of methods without a discriminator) are skipped.
+CURVES = (
+    ("val/source_acc", "source val accuracy (selects)"),
+    ("eval/target_test_acc", "target test accuracy (never selects)"),
+    ("val/target_entropy", "target val prediction entropy (label-free)"),
+    ("train_epoch/source_ce", "source cross-entropy (train, epoch mean)"),
+    ("train_epoch/domain_acc", "domain discriminator accuracy (train)"),
+    ("train_epoch/dann_lambda", "λ (gradient reversal)"),
+    ("train_epoch/transfer_loss", "adaptation loss (train)"),
+)
+
+
+def existing_store_client(uri: str):
+    """`tracking.client_for` a store that must exist: a sqlite path that does not is an error, not a new
+    empty database."""
+    from ..tracking import client_for, sqlite_path
+
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        raise ReportError(f"no MLflow store at {path} (uri {uri}); train first or pass --uri")
+    return client_for(uri)
+
+
+def check_experiment(client, uri: str, experiment: str) -> None:
+    if client.get_experiment_by_name(experiment) is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"experiment '{experiment}' not found in {uri}; existing: {', '.join(names) or 'none'}")
+
+
 def exported_metrics() -> tuple[str, ...]:
     """Every per-epoch metric the report reads: selection rules' histories and the learning curves."""
-    from .curves import CURVES
-
     return tuple(sorted(set(HISTORY_METRICS) | {m for m, _ in CURVES}))
 
 
@@ -62,13 +89,10 @@ class StoreSource:
 
     @property
     def client(self):
-        from .collection import existing_store_client
-
         return existing_store_client(self.uri)
 
     def runs(self) -> pd.DataFrame:
         from ..runs import load_runs
-        from .collection import check_experiment
 
         check_experiment(self.client, self.uri, self.experiment)
         try:
@@ -98,7 +122,7 @@ class ExportSource:
                 first = handle.readline()
                 if not first.startswith(LAYOUT_PREFIX):
                     raise ReportError(f"--from {self.path}: not a tlbench runs export (its first line must start with '{LAYOUT_PREFIX.strip()}')")
-                self.layout = json.loads(first[len(LAYOUT_PREFIX):])
+                self.layout = json.loads(first[len(LAYOUT_PREFIX) :])
                 self._frame = pd.read_csv(handle, dtype=str, keep_default_na=False, na_values=[""])
         except OSError as exc:
             raise ReportError(f"--from {self.path}: cannot read ({exc.strerror or exc})") from None
@@ -119,10 +143,10 @@ class ExportSource:
 
 def _kept(column: str) -> bool:
     if column.startswith("params."):
-        key = column[len("params."):]
+        key = column[len("params.") :]
         return not any(key == p or key.startswith(p + ".") for p in DROPPED_PARAMS)
     if column.startswith("tags."):
-        return column[len("tags."):].startswith(KEPT_TAGS)
+        return column[len("tags.") :].startswith(KEPT_TAGS)
     return column in ("run_id", "run_name", "status", "start_time", "end_time")
 
 

@@ -15,9 +15,9 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from ..errors import one_line
 from .collection import RESULT_COLUMNS, exclusion_notes
 from .compare import ALPHA, BASELINES, SCRATCH_BASELINE, Baseline, compare, config_keys
-from ..errors import one_line
 from .errors import ReportError
 from .selection import DEFAULT_RULE, Rule, get_rule
 
@@ -195,9 +195,7 @@ class PaperTable:
             out[escape(col)] = values
         for ref_col in self._reference_columns():
             key = AVG if ref_col == self.reference_label else ref_col[len(self.reference_label) + 1 :]
-            out[escape(ref_col)] = [
-                escape(f"{self.reference[r][key]:.2f}" if key in self.reference.get(r, {}) else "–") for r in self.row_order
-            ]
+            out[escape(ref_col)] = [escape(f"{self.reference[r][key]:.2f}" if key in self.reference.get(r, {}) else "–") for r in self.row_order]
         return out
 
     def _reference_columns(self) -> list[str]:
@@ -228,7 +226,9 @@ class PaperTable:
         parts = [f"**Rule `{self.rule.name}`.** {self.caption}", "", self.grid(bold=lambda s: f"**{s}**").to_markdown(disable_numparse=True)]
         for baseline in self.compared:
             parts += [
-                "", f"**{baseline.title} (`{baseline.value}`), rule `{self.rule.name}`.** {self.gain_caption(baseline)}", "",
+                "",
+                f"**{baseline.title} (`{baseline.value}`), rule `{self.rule.name}`.** {self.gain_caption(baseline)}",
+                "",
                 self.gain_grid(baseline).to_markdown(disable_numparse=True),
             ]
         if self.notes:
@@ -265,8 +265,24 @@ class PaperTable:
 
 
 LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "→": r"$\to$", "–": "--", "—": "---", "−": "$-$", "|": r"$|$", "<": r"$<$", ">": r"$>$",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "→": r"$\to$",
+    "–": "--",
+    "—": "---",
+    "−": "$-$",
+    "|": r"$|$",
+    "<": r"$<$",
+    ">": r"$>$",
 }
 
 
@@ -278,9 +294,17 @@ def _latex_table(grid: pd.DataFrame, caption: str, notes: list[str]) -> str:
     header = " & ".join([grid.index.name or ""] + list(grid.columns)) + r" \\"
     body = [" & ".join([str(i)] + [str(v) for v in row]) + r" \\" for i, row in zip(grid.index, grid.itertuples(index=False))]
     lines = [
-        r"\begin{table}[t]", r"\centering", f"\\caption{{{latex_escape(' '.join([caption] + notes))}}}",
-        f"\\begin{{tabular}}{{l{'c' * len(grid.columns)}}}", r"\toprule", header, r"\midrule", *body, r"\bottomrule",
-        r"\end{tabular}", r"\end{table}",
+        r"\begin{table}[t]",
+        r"\centering",
+        f"\\caption{{{latex_escape(' '.join([caption] + notes))}}}",
+        f"\\begin{{tabular}}{{l{'c' * len(grid.columns)}}}",
+        r"\toprule",
+        header,
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
     ]
     return "\n".join(lines) + "\n"
 

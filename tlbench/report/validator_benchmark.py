@@ -52,8 +52,15 @@ def checkpoints(source, runs: pd.DataFrame) -> pd.DataFrame:
         if table.empty or TEST_METRIC not in table:
             continue
         for epoch, (_, values) in enumerate(table.iterrows()):
-            rows.append({"run_id": run["run_id"], "arm": run["tags.compare.arm"], "epoch": epoch,
-                         "target_acc": values[TEST_METRIC], **{m: values.get(m, np.nan) for m in metrics if m != TEST_METRIC}})
+            rows.append(
+                {
+                    "run_id": run["run_id"],
+                    "arm": run["tags.compare.arm"],
+                    "epoch": epoch,
+                    "target_acc": values[TEST_METRIC],
+                    **{m: values.get(m, np.nan) for m in metrics if m != TEST_METRIC},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -85,8 +92,12 @@ def rule_scores(frame: pd.DataFrame, name: str) -> dict[str, float]:
         chosen.append(pick)
     picks = pd.DataFrame(chosen)
     best_trial = picks.iloc[int(np.argmax(_oriented(rule, picks[rule.metric])))]
-    return {"weighted_spearman": spearman, "checkpoint_regret": float(np.mean(regrets)),
-            "hp_regret": float(100 * (picks["target_acc"].max() - best_trial["target_acc"])), "checkpoints": len(usable)}
+    return {
+        "weighted_spearman": spearman,
+        "checkpoint_regret": float(np.mean(regrets)),
+        "hp_regret": float(100 * (picks["target_acc"].max() - best_trial["target_acc"])),
+        "checkpoints": len(usable),
+    }
 
 
 def benchmark(checkpoint_frames: dict[str, pd.DataFrame]) -> pd.DataFrame:

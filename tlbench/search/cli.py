@@ -29,13 +29,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="default", help="conf/search/<name>.yaml or a yaml path (default: default)")
     p.add_argument("--n-trials", type=int, help="trials in the study in total (default: the space's study.n_trials)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study (default 1)")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db in the working dir; "
-                   "postgresql://… to share a study between machines)")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db in the working dir; postgresql://… to share a study between machines)")
     p.add_argument("--study-name", help="default: the space name")
     p.add_argument("--sampler", choices=("tpe", "random", "grid", "cmaes"))
     p.add_argument("--pruner", choices=("median", "percentile", "hyperband", "successive_halving", "threshold", "none"))
-    p.add_argument("--rule", help="selection rule whose metric the trials optimise (same as selection=<rule>; "
-                   "e.g. bnm or im to tune without target labels)")
+    p.add_argument("--rule", help="selection rule whose metric the trials optimise (same as selection=<rule>; e.g. bnm or im to tune without target labels)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the space's study.seed)")
     p.add_argument("--out-dir", help="trial outputs (default outputs/search/<study name>)")
     p.add_argument("--list", action="store_true", help="list the search spaces in conf/search and exit")
@@ -57,8 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.append(f"selection={args.rule}")
     try:
         job = prepare(
-            load_space(args.space), args.overrides, n_trials=args.n_trials, storage=args.storage,
-            study_name=args.study_name, sampler=args.sampler, pruner=args.pruner, seed=args.seed, out_dir=args.out_dir,
+            load_space(args.space),
+            args.overrides,
+            n_trials=args.n_trials,
+            storage=args.storage,
+            study_name=args.study_name,
+            sampler=args.sampler,
+            pruner=args.pruner,
+            seed=args.seed,
+            out_dir=args.out_dir,
         )
         result = run_search(job, workers=args.workers)
     except TlbenchError as exc:
@@ -72,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_result(result: dict, job) -> None:
-    print(f"\n[tlbench search] study '{result['study_name']}': {result['complete']} complete, {result['pruned']} pruned, "
-          f"{result['failed']} failed ({result['lost']} lost and rerun); {result['epochs']} training epochs in {result['seconds']:.0f}s")
+    print(
+        f"\n[tlbench search] study '{result['study_name']}': {result['complete']} complete, {result['pruned']} pruned, "
+        f"{result['failed']} failed ({result['lost']} lost and rerun); {result['epochs']} training epochs in {result['seconds']:.0f}s"
+    )
     if result["best_value"] is not None:
         from .space import format_value
 

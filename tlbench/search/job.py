@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-
 from ..errors import ConfigError, TlbenchError
 from .space import SearchSpace
 
@@ -28,8 +27,6 @@ ATTR_DEFINITION = "tlbench.definition"
 
 #: Longest wait of a process joining a study for the MLflow parent run its creator opens.
 PARENT_WAIT_S = 60
-
-
 
 
 class SearchError(TlbenchError):
@@ -104,8 +101,8 @@ def default_storage() -> str:
 def absolute_storage(url: str) -> str:
     """A relative SQLite path made absolute, so every worker opens the same file whatever its cwd."""
     prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url[len(prefix):] not in ("", ":memory:"):
-        return prefix + str(Path(url[len(prefix):]).resolve())
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/") and url[len(prefix) :] not in ("", ":memory:"):
+        return prefix + str(Path(url[len(prefix) :]).resolve())
     return url
 
 
@@ -117,13 +114,3 @@ def masked(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("@")[-1]
-
-
-
-
-
-
-def _mlflow(job: SearchJob):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=job.tracking_uri)

@@ -15,25 +15,39 @@ from optuna.trial import TrialState
 from .job import SearchJob, log, masked
 from .trial import counts_toward_budget
 
+
 def summarize(study: optuna.Study, job: SearchJob) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
     complete = by_state[TrialState.COMPLETE]
     result: dict[str, Any] = {
-        "study_name": job.study_name, "storage": masked(job.storage), "metric": job.monitor, "direction": job.direction,
+        "study_name": job.study_name,
+        "storage": masked(job.storage),
+        "metric": job.monitor,
+        "direction": job.direction,
         "n_trials": job.n_trials,
-        "complete": len(complete), "pruned": len(by_state[TrialState.PRUNED]),
+        "complete": len(complete),
+        "pruned": len(by_state[TrialState.PRUNED]),
         "failed": sum(1 for t in by_state[TrialState.FAIL] if counts_toward_budget(t)),
         "lost": sum(1 for t in by_state[TrialState.FAIL] if not counts_toward_budget(t)),
-        "queued": len(by_state[TrialState.WAITING]), "running": len(by_state[TrialState.RUNNING]),
+        "queued": len(by_state[TrialState.WAITING]),
+        "running": len(by_state[TrialState.RUNNING]),
         "epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in trials),
-        "best_value": None, "best_params": {}, "best_trial": None, "best_run_id": None,
+        "best_value": None,
+        "best_params": {},
+        "best_trial": None,
+        "best_run_id": None,
     }
     if complete:
         best = study.best_trial
-        result.update(best_value=best.value, best_params=dict(best.params), best_trial=best.number,
-                      best_overrides=list(best.user_attrs.get("overrides", [])),
-                      best_run_id=best.user_attrs.get("mlflow_run_id"), best_test_target_acc=best.user_attrs.get("test/target_acc"))
+        result.update(
+            best_value=best.value,
+            best_params=dict(best.params),
+            best_trial=best.number,
+            best_overrides=list(best.user_attrs.get("overrides", [])),
+            best_run_id=best.user_attrs.get("mlflow_run_id"),
+            best_test_target_acc=best.user_attrs.get("test/target_acc"),
+        )
     return result
 
 
@@ -42,8 +56,13 @@ def record_outcome(study: optuna.Study, job: SearchJob, parent, result: dict[str
     metrics = {k: float(result[k]) for k in ("complete", "pruned", "failed", "lost", "epochs")}
     if result["best_value"] is not None:
         metrics["best_value"] = float(result["best_value"])
-        parent.set_tags({"best_trial": result["best_trial"], "best_run_id": result["best_run_id"] or "",
-                         **{f"best_params.{k}": v for k, v in result["best_params"].items()}})
+        parent.set_tags(
+            {
+                "best_trial": result["best_trial"],
+                "best_run_id": result["best_run_id"] or "",
+                **{f"best_params.{k}": v for k, v in result["best_params"].items()},
+            }
+        )
     parent.log_metrics(metrics, step=len(study.get_trials(deepcopy=False)))
     parent.log_text(json.dumps({k: v for k, v in result.items()}, indent=2, default=str), "search/summary.json")
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,9 +12,11 @@ import optuna
 from optuna.trial import TrialState
 
 from ..interrupts import sigterm_as_interrupt
-from .job import SearchJob, _mlflow, log
+from ..tracking import client_for
+from .job import SearchJob, log
 from .space import build_pruner, build_sampler
 from .trial import requeue, run_trial
+
 
 class RequeueLostTrial:
     """Optuna's stale-trial callback: a trial whose heartbeat stopped was lost with its worker. Queue its
@@ -26,10 +28,12 @@ class RequeueLostTrial:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if "fail_reason" not in trial.user_attrs:
             requeue(study, trial)
-        print(f"[tlbench search] trial {trial.number} lost (no heartbeat for {self.job.space.study.grace_period}s): "
-              "marked FAIL, its parameters queued again", flush=True)
+        print(
+            f"[tlbench search] trial {trial.number} lost (no heartbeat for {self.job.space.study.grace_period}s): marked FAIL, its parameters queued again",
+            flush=True,
+        )
         try:
-            client = _mlflow(self.job)
+            client = client_for(self.job.tracking_uri)
             for run in _trial_runs(client, self.job, trial):
                 # RUNNING, or already KILLED by a later run that saw its process gone (tracking.close_dead_runs)
                 if run.info.status in ("RUNNING", "KILLED"):
@@ -108,7 +112,8 @@ def trial_seed(job: SearchJob, number: int) -> int:
 def open_study(job: SearchJob) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     storage = make_storage(job)
     study = optuna.load_study(
-        study_name=job.study_name, storage=storage,
+        study_name=job.study_name,
+        storage=storage,
         sampler=build_sampler(job.space.study, job.space.params, job.space.study.seed),  # reseeded per trial
         pruner=build_pruner(job.space.study, job.max_epochs),
     )
@@ -150,7 +155,7 @@ def _worker_process(job: SearchJob, worker_index: int, threads: int) -> None:
     try:
         work(job, worker_index)
     except KeyboardInterrupt:
-        raise SystemExit(130)
+        raise SystemExit(130) from None
 
 
 def make_storage(job: SearchJob) -> optuna.storages.RDBStorage:

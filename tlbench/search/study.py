@@ -28,11 +28,25 @@ from optuna.trial import TrialState, create_trial
 
 from ..errors import ConfigError
 from ..interrupts import sigterm_as_interrupt
-from .job import ATTR_DEFINITION, ATTR_N_TRIALS, ATTR_PARENT, ConfigSource, PARENT_WAIT_S, SearchError, SearchJob, _mlflow, absolute_storage, compose, default_storage, masked
+from ..tracking import client_for
+from .job import (
+    ATTR_DEFINITION,
+    ATTR_N_TRIALS,
+    ATTR_PARENT,
+    PARENT_WAIT_S,
+    ConfigSource,
+    SearchError,
+    SearchJob,
+    absolute_storage,
+    compose,
+    default_storage,
+    masked,
+)
 from .outcome import record_outcome, summarize
 from .queue import _worker_process, make_storage, work
 from .space import SearchSpace, grid_size, merge_command_line, sampler_name, trial_overrides
 from .trial import counts_toward_budget
+
 
 # ----------------------------------------------------------------------------- the launcher
 def prepare(
@@ -52,15 +66,22 @@ def prepare(
     composer: Optional[Callable[[list[str]], Any]] = None,
 ) -> SearchJob:
     """Merge space, command line and options; check every searched value composes and validates."""
-    from ..paths import CONFIG_DIR
     from ..config import validate
+    from ..paths import CONFIG_DIR
     from ..selection import SELECTION_METRICS
     from ..tracking import resolve_uri
 
     space, fixed = merge_command_line(space, list(command_line))
     settings = dataclasses.replace(space.study)
-    for key, value in (("n_trials", n_trials), ("storage", storage), ("study_name", study_name), ("sampler", sampler),
-                       ("pruner", pruner), ("seed", seed), ("out_dir", out_dir)):
+    for key, value in (
+        ("n_trials", n_trials),
+        ("storage", storage),
+        ("study_name", study_name),
+        ("sampler", sampler),
+        ("pruner", pruner),
+        ("seed", seed),
+        ("out_dir", out_dir),
+    ):
         if value is not None:
             setattr(settings, key, value)
     space = dataclasses.replace(space, study=settings)
@@ -91,12 +112,21 @@ def prepare(
         raise ConfigError(f"selection={run.selection}: a search needs a metric to optimise; use any rule but last")
     name = settings.study_name or space.name
     return SearchJob(
-        space=space, fixed=fixed, config_dir=config_dir, config_name=config_name,
-        storage=absolute_storage(settings.storage or default_storage()), study_name=name,
-        n_trials=settings.n_trials, monitor=monitor, mode=mode,
-        tracking_uri=resolve_uri(run.tracking.uri), experiment=run.tracking.experiment, tracking_tags=dict(run.tracking.tags),
+        space=space,
+        fixed=fixed,
+        config_dir=config_dir,
+        config_name=config_name,
+        storage=absolute_storage(settings.storage or default_storage()),
+        study_name=name,
+        n_trials=settings.n_trials,
+        monitor=monitor,
+        mode=mode,
+        tracking_uri=resolve_uri(run.tracking.uri),
+        experiment=run.tracking.experiment,
+        tracking_tags=dict(run.tracking.tags),
         out_dir=str(Path(settings.out_dir or Path("outputs") / "search" / name).resolve()),
-        max_epochs=run.trainer.max_epochs, extra_tags=dict(extra_tags or {}),
+        max_epochs=run.trainer.max_epochs,
+        extra_tags=dict(extra_tags or {}),
         composer=composer,
     )
 
@@ -130,8 +160,11 @@ def create_or_load_study(job: SearchJob) -> tuple[optuna.Study, bool]:
 
 
 def study_definition(job: SearchJob) -> dict[str, Any]:
-    return {"space": job.space.name, "fixed": sorted(job.fixed),
-            "params": {k: json.loads(json.dumps(dataclasses.asdict(p), default=str)) for k, p in sorted(job.space.params.items())}}
+    return {
+        "space": job.space.name,
+        "fixed": sorted(job.fixed),
+        "params": {k: json.loads(json.dumps(dataclasses.asdict(p), default=str)) for k, p in sorted(job.space.params.items())},
+    }
 
 
 def check_same_definition(study: optuna.Study, job: SearchJob) -> None:
@@ -179,8 +212,12 @@ def _plain(value: Any) -> str:
 
 def _parent_tags(job: SearchJob) -> dict[str, Any]:
     return {
-        "optuna.study": job.study_name, "optuna.storage": masked(job.storage), "search.space": job.space.name,
-        "search.role": "parent", "selection_metric": job.monitor, "tlbench.parent": "search",
+        "optuna.study": job.study_name,
+        "optuna.storage": masked(job.storage),
+        "search.space": job.space.name,
+        "search.role": "parent",
+        "selection_metric": job.monitor,
+        "tlbench.parent": "search",
     }
 
 
@@ -194,12 +231,14 @@ def shared_parent(study: optuna.Study, job: SearchJob, created: bool) -> Optiona
     deadline = time.monotonic() + PARENT_WAIT_S
     while not (run_id := study.user_attrs.get(ATTR_PARENT)):
         if time.monotonic() > deadline:
-            print(f"[tlbench search] study '{job.study_name}' has no MLflow parent run after {PARENT_WAIT_S}s "
-                  "(its creator stopped early?): opening one", flush=True)
+            print(
+                f"[tlbench search] study '{job.study_name}' has no MLflow parent run after {PARENT_WAIT_S}s (its creator stopped early?): opening one",
+                flush=True,
+            )
             return None
         time.sleep(0.5)
     try:
-        _mlflow(job).get_run(run_id)
+        client_for(job.tracking_uri).get_run(run_id)
         return run_id
     except Exception:  # another tracking store: start a new parent there
         return None
@@ -218,18 +257,27 @@ def run_search(job: SearchJob, workers: int = 1) -> dict[str, Any]:
     parent_id = shared_parent(study, job, created)
     with recorded_run(tracking, job.study_name, _parent_tags(job), resume_run_id=parent_id) as parent:
         if parent_id is None:
-            parent.log_params({
-                "search.space": job.space.name, "search.sampler": _plain(job.space.study.sampler),
-                "search.pruner": _plain(job.space.study.pruner), "search.seed": job.space.study.seed,
-                "search.direction": job.direction, "search.metric": job.monitor, "search.fixed_overrides": " ".join(job.fixed),
-                "search.params": json.dumps({k: dataclasses.asdict(p) for k, p in job.space.params.items()}, default=str),
-            })
+            parent.log_params(
+                {
+                    "search.space": job.space.name,
+                    "search.sampler": _plain(job.space.study.sampler),
+                    "search.pruner": _plain(job.space.study.pruner),
+                    "search.seed": job.space.study.seed,
+                    "search.direction": job.direction,
+                    "search.metric": job.monitor,
+                    "search.fixed_overrides": " ".join(job.fixed),
+                    "search.params": json.dumps({k: dataclasses.asdict(p) for k, p in job.space.params.items()}, default=str),
+                }
+            )
             study.set_user_attr(ATTR_PARENT, parent.run_id)
         parent.set_tags({"search.n_trials": job.n_trials})
         job = dataclasses.replace(job, parent_run_id=parent.run_id)
         added = fill_queue(study, job, created)
-        print(f"[tlbench search] study '{job.study_name}' ({'new' if created else 'resumed'}, {added} trial(s) queued) "
-              f"in {masked(job.storage)}; {job.direction} {job.monitor}; {workers} worker(s); MLflow parent run {parent.run_id}", flush=True)
+        print(
+            f"[tlbench search] study '{job.study_name}' ({'new' if created else 'resumed'}, {added} trial(s) queued) "
+            f"in {masked(job.storage)}; {job.direction} {job.monitor}; {workers} worker(s); MLflow parent run {parent.run_id}",
+            flush=True,
+        )
         started = time.time()
         _run_workers(job, workers)
         result = summarize(study, job)

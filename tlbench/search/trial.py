@@ -16,9 +16,11 @@ import optuna
 from optuna.trial import TrialState, create_trial
 
 from ..errors import ConfigError, TlbenchError, one_line
-from .job import SearchJob, _mlflow, compose, log, masked
+from ..tracking import client_for
+from .job import SearchJob, compose, log, masked
 from .pruning import OptunaPruning, close_pruned_run
 from .space import suggest, trial_overrides
+
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state != TrialState.FAIL or "fail_reason" in trial.user_attrs
@@ -27,10 +29,15 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue a lost or interrupted trial's parameters again (a grid point keeps its grid id)."""
     system_attrs = {k: v for k, v in trial.system_attrs.items() if k in ("grid_id", "search_space", "fixed_params")}
-    study.add_trial(create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs=system_attrs, user_attrs={"retry_of": trial.number},
-    ))
+    study.add_trial(
+        create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs=system_attrs,
+            user_attrs={"retry_of": trial.number},
+        )
+    )
 
 
 def progress(study: optuna.Study, job: SearchJob) -> str:
@@ -69,8 +76,11 @@ def run_trial(job: SearchJob, study: optuna.Study, trial: optuna.Trial) -> None:
         run.tracking.run_name = f"{job.study_name}-trial{trial.number}"
         callback = OptunaPruning(trial, job.monitor, job.mode)
         tags = {
-            "optuna.study": job.study_name, "optuna.trial": trial.number, "optuna.storage": masked(job.storage),
-            "search.space": job.space.name, **job.extra_tags,
+            "optuna.study": job.study_name,
+            "optuna.trial": trial.number,
+            "optuna.storage": masked(job.storage),
+            "search.space": job.space.name,
+            **job.extra_tags,
         }
         if job.parent_run_id:
             tags["mlflow.parentRunId"] = job.parent_run_id
@@ -79,13 +89,12 @@ def run_trial(job: SearchJob, study: optuna.Study, trial: optuna.Trial) -> None:
         epoch = getattr(exc, "epoch", callback.pruned_epoch if callback else None)
         if callback is not None and callback.run_id:
             try:
-                close_pruned_run(_mlflow(job), callback.run_id, epoch)
+                close_pruned_run(client_for(job.tracking_uri), callback.run_id, epoch)
             except Exception as mlflow_exc:
                 log.warning("could not mark MLflow run %s as pruned: %s", callback.run_id, mlflow_exc)
         trial.set_user_attr("epochs", callback.epochs if callback else 0)
         study.tell(trial, state=TrialState.PRUNED)
-        print(f"[tlbench search] trial {trial.number} PRUNED after epoch {epoch} ({shown}) {time.time() - started:.0f}s"
-              f"  {progress(study, job)}", flush=True)
+        print(f"[tlbench search] trial {trial.number} PRUNED after epoch {epoch} ({shown}) {time.time() - started:.0f}s  {progress(study, job)}", flush=True)
         return
     except (KeyboardInterrupt, SystemExit):
         trial.set_user_attr("interrupted", True)
@@ -117,5 +126,6 @@ def run_trial(job: SearchJob, study: optuna.Study, trial: optuna.Trial) -> None:
         print(f"[tlbench search] trial {trial.number} FAIL ({shown}): no finite {job.monitor}", flush=True)
         return
     study.tell(trial, value)
-    print(f"[tlbench search] trial {trial.number} COMPLETE {job.monitor}={value:.4f} ({shown}) {time.time() - started:.0f}s"
-          f"  {progress(study, job)}", flush=True)
+    print(
+        f"[tlbench search] trial {trial.number} COMPLETE {job.monitor}={value:.4f} ({shown}) {time.time() - started:.0f}s  {progress(study, job)}", flush=True
+    )

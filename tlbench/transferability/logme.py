@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def _maximise_evidence(u_y: np.ndarray, sigma: np.ndarray, residual_outside: float, n: int, dim: int,
-                       max_iter: int = 100, tol: float = 1e-5) -> tuple[float, float, float]:
+def _maximise_evidence(
+    u_y: np.ndarray, sigma: np.ndarray, residual_outside: float, n: int, dim: int, max_iter: int = 100, tol: float = 1e-5
+) -> tuple[float, float, float]:
     """MacKay's fixed point for one label column, in the eigenbasis of FᵀF. `u_y` = Uᵀy on the eigenvectors
     with eigenvalues `sigma` (the rest of y lies outside F's column space: `residual_outside` = its squared
     norm). Returns (α, β, evidence per sample)."""
@@ -26,8 +27,7 @@ def _maximise_evidence(u_y: np.ndarray, sigma: np.ndarray, residual_outside: flo
     fit_err = float(np.sum((alpha * u_y / (alpha + beta * sigma)) ** 2)) + residual_outside
     # eigenvalues of FᵀF beyond rank(F) are zero: each adds log(α) to the log-determinant
     log_det = float(np.sum(np.log(alpha + beta * sigma))) + (dim - len(sigma)) * np.log(alpha)
-    evidence = (n * np.log(beta) + dim * np.log(alpha) - n * np.log(2 * np.pi)
-                - beta * fit_err - alpha * m_norm2 - log_det) / 2
+    evidence = (n * np.log(beta) + dim * np.log(alpha) - n * np.log(2 * np.pi) - beta * fit_err - alpha * m_norm2 - log_det) / 2
     return alpha, beta, evidence / n
 
 
