@@ -127,7 +127,7 @@ def test_trainer_gpu_without_a_gpu_is_one_line_and_a_failed_run(tmp_path, mlflow
 
 
 def test_the_feature_cache_line_appears_only_where_the_backbone_could_be_cached(tmp_path, mlflow_uri, caplog):
-    with caplog.at_level(logging.DEBUG, logger="tlbench.train"):
+    with caplog.at_level(logging.DEBUG, logger="tlbench.assembly"):
         train(tiny_run(tmp_path / "full", mlflow_uri, ["trainer.max_epochs=1"]))
         full = [r for r in caplog.records if "feature cache" in r.getMessage()]
         caplog.clear()
