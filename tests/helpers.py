@@ -45,3 +45,15 @@ def interrupt_at_epoch(epoch: int):
                 raise KeyboardInterrupt
 
     return InterruptAtEpoch()
+
+
+def validated_with(group: str, node: dict):
+    """A whole run config validated with `group` replaced by `node`: the path every range check takes
+    (ranges live in tlbench/config_rules.py only)."""
+    from omegaconf import OmegaConf
+
+    from tlbench.config import validate
+
+    container = OmegaConf.to_container(compose([]), resolve=True)
+    container[group] = dict(node)
+    return validate(container)

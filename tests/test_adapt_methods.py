@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose
+from helpers import compose, validated_with
 from omegaconf import OmegaConf
 from torch import nn
 
 from tlbench.adapt import ADAPTERS
+from tlbench.adapt.base import needs_of
 from tlbench.adapt.layers import DomainDiscriminator, dann_lambda
 from tlbench.errors import ConfigError
 
@@ -86,25 +87,28 @@ def _train_step(node, progress: float = 0.5):
         node = OmegaConf.merge(node, {"source_model": "runs:/not-read-here"})
     backbone, head = tiny_backbone(), nn.Linear(FEATURE_DIM, NUM_CLASSES)
     adapter = ADAPTERS.build(node, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM)
+    needs = needs_of(ADAPTERS.validate(node))
     images_s, images_t = torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8) * 2 + 1
     labels_s = torch.randint(0, NUM_CLASSES, (8,))
     extra = {}
     if adapter.runs_before_epoch:
         adapter.before_epoch(TinyModel(backbone, head), [images_t[:5], images_t[5:]])
-    if adapter.needs.target_index:
+    if needs.target_index:
         extra["target_index"] = torch.arange(8)
-    if adapter.needs.target:
-        views = [images_s, images_t] + ([images_t.flip(-1)] if adapter.needs.strong_view else [])
+    if needs.domain_index:  # two source domains of four examples each
+        extra["domain_index"] = torch.tensor([0, 1] * 4)
+    if needs.target:
+        views = [images_s, images_t] + ([images_t.flip(-1)] if needs.strong_view else [])
         features = backbone(torch.cat(views)).split(8)
         features_s, features_t = features[0], features[1]
         logits_s, logits_t = head(features_s), head(features_t)
-        if adapter.needs.strong_view:
+        if needs.strong_view:
             extra["logits_t_strong"] = head(features[2])
     else:
         features_s, features_t = backbone(images_s), None
         logits_s, logits_t = head(features_s), None
     # step: halfway through a 1,000-step run, so ramps in absolute steps (TLlib recipes) are past 0 too
-    source = (features_s, logits_s, labels_s) if adapter.needs.source else (None, None, None)
+    source = (features_s, logits_s, labels_s) if needs.source else (None, None, None)
     out = adapter.loss(source[0], features_t, source[1], logits_t, source[2], progress, step=int(progress * 1000), **extra)
     return backbone, head, adapter, F.cross_entropy(logits_s, labels_s), out
 
@@ -116,11 +120,13 @@ def _grads(params):
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
 def test_one_training_step_is_finite_and_reaches_the_backbone(path):
     backbone, head, adapter, ce, out = _train_step(load(path))
+    needs = needs_of(ADAPTERS.validate(load(path)))
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     for key, value in out.logs.items():
         assert torch.is_tensor(value) and value.dim() == 0 and torch.isfinite(value), key
-    if adapter.needs.target:
-        # the adaptation loss on its own must move the backbone (and any discriminator)
+    if needs.target or needs.domain_index:
+        # the method's loss on its own must move the backbone (and any discriminator): target-reading
+        # methods through the target batch, domain-generalisation methods through the two source domains
         out.loss.backward(retain_graph=True)
         grads = _grads(backbone.parameters())
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -288,9 +294,10 @@ def test_wrong_type_or_name_is_a_config_error(node):
 
 
 @pytest.mark.parametrize("node", [{"name": "mcc", "temperature": 0.0}, {"name": "dan", "kernel_multipliers": [1.0, -2.0]}])
-def test_impossible_values_are_a_config_error_at_build(node):
-    with pytest.raises(ConfigError):
-        ADAPTERS.build(node, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM)
+def test_impossible_values_are_a_config_error_naming_the_key(node):
+    key = next(k for k in node if k != "name")
+    with pytest.raises(ConfigError, match=rf"adapt\.{key}: .*must be > 0"):
+        validated_with("adapt", node)
 
 
 def test_validated_configs_are_typed_dataclasses():

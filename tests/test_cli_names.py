@@ -9,11 +9,12 @@ import sys
 from itertools import product
 from pathlib import Path
 
+import pytest
 from helpers import TINY, compose
 from mlflow.tracking import MlflowClient
 
 from tlbench.config import validate
-from tlbench.train import default_run_name
+from tlbench.plan import default_run_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,7 @@ def test_names_keep_what_differs_from_the_defaults():
     assert name("tracking.run_name=mine") == "mine"
 
 
+@pytest.mark.slow  # starts a process
 def test_cli_run_has_standard_tags_and_its_overrides(tmp_path, mlflow_uri):
     overrides = [*TINY, "trainer.max_epochs=1", "adapt=dann", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt", f"hydra.run.dir={tmp_path}/out"]
     result = subprocess.run([sys.executable, "-m", "tlbench", *overrides], capture_output=True, text=True, timeout=300, cwd=tmp_path)

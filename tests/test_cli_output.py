@@ -7,6 +7,7 @@ import logging
 import re
 
 import pandas as pd
+import pytest
 from helpers import tiny_run
 
 from tlbench.runs import SUMMARY_WIDTH, load_runs, summary_table
@@ -99,6 +100,7 @@ def test_the_ui_hint_is_the_server_url_for_a_server_and_mlflow_ui_for_a_local_st
     assert ui_hint("sqlite:///tmp/mlflow.db").startswith("mlflow ui --backend-store-uri sqlite:///tmp/mlflow.db")
 
 
+@pytest.mark.slow  # starts a process
 def test_trainer_gpu_without_a_gpu_is_one_line_and_a_failed_run(tmp_path, mlflow_uri):
     import subprocess
     import sys

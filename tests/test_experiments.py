@@ -89,6 +89,7 @@ def test_spec_sweeps_name_their_preset_instead_of_restating_it():
         assert all(sweep[0] == f"experiment={name}" and len(sweep) <= 3 for sweep in spec["sweeps"]), name
 
 
+@pytest.mark.slow  # starts a process
 def test_runner_lists_missing_data_and_does_not_start(tmp_path):
     result = subprocess.run(
         [sys.executable, str(EXPERIMENTS / "run.py"), "tllib_digits"],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import validated_with
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -339,11 +340,11 @@ def test_l2sp_in_training_anchors_at_the_starting_weights_and_limits_drift():
 )
 def test_bad_config_is_a_config_error_naming_the_key(node, key):
     with pytest.raises(ConfigError, match=rf"freeze\.{key}\b"):
-        SCHEDULES.validate(node)
+        validated_with("freeze", node)
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
 def test_bad_bn_policy_is_a_config_error_for_every_schedule(path):
     node = OmegaConf.merge(OmegaConf.load(path), {"bn_policy": "frozen"})
     with pytest.raises(ConfigError, match=r"freeze\.bn_policy: .*train, frozen_stats, frozen_affine"):
-        SCHEDULES.validate(node)
+        validated_with("freeze", node)

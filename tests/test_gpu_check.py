@@ -24,6 +24,7 @@ def test_the_gpu_check_dry_run_passes_on_cpu(tmp_path):
     assert "DDP on 2 device(s) records one run" in report and "images/s" in report
 
 
+@pytest.mark.slow  # starts a process
 def test_the_gpu_check_without_a_gpu_says_so_in_one_line():
     import torch
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "tlbench"
 
 
@@ -90,6 +92,7 @@ def test_no_module_of_the_package_imports_the_public_facade():
     assert importers == []
 
 
+@pytest.mark.slow  # starts a process
 def test_every_core_module_imports_with_the_facade_blocked():
     """Imports that run at import time, checked for real: `tlbench.api` is made unimportable first."""
     names = sorted(n for n in import_graph() if n not in ("tlbench.api", "tlbench.__main__"))

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import compose, tiny_run
+from helpers import compose, tiny_run, validated_with
 from torch import nn
 
 from tlbench.adapt import ADAPTERS
@@ -23,6 +23,7 @@ from tlbench.data.loaders import FixedLengthLoader, TensorBatchLoader
 from tlbench.errors import ConfigError
 from tlbench.module import TransferModule
 from tlbench.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from tlbench.plan import plan_run
 
 
 def _images(n: int) -> InMemoryExamples:
@@ -67,7 +68,7 @@ def test_steps_per_epoch_must_be_positive():
 def _module(tmp_path, uri, *extra):
     run = tiny_run(tmp_path, uri, list(extra))
     datamodule = DomainDataModule(run.data, run.seed)
-    module, _, _ = build_module(run, datamodule, TransferModule)
+    module, _, _ = build_module(plan_run(run), datamodule, TransferModule)
     return module
 
 
@@ -110,7 +111,7 @@ def test_source_composition_never_forwards_the_target_and_changes_bn_only_with_s
 )
 def test_a_target_batch_is_drawn_only_where_it_can_change_the_run(tmp_path, mlflow_uri, overrides, composition):
     run = tiny_run(tmp_path, mlflow_uri, overrides)
-    module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed, steps_per_epoch=2), TransferModule)
+    module, datamodule, _ = build_module(plan_run(run), DomainDataModule(run.data, run.seed, steps_per_epoch=2), TransferModule)
     assert module.batch_composition == composition
     batch = next(iter(datamodule.train_dataloader()))
     batch = batch[0] if isinstance(batch, tuple) else batch
@@ -199,9 +200,10 @@ def test_dan_tllib_normalisation_sums_the_kernels():
     assert out.loss.item() == pytest.approx(len(multipliers) * mk_mmd2(xs, xt, multipliers).item(), rel=1e-6)
 
 
-def test_unknown_normalisation_is_a_config_error():
-    with pytest.raises(ConfigError, match="adapt.normalisation"):
-        ADAPTERS.build(ADAPTERS.validate({"name": "coral", "normalisation": "domainbed"}), num_classes=3, feature_dim=4)
+@pytest.mark.parametrize("method", ["coral", "dan"])
+def test_unknown_normalisation_is_a_config_error(method):
+    with pytest.raises(ConfigError, match=r"adapt.normalisation: .*paper"):
+        validated_with("adapt", {"name": method, "normalisation": "domainbed"})
 
 
 # ------------------------------------------------------------------ network

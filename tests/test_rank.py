@@ -144,6 +144,7 @@ def test_bad_arguments_raise_one_line(args, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow  # starts a process
 def test_cli_bad_candidate_is_one_line_and_exit_2(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}")
     result = subprocess.run(

@@ -18,13 +18,13 @@ WORKER = """
 import sys, time
 from pathlib import Path
 from tlbench.config import TrackingConfig
-from tlbench.tracking import recorded_run
+from tlbench.tracking import Store, recorded_run
 
 uri, go, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 Path(str(go) + "." + name).touch()
 while not go.exists():
     time.sleep(0.005)
-with recorded_run(TrackingConfig(uri=uri), name, {"worker": name}) as run:
+with recorded_run(Store.of(TrackingConfig(uri=uri)), name, {"worker": name}) as run:
     run.log_metrics({"x": 1.0}, step=0)
 """
 

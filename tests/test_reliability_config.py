@@ -99,7 +99,13 @@ def test_out_of_range_values_are_one_line_naming_the_key(override, fragment):
     ],
 )
 def test_allowed_edge_values_pass(override):
-    validate(compose(FAST + [override]))
+    import yaml
+
+    from tlbench.config import flatten, to_plain_dict
+
+    key, value = override.split("=", 1)
+    expected = yaml.safe_load(value)  # the value as Hydra's override grammar reads it
+    assert flatten(to_plain_dict(validate(compose(FAST + [override]))))[key] == expected
 
 
 def _cli(cwd, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -116,6 +122,7 @@ def _cli(cwd, *args: str, **env: str) -> subprocess.CompletedProcess:
         (["optim.lr=nan"], "optim.lr: must be a finite number"),
     ],
 )
+@pytest.mark.slow  # starts a process
 def test_cli_hydra_and_value_errors_are_one_line(tmp_path, args, expected):
     """Hydra's own text spans several lines and suggests `+trainer.max_epoch`, which adds a key that
     validation then refuses; ours names the closest existing key."""
@@ -128,6 +135,7 @@ def test_cli_hydra_and_value_errors_are_one_line(tmp_path, args, expected):
     assert not (tmp_path / "m.db").exists()  # failed before any run (or store) was created
 
 
+@pytest.mark.slow  # starts a process
 def test_hydra_full_error_still_gives_hydras_full_output(tmp_path):
     result = _cli(tmp_path, *FAST, "trainer.max_epoch=1", HYDRA_FULL_ERROR="1")
     assert result.returncode != 0 and "Traceback" in result.stderr
@@ -184,11 +192,16 @@ def test_store_locked_by_another_process_waits_then_one_line(tmp_path):
         assert 1.4 < time.monotonic() - started < 10
 
 
+@pytest.mark.slow  # starts a process
 def test_store_lock_released_within_the_wait_is_taken(tmp_path):
     db = tmp_path / "mlflow.db"
     sqlite3.connect(db).execute("create table t (x)").connection.commit()
     with lock_held(db, 1):
+        started = time.monotonic()
         check_sqlite_store(f"sqlite:///{db}", 15)  # waits for the holder to let go, then passes
+        waited = time.monotonic() - started
+    assert 0.5 < waited < 15, f"waited {waited:.1f}s for a lock held 1 s"
+    assert sqlite3.connect(db).execute("select count(*) from t").fetchone() == (0,)  # the store is readable after
 
 
 @contextlib.contextmanager
@@ -212,6 +225,7 @@ def read_only_folder(tmp_path):
             folder.chmod(0o755)
 
 
+@pytest.mark.slow  # starts a process
 def test_read_only_working_directory_is_one_line(tmp_path):
     with read_only_folder(tmp_path) as folder:
         result = _cli(folder, *FAST)
@@ -226,6 +240,7 @@ def test_store_in_a_read_only_folder_is_one_line(tmp_path):
             check_sqlite_store(f"sqlite:///{folder}/mlflow.db", 2)
 
 
+@pytest.mark.slow  # starts a process
 def test_disk_full_during_a_checkpoint_write_is_one_line_and_the_run_failed(tmp_path):
     """torch.save on a full disk raises RuntimeError('unexpected pos'), not ENOSPC: the CLI names the
     full disk instead of printing ~90 lines of traceback; no partial checkpoint is left."""

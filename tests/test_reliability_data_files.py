@@ -87,6 +87,7 @@ def test_object_arrays_and_other_callables_are_refused(tmp_path):
         load_data_pickle(truncated, "CIFAR python batch")
 
 
+@pytest.mark.slow  # starts a process
 def test_training_on_a_crafted_folder_is_one_line_and_runs_nothing(tmp_path):
     marker = tmp_path / "code_ran"
     write_cifar10(tmp_path, meta={"label_names": CLASSES, "payload": RunsCode(marker)})

@@ -17,7 +17,7 @@ from tlbench.checkpoint_io import atomic_torch_save
 from tlbench.config import TrackingConfig
 from tlbench.errors import WeightsError
 from tlbench.processes import PROCESS_TAG
-from tlbench.tracking import recorded_run, unfinished_run_with_hash
+from tlbench.tracking import Store, recorded_run, unfinished_run_with_hash
 from tlbench.train import train
 
 #: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
@@ -28,9 +28,9 @@ OWNER = """
 import sys, time
 from pathlib import Path
 from tlbench.config import TrackingConfig
-from tlbench.tracking import recorded_run
+from tlbench.tracking import Store, recorded_run
 
-with recorded_run(TrackingConfig(uri=sys.argv[1]), "owner", {"config_hash": "cafe"}) as run:
+with recorded_run(Store.of(TrackingConfig(uri=sys.argv[1])), "owner", {"config_hash": "cafe"}) as run:
     Path(sys.argv[2]).write_text(run.run_id)
     time.sleep(600)
 """
@@ -66,13 +66,13 @@ def test_run_of_a_killed_process_is_marked_killed_by_the_next_run_of_its_config(
         killed.wait(timeout=30)
         assert client.get_run(killed_run).info.status == "RUNNING"  # what kill -9 leaves behind
 
-        with recorded_run(TrackingConfig(uri=mlflow_uri), "next", {"config_hash": "cafe"}):
+        with recorded_run(Store.of(TrackingConfig(uri=mlflow_uri)), "next", {"config_hash": "cafe"}):
             pass
         dead = client.get_run(killed_run)
         assert dead.info.status == "KILLED" and "ended without closing the run" in dead.data.tags["failure_reason"]
         assert client.get_run(alive_run).info.status == "RUNNING"  # its process is still working
         assert client.get_run(alive_run).data.tags[PROCESS_TAG].split(":")[1] == str(alive.pid)
-        assert unfinished_run_with_hash(TrackingConfig(uri=mlflow_uri), "cafe") == killed_run  # resume takes the dead one
+        assert unfinished_run_with_hash(Store.of(TrackingConfig(uri=mlflow_uri)), "cafe") == killed_run  # resume takes the dead one
     finally:
         alive.kill()
         alive.wait(timeout=30)

@@ -301,6 +301,7 @@ def test_cli_budget_table_and_plot_with_a_filter(store, tmp_path, capsys):
     assert (out_dir / "budget.png").exists() and (out_dir / "bars.png").exists()
 
 
+@pytest.mark.slow  # starts a process
 def test_cli_missing_experiment_exits_2_with_one_line(store, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tlbench", "report", "--uri", store.uri, "--experiment", "nope"],

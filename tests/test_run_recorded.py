@@ -47,6 +47,7 @@ def test_nan_loss_marks_run_failed_with_reason(tmp_path, mlflow_uri):
     assert "non-finite loss" in runs[0].data.tags["failure_reason"]
 
 
+@pytest.mark.slow  # starts a process
 def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path, mlflow_uri):
     """adapt × seed grid (4 runs) plus one bad-lr point that fails: the sweep continues and exits 1."""
     command = [
@@ -122,10 +123,11 @@ def test_two_step_transfer_starts_from_a_recorded_backbone(tmp_path, mlflow_uri)
     assert "backbone" in [f.path for f in MlflowClient(mlflow_uri).list_artifacts(first["run_id"])]
     source = f"runs:/{first['run_id']}/backbone/backbone.pt"
     second = tiny_run(tmp_path / "2", mlflow_uri, [f"backbone.weights={source}", "freeze=linear_probe"])
-    from tlbench.backbones.weights import runs_resolved_in
+    from tlbench.plan import plan_run
 
-    with runs_resolved_in(mlflow_uri):
-        loaded = BACKBONES.build(second.backbone)
+    planned = plan_run(second)  # the plan fetches runs:/ weights from the run's store to a local file
+    assert not planned.backbone.weights.startswith("runs:/")
+    loaded = BACKBONES.build(planned.backbone)
     fresh = BACKBONES.build(validate(compose(["backbone=small_cnn"])).backbone)
     saved = torch.load(MlflowClient(mlflow_uri).download_artifacts(first["run_id"], "backbone/backbone.pt", str(tmp_path)), weights_only=True)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
@@ -143,9 +145,9 @@ def test_two_step_transfer_starts_from_a_recorded_backbone(tmp_path, mlflow_uri)
 def test_metric_logger_writes_one_batch_per_epoch_and_keeps_each_point(tmp_path, mlflow_uri, monkeypatch):
     from tlbench.config import TrackingConfig
     from tlbench.mlflow_logger import MlflowMetricLogger
-    from tlbench.tracking import recorded_run
+    from tlbench.tracking import Store, recorded_run
 
-    with recorded_run(TrackingConfig(uri=mlflow_uri, experiment="buffer"), "buffered", {}) as recorder:
+    with recorded_run(Store.of(TrackingConfig(uri=mlflow_uri, experiment="buffer")), "buffered", {}) as recorder:
         writes = []
         original = recorder.client.log_batch
         monkeypatch.setattr(recorder.client, "log_batch", lambda *a, **k: writes.append(len(k.get("metrics", []))) or original(*a, **k))

@@ -160,6 +160,7 @@ def search_command(tmp_path: Path, space: str, tracking_overrides: list[str], *e
     ]
 
 
+@pytest.mark.slow  # starts a process
 def test_killed_worker_trial_is_requeued_and_the_study_resumes_to_n_trials(tmp_path, tracking):
     """SIGKILL the worker in the middle of trial 0; the same command again finds trial 0 without a heartbeat
     (grace 3 s), marks it FAIL (lost), queues its parameters again as trial 2 and runs trials 1 and 2."""
@@ -251,6 +252,7 @@ study: {n_trials: 4, sampler: tpe, pruner: median}
     assert {c.info.run_id for c in children} == {t.user_attrs["mlflow_run_id"] for t in trials}
 
 
+@pytest.mark.slow  # starts a process
 def test_hydra_sweeper_plugin_runs_the_same_study(tmp_path, tracking):
     mlflow_uri, experiment, tracking_overrides = tracking
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -281,6 +283,7 @@ def test_hydra_sweeper_plugin_runs_the_same_study(tmp_path, tracking):
     assert "2 run(s) of this sweep" in result.stdout  # tlbench's end-of-sweep table lists the trials
 
 
+@pytest.mark.slow  # starts a process
 def test_best_trial_rerun_command_reproduces_it_and_a_changed_resume_is_refused(tmp_path, tracking, capsys):
     """The printed rerun command is the best trial's own overrides: running it gives the trial's metric.
     Resuming the study with other fixed overrides is one line naming the difference, not a silent mix."""

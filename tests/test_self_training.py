@@ -19,6 +19,7 @@ from tlbench.assembly import build_module
 from tlbench.data.datamodule import DomainDataModule
 from tlbench.errors import ConfigError
 from tlbench.module import TransferModule
+from tlbench.plan import plan_run
 
 
 # ------------------------------------------------------------------ losses
@@ -79,7 +80,7 @@ def test_fixmatch_learns_only_through_the_strong_view_of_confident_examples():
 
 def test_fixmatch_weak_and_strong_views_differ(tmp_path):
     run = tiny_run(tmp_path, f"sqlite:///{tmp_path}/m.db", ["adapt=fixmatch", "data.augment=standard"])
-    module, _, _ = build_module(run, DomainDataModule(run.data, run.seed), TransferModule)
+    module, _, _ = build_module(plan_run(run), DomainDataModule(run.data, run.seed), TransferModule)
     assert module.augment.preset == "standard" and module.strong_augment.preset == "strong"
     images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
     torch.manual_seed(0)
@@ -135,7 +136,7 @@ def test_shot_pseudo_labels_recover_clusters_a_weak_classifier_gets_partly_wrong
 def test_source_free_datamodule_yields_no_source_batch_and_target_positions(tmp_path):
     run = tiny_run(tmp_path, f"sqlite:///{tmp_path}/m.db", ["adapt=shot", "adapt.source_model=runs:/x", "selection=last"])
     datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=3)
-    build_module(run, datamodule, TransferModule)  # serves the datamodule to the method
+    build_module(plan_run(run), datamodule, TransferModule)  # serves the datamodule to the method
     batches = list(datamodule.train_dataloader())
     assert len(batches) == 3
     for batch in (b[0] if isinstance(b, tuple) else b for b in batches):
@@ -159,7 +160,7 @@ def test_source_free_datamodule_yields_no_source_batch_and_target_positions(tmp_
 def test_shot_refuses_configs_it_cannot_honour(tmp_path, overrides, message):
     run = tiny_run(tmp_path, f"sqlite:///{tmp_path}/m.db", overrides)
     with pytest.raises(ConfigError, match=message):
-        build_module(run, DomainDataModule(run.data, run.seed), TransferModule)
+        build_module(plan_run(run), DomainDataModule(run.data, run.seed), TransferModule)
 
 
 def test_shot_two_step_adapts_without_reading_source_data(tmp_path, monkeypatch):

@@ -53,11 +53,13 @@ def build(run: RunConfig, feature_cache: bool = False) -> tuple["TransferModule"
     from .assembly import build_module
     from .data.datamodule import DomainDataModule
     from .module import TransferModule
+    from .plan import plan_run
 
     run = dataclasses.replace(run, trainer=dataclasses.replace(run.trainer, feature_cache=feature_cache))
+    plan = plan_run(run)
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
-    module, datamodule, _ = build_module(run, datamodule, TransferModule)
+    module, datamodule, _ = build_module(plan, datamodule, TransferModule)
     return module, datamodule
 
 

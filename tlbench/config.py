@@ -24,6 +24,11 @@ class DataConfig:
     #: Domains as `family` or `family:argument`; target == source means in-domain evaluation.
     source: str = "synthetic_digits"
     target: str = "sklearn_digits"
+    #: Several source domains (domain generalisation), e.g. [rotated_fashion:0, rotated_fashion:15]: they
+    #: are pooled into one labelled source whose batches can carry each example's domain index, each with
+    #: its own splits and label budget; the target, if listed, is left out (so a leave-one-domain-out sweep
+    #: varies only data.target). None: the single `source`.
+    sources: Optional[list[str]] = None
     #: Folder holding user-provided datasets; defaults to $TLBENCH_DATA, then ~/.cache/tlbench/data.
     root: Optional[str] = None
     batch_size: int = 64

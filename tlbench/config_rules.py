@@ -131,6 +131,7 @@ STRATEGIES = (
 
 
 def _rules() -> dict[str, Rule]:
+    from .adapt.base import NORMALISATIONS
     from .freeze.base import BN_POLICIES
 
     fraction_or_count = Rule(lambda v: 0 < v <= 1 or (v > 1 and float(v).is_integer()), "must be a fraction in (0, 1] or a whole number of batches > 1")
@@ -146,6 +147,7 @@ def _rules() -> dict[str, Rule]:
         "data.name": FREE,
         "data.source": non_empty_text(),
         "data.target": non_empty_text(),
+        "data.sources": each(non_empty_text(), non_empty=True),
         "data.root": FREE,
         "data.batch_size": at_least(1),  # larger than a split is fine: the split is one batch
         "data.labels_per_class": at_least(1),
@@ -227,7 +229,7 @@ def _rules() -> dict[str, Rule]:
         "adapt.ramp_steps": at_least(1),
         "adapt.randomized": FREE,
         "adapt.randomized_dim": within(1, 65_536),
-        "adapt.normalisation": one_of("paper", "tllib"),
+        "adapt.normalisation": one_of(*NORMALISATIONS),
         "adapt.kernel_multipliers": each(above(0), non_empty=True),
         "adapt.unbiased": FREE,
         "adapt.ramp": FREE,
@@ -237,6 +239,8 @@ def _rules() -> dict[str, Rule]:
         "adapt.pseudo_label_weight": at_least(0),
         "adapt.diversity": FREE,
         "adapt.rounds": within(0, 100),
+        "adapt.anneal_steps": at_least(0),
+        "adapt.eta": above(0),
         "adapt.epsilon": above(0),
     }
 

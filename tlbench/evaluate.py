@@ -11,7 +11,6 @@ rule chose. The child run carries the overrides, the evaluated domains and the t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,12 +43,12 @@ def evaluate_run(run_id: str, overrides: list[str], uri: str = "", checkpoint_di
     from .data.datamodule import DomainDataModule
     from .module import TransferModule
     from .restore import load_run
-    from .tracking import client_for, recorded_run, resolve_uri
+    from .tracking import Store, client_for, recorded_run, resolve_uri
 
     _check_overrides(overrides)
     uri = resolve_uri(uri)
-    module = load_run(run_id, uri, checkpoint_dir, module_class=TransferModule)
     client = client_for(uri)
+    module = load_run(run_id, uri, checkpoint_dir, module_class=TransferModule, client=client)
     original = client.get_run(run_id)
     recorded_config = validate(OmegaConf.create(Path(client.download_artifacts(run_id, "config.yaml")).read_text()))
     run = _with_data_overrides(recorded_config, overrides)
@@ -61,9 +60,9 @@ def evaluate_run(run_id: str, overrides: list[str], uri: str = "", checkpoint_di
             f"predicts {module.num_classes}; evaluate on data with the same classes"
         )
     experiment = client.get_experiment(original.info.experiment_id).name
-    tracking = dataclasses.replace(run.tracking, uri=uri, experiment=experiment)
+    store = Store(uri, experiment, run.tracking.timeout_s, dict(run.tracking.tags))
     tags = {"mlflow.parentRunId": run_id, "eval_of": run_id, "overrides": " ".join(overrides)}
-    with recorded_run(tracking, f"eval · {original.info.run_name} · {' '.join(overrides) or 'same data'}", tags) as recorder:
+    with recorded_run(store, f"eval · {original.info.run_name} · {' '.join(overrides) or 'same data'}", tags) as recorder:
         recorder.log_params({"eval.source": run.data.source, "eval.target": run.data.target, "eval.overrides": " ".join(overrides)})
         trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         trainer.test(module, datamodule=datamodule, verbose=False)

@@ -60,7 +60,7 @@ def streamed(domains) -> str | None:
     return f"feature caching needs in-memory splits; {names[0]} is streamed from disk" if names else None
 
 
-def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_epochs: int) -> str | None:
+def why_not_cacheable(schedule, backbone: Backbone, needs, augment: str, max_epochs: int) -> str | None:
     """None when the backbone is a fixed function of the images for the whole run, so caching its
     features gives the same results as the uncached path; otherwise the reason it is not."""
     stages = len(backbone.stages())
@@ -70,10 +70,10 @@ def why_not_cacheable(schedule, backbone: Backbone, adapter, augment: str, max_e
         return "freeze.bn_policy=train lets BatchNorm statistics of frozen stages move"
     if augment != "none":
         return f"data.augment={augment} makes inputs differ every epoch"
-    if not adapter.needs.source:
-        return f"adapt={type(adapter).__name__} is source-free (the cache would featurize the source data)"
-    if adapter.changes_backbone_before_evaluation:
-        return f"adapt={type(adapter).__name__} changes the backbone before evaluation"
+    if not needs.source:
+        return "the method is source-free (the cache would featurize the source data)"
+    if needs.evaluation_hook:
+        return "the method changes the backbone before evaluation"
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in backbone.modules()):
         return "the backbone contains active dropout"
     return None

@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from . import validators
 from .adapt import Adapter
+from .adapt.base import Needs
 from .adapt.layers import prediction_entropy
 from .backbones import Backbone
 from .checkpoint_io import CHECKPOINT_KEY
@@ -59,8 +60,11 @@ class TransferModule(pl.LightningModule):
         bottleneck: nn.Module | None = None,
         batch_composition: str = "joint",
         strong_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        needs: Needs | None = None,
     ):
         super().__init__()
+        #: What the method reads and changes, as its run plan declared it (adapt/base.py).
+        self.needs = needs or Needs()
         self.backbone = backbone
         self.bottleneck = bottleneck if bottleneck is not None else nn.Identity()
         self.head = head
@@ -69,7 +73,7 @@ class TransferModule(pl.LightningModule):
             split_batchnorm(self.backbone)
             split_batchnorm(self.bottleneck)
         self.adapter = adapter
-        if adapter.needs.frozen_head:  # e.g. SHOT's source hypothesis: it stays as the source model left it
+        if self.needs.frozen_head:  # e.g. SHOT's source hypothesis: it stays as the source model left it
             head.requires_grad_(False)
         self.schedule = schedule
         schedule.regularizer(backbone)  # L2-SP anchors at the starting weights now, before any checkpoint restore
@@ -223,22 +227,25 @@ class TransferModule(pl.LightningModule):
         )
 
     def training_step(self, batch, batch_idx):
-        images_s, labels_s = batch.get("source", (None, None))
+        images_s, labels_s, *domain = batch.get("source", (None, None))
+        domain_index = domain[0] if domain else None  # (x, y, domain) for methods that need the domain index
         images_t, target_index = batch.get("target"), None
         if isinstance(images_t, (tuple, list)):  # methods that need positions get (images, index)
             images_t, target_index = images_t
-        strong = images_t if self.adapter.needs.strong_view else None
+        strong = images_t if self.needs.strong_view else None
         out = self._forward_domains(images_s, images_t, strong)
         extra = {}
-        if self.adapter.needs.strong_view:
+        if self.needs.strong_view:
             extra["logits_t_strong"] = out.logits_t_strong
-        if self.adapter.needs.target_index:
+        if self.needs.target_index:
             extra["target_index"] = target_index
+        if self.needs.domain_index:
+            extra["domain_index"] = domain_index
         adapted = self.adapter.loss(out.features_s, out.features_t, out.logits_s, out.logits_t, labels_s, self.progress, step=self.global_step, **extra)
         logs = {}
         if images_s is not None:
             ce = F.cross_entropy(out.logits_s, labels_s)
-            loss = ce + adapted.loss
+            loss = adapted.loss if self.needs.own_source_loss else ce + adapted.loss
             logs.update({"train/source_ce": ce, "train/source_acc": (out.logits_s.argmax(1) == labels_s).float().mean()})
         else:  # source-free: the method's loss is all there is
             loss = adapted.loss
@@ -270,7 +277,7 @@ class TransferModule(pl.LightningModule):
         return (self.preprocess(images.to(self.device)) for images in datamodule.target_train_in_order())
 
     def _adapt_before_evaluation(self) -> None:
-        if self.adapter.changes_backbone_before_evaluation and (batches := self._target_batches()) is not None:
+        if self.needs.evaluation_hook and (batches := self._target_batches()) is not None:
             self.adapter.before_evaluation(self.backbone, batches)
 
     def on_validation_start(self) -> None:
@@ -368,7 +375,7 @@ class TransferModule(pl.LightningModule):
     def configure_optimizers(self):
         stages = self.backbone.stage_parameters()
         cfg = self.optim_cfg
-        new_layers = list(self.bottleneck.parameters()) + ([] if self.adapter.needs.frozen_head else list(self.head.parameters()))
+        new_layers = list(self.bottleneck.parameters()) + ([] if self.needs.frozen_head else list(self.head.parameters()))
         groups = param_groups(
             stages,
             [scale * cfg.backbone_lr_scale for scale in self.schedule.stage_lr_scales(len(stages))],

@@ -101,12 +101,9 @@ def split_arguments(args: list[str]) -> tuple[list[str], list[str], list[str]]:
     return candidates, estimators, rest
 
 
-def zoo_run(tracking, name: str) -> str:
-    """Run id of the newest FINISHED zoo run of this candidate (tag zoo_member=<name>)."""
-    from .tracking import client_for, resolve_uri
-
-    uri = resolve_uri(tracking.uri)
-    client = client_for(uri, tracking.timeout_s)
+def zoo_run(store, name: str) -> str:
+    """Run id of the newest FINISHED zoo run of this candidate (tag zoo_member=<name>) in `store`."""
+    uri, client = store.uri, store.client
     experiment = client.get_experiment_by_name(ZOO_EXPERIMENT)
     runs = (
         []
@@ -123,7 +120,7 @@ def zoo_run(tracking, name: str) -> str:
     return runs[0].info.run_id
 
 
-def source_head(candidate: Candidate, zoo_run_id: str | None):
+def source_head(candidate: Candidate, zoo_run_id: str | None, store):
     """The candidate's source classifier (features → source-class logits), or None when it has none."""
     from torch import nn
 
@@ -139,7 +136,7 @@ def source_head(candidate: Candidate, zoo_run_id: str | None):
         from .backbones.weights import read_state_dict, resolve_checkpoint
 
         uri = f"runs:/{zoo_run_id}/head/head.pt"
-        state = read_state_dict(resolve_checkpoint(uri), uri)
+        state = read_state_dict(resolve_checkpoint(uri, store.uri), uri)
         if set(state) != {"weight", "bias"}:
             raise WeightsError(f"{uri}: expected a linear head (weight, bias), found {', '.join(sorted(state))}")
         head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
@@ -158,19 +155,20 @@ def labelled_features(backbone, domain, labelled):
     return featurize_split(backbone, labelled, key)
 
 
-def score_candidate(candidate: Candidate, run, domain, labelled, estimators: list[str], zoo_run_id: str | None) -> dict[str, float]:
+def score_candidate(candidate: Candidate, run, domain, labelled, estimators: list[str], zoo_run_id: str | None, store) -> dict[str, float]:
     """Scores and timings of one candidate: `rank/<estimator>`, `rank/feature_seconds`, `rank/score_seconds`."""
     import torch
 
     from .backbones import BACKBONES
+    from .plan import local_backbone
     from .transferability import FEATURE_ESTIMATORS, HEAD_ESTIMATORS
 
     started = time.perf_counter()
     torch.manual_seed(run.seed)  # random-init candidates: the same weights for the same seed
-    backbone = BACKBONES.build(run.backbone)
+    backbone = BACKBONES.build(local_backbone(run.backbone, store))
     cached = labelled_features(backbone, domain, labelled)
     features, labels = cached.images.double().numpy(), cached.labels.numpy()
-    head = source_head(candidate, zoo_run_id)
+    head = source_head(candidate, zoo_run_id, store)
     probs = None
     if head is not None:
         with torch.inference_mode():
@@ -202,20 +200,18 @@ def rank_hash(run, candidate: Candidate, estimators: list[str]) -> str:
 
 def rank(args: list[str]) -> list[dict[str, Any]]:
     """Score every candidate; returns one row per candidate (name, scores, run_id), best LogME first."""
-    from .backbones.weights import runs_resolved_in
     from .composition import compose
-    from .tracking import resolve_uri
+    from .tracking import Store
 
     names, estimators, overrides = split_arguments(args)
     candidates = [load_candidate(name) for name in names]  # every name checked before any work
     if not any(o.split("=", 1)[0].lstrip("+") == "tracking.experiment" for o in overrides):
         overrides = [*overrides, f"tracking.experiment={DEFAULT_EXPERIMENT}"]
     base = compose(overrides)
-    with runs_resolved_in(resolve_uri(base.tracking.uri)):  # runs:/ weights resolve in this store, as in a run
-        return _rank(base, candidates, estimators, overrides)
+    return _rank(base, candidates, estimators, overrides, Store.of(base.tracking))
 
 
-def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: list[str]) -> list[dict[str, Any]]:
+def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: list[str], store) -> list[dict[str, Any]]:
     from .composition import compose
     from .config import flatten, to_plain_dict
     from .data.datamodule import DomainDataModule
@@ -226,13 +222,13 @@ def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: l
     task = f"{base.data.name}" + (f" {base.data.labels_per_class}/class" if base.data.labels_per_class else "") + f" s{base.seed}"
     rows = []
     for candidate in candidates:
-        zoo_run_id = zoo_run(base.tracking, candidate.name) if candidate.weights == "zoo" else None
+        zoo_run_id = zoo_run(store, candidate.name) if candidate.weights == "zoo" else None
         weights = f"runs:/{zoo_run_id}/backbone/backbone.pt" if zoo_run_id else candidate.weights
         run = compose([*overrides, f"backbone={candidate.backbone}", *([f"backbone.weights={weights}"] if weights else [])])
         digest = rank_hash(run, candidate, estimators)
-        done = finished_run_with_hash(run.tracking, digest) if run.tracking.skip_done else None
+        done = finished_run_with_hash(store, digest) if run.tracking.skip_done else None
         if done:
-            rows.append({"candidate": candidate.name, "run_id": done, "split": domain.name, **recorded_scores(run.tracking, done)})
+            rows.append({"candidate": candidate.name, "run_id": done, "split": domain.name, **recorded_scores(store, done)})
             continue
         tags = {
             "config_hash": digest,
@@ -242,7 +238,7 @@ def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: l
             "labelled_split": domain.name,
             "source_fingerprint": domain.fingerprint,
         }
-        with recorded_run(run.tracking, f"rank {candidate.name} · {task}", tags) as recorder:
+        with recorded_run(store, f"rank {candidate.name} · {task}", tags) as recorder:
             recorder.log_params(
                 {
                     **flatten(to_plain_dict(run)),
@@ -251,16 +247,14 @@ def _rank(base, candidates: list[Candidate], estimators: list[str], overrides: l
                     "rank.estimators": ",".join(estimators),
                 }
             )
-            scores = score_candidate(candidate, run, domain, labelled, estimators, zoo_run_id)
+            scores = score_candidate(candidate, run, domain, labelled, estimators, zoo_run_id, store)
             recorder.log_metrics(scores, step=0)
         rows.append({"candidate": candidate.name, "run_id": recorder.run_id, "split": domain.name, **scores})
     return sorted(rows, key=lambda r: -r.get("rank/logme", float("-inf")))
 
 
-def recorded_scores(tracking, run_id: str) -> dict[str, float]:
-    from .tracking import client_for, resolve_uri
-
-    metrics = client_for(resolve_uri(tracking.uri), tracking.timeout_s).get_run(run_id).data.metrics
+def recorded_scores(store, run_id: str) -> dict[str, float]:
+    metrics = store.client.get_run(run_id).data.metrics
     return {k: v for k, v in metrics.items() if k.startswith("rank/")}
 
 

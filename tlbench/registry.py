@@ -86,10 +86,6 @@ class Registry(Generic[T]):
         return self.entry(getattr(typed, self.key)).factory(typed, **runtime)
 
 
-def allowed_keys(schema: type) -> str:
-    return ", ".join(f"{f.name}: {getattr(f.type, '__name__', f.type)}" for f in dataclasses.fields(schema))
-
-
 def describe_omegaconf_error(group: str, schema: type, exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
     reason = one_line(exc, limit=400)

@@ -7,25 +7,27 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytorch_lightning as pl
 
-from .assembly import build_module
+from .assembly import build_for_inference
 from .checkpoint_io import CHECKPOINT_KEY
 from .config import RunConfig, to_plain_dict, validate
 from .errors import TlbenchError
 
 
-def load_run(run_id: str, uri: str = "", checkpoint_dir: str | Path | None = None, map_location: str = "cpu", *, module_class: type) -> "pl.LightningModule":
+def load_run(
+    run_id: str, uri: str = "", checkpoint_dir: str | Path | None = None, map_location: str = "cpu", *, module_class: type, client=None
+) -> "pl.LightningModule":
     """The module of a finished MLflow run with the weights of the checkpoint its selection rule chose, in
     eval mode. Checkpoints stay on the machine that trained (`<checkpoint_dir>/<config hash>/`); pass
-    checkpoint_dir when it was relative to another working directory."""
+    checkpoint_dir when it was relative to another working directory. `client`: the caller's client of
+    that store (a run's plan has one), else one is made for `uri`."""
     from omegaconf import OmegaConf
 
     from .tracking import client_for, resolve_uri
 
-    client = client_for(resolve_uri(uri))
+    client = client or client_for(resolve_uri(uri))
     try:
         recorded = client.get_run(run_id)
     except TlbenchError:
@@ -68,22 +70,9 @@ def module_from_checkpoint(
     if has_backbone and hasattr(run.backbone, "weights"):  # the checkpoint has them: no download
         run = dataclasses.replace(run, backbone=dataclasses.replace(run.backbone, weights="none"))
     composition = stored.get("batch_composition") or batch_composition or run.batch_composition
-    run = dataclasses.replace(
-        run,
-        batch_composition=composition,
-        trainer=dataclasses.replace(run.trainer, feature_cache=False),
-        data=dataclasses.replace(run.data, augment="none"),
-    )
+    run = dataclasses.replace(run, batch_composition=composition)
     head_weights = [value for key, value in state.items() if key.startswith("head.") and key.endswith(".weight")]
-    domain = SimpleNamespace(hflip_ok=False)  # augmentations only shape training, which this module will not do
-    wiring = SimpleNamespace(
-        num_classes=int(head_weights[-1].shape[0]),
-        in_domain=run.data.source == run.data.target,
-        source=domain,
-        target=domain,
-        serve=lambda adapter, composition: None,
-    )
-    module, _, _ = build_module(run, wiring, module_class)  # type: ignore[arg-type]  (the wiring needs only these)
+    module = build_for_inference(run, int(head_weights[-1].shape[0]), composition, module_class)
     missing, unexpected = module.load_state_dict(state, strict=False)
     optional = ("adapter.",) + (() if has_backbone else ("backbone.",))  # method layers only shape training
     if unexpected or [key for key in missing if not key.startswith(optional)]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .config import RunConfig, flatten, to_plain_dict
 from .errors import ConfigError
-from .tracking import MAX_PARAM_LENGTH, client_for, resolve_uri
+from .tracking import MAX_PARAM_LENGTH, Store
 
 RUNS_PREFIX = "runs:/"
 #: Recorded params that must equal this run's for a recorded run to be its source model: the same
@@ -25,14 +25,13 @@ def _matching_params(run: RunConfig) -> dict[str, str]:
     return {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flat.items() if any(k == p or k.startswith(p) for p in MATCHING_PARAMS)}
 
 
-def source_run_id(run: RunConfig) -> str:
-    """The run id `adapt.source_model` names; a ConfigError that says what to run when there is none."""
+def source_run_id(run: RunConfig, store: Store) -> str:
+    """The run id `adapt.source_model` names in `store`; a ConfigError that says what to run when there is none."""
     spec = run.adapt.source_model
     if spec.startswith(RUNS_PREFIX):
         return spec[len(RUNS_PREFIX) :].strip("/").split("/")[0]
-    uri = resolve_uri(run.tracking.uri)
-    client = client_for(uri, run.tracking.timeout_s)
-    experiment = client.get_experiment_by_name(run.tracking.experiment)
+    client = store.client
+    experiment = client.get_experiment_by_name(store.experiment)
     wanted = _matching_params(run)
     candidates = (
         []
@@ -48,7 +47,7 @@ def source_run_id(run: RunConfig) -> str:
             return candidate.info.run_id
     raise ConfigError(
         f"adapt.source_model={spec}: no finished {spec} run with seed {run.seed}, source '{run.data.source}', "
-        f"backbone {run.backbone.name} and this head in experiment '{run.tracking.experiment}' of {uri}; "
+        f"backbone {run.backbone.name} and this head in experiment '{store.experiment}' of {store.uri}; "
         f"run it first (tlbench adapt={spec} seed={run.seed} ...) or pass runs:/<run_id>"
     )
 
@@ -70,12 +69,12 @@ def check_source_data(run: RunConfig, run_id: str, trained_on: dict) -> None:
         )
 
 
-def load_source_model(module, run: RunConfig) -> str:
-    """Copy the source run's backbone, bottleneck and head weights into `module`; returns its run id."""
+def load_source_model(module, plan) -> None:
+    """Copy the backbone, bottleneck and head weights of the plan's source run into `module`."""
     from .restore import load_run
 
-    run_id = source_run_id(run)
-    source = load_run(run_id, run.tracking.uri, module_class=type(module))
+    run, run_id = plan.run, plan.source_run_id
+    source = load_run(run_id, plan.store.uri, module_class=type(module), client=plan.store.client)
     check_source_data(run, run_id, (source.run_config or {}).get("data", {}))
     for part in ("backbone", "bottleneck", "head"):
         try:
@@ -85,4 +84,3 @@ def load_source_model(module, run: RunConfig) -> str:
                 f"adapt.source_model: the {part} of run {run_id} does not fit this run's model "
                 f"({str(exc).splitlines()[0]}); use the source run's backbone and head settings"
             ) from None
-    return run_id

@@ -13,6 +13,8 @@ import subprocess
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlparse
@@ -33,7 +35,7 @@ T = TypeVar("T")
 NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
 #: Fields added after runs were recorded, at the value that computes what their absence did: left out of
 #: the config hash at that value, so the hashes (and skip_done) of older runs stay valid.
-NEUTRAL_DEFAULTS = {"data.val_labels_per_class": None, "data.target_eval": "split"}
+NEUTRAL_DEFAULTS = {"data.val_labels_per_class": None, "data.target_eval": "split", "data.sources": None}
 
 
 #: Set once a run of this process was closed as KILLED by an interrupt (the CLI then ignores more Ctrl-C).
@@ -291,6 +293,26 @@ def client_for(uri: str, timeout_s: float | None = None):
         return MlflowClient(tracking_uri=uri)  # builds the store: creates and migrates a new SQLite file
 
 
+@dataclass(frozen=True)
+class Store:
+    """The tracking store one run (or one command) records in: the URI resolved once, and one client,
+    bounded and checked on first use, reused for every call after it."""
+
+    uri: str
+    experiment: str
+    timeout_s: float | None = None
+    #: tracking.tags: added to every run this store creates.
+    tags: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, tracking: TrackingConfig) -> "Store":
+        return cls(resolve_uri(tracking.uri), tracking.experiment, tracking.timeout_s, dict(tracking.tags))
+
+    @cached_property
+    def client(self):
+        return client_for(self.uri, self.timeout_s)
+
+
 def experiment_id(client, name: str) -> str:
     """Get or create the experiment; tolerates another process creating it at the same moment."""
     reason = ""
@@ -309,11 +331,10 @@ def experiment_id(client, name: str) -> str:
     raise TrackingError(f"tracking.experiment: could not create or find MLflow experiment '{shown}': {reason[:300]}")
 
 
-def finished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
+def finished_run_with_hash(store: Store, digest: str) -> str | None:
     """Run id of a FINISHED run with this config hash in the experiment, if any (for skip_done)."""
-    uri = resolve_uri(tracking.uri)
-    client = client_for(uri, tracking.timeout_s)
-    found = client.get_experiment_by_name(tracking.experiment)
+    client = store.client
+    found = client.get_experiment_by_name(store.experiment)
     if found is None:
         return None
     runs = client.search_runs([found.experiment_id], f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'", max_results=1)
@@ -416,11 +437,11 @@ def close_dead_runs(client, experiment: str, digest: str | None = None) -> list[
     return closed
 
 
-def unfinished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | None:
+def unfinished_run_with_hash(store: Store, digest: str) -> str | None:
     """Newest run with this config hash that ended unfinished (KILLED, FAILED, or RUNNING with its process
     gone): the run that `resume=true` continues. A run whose process is alive is not taken over."""
-    client = client_for(resolve_uri(tracking.uri), tracking.timeout_s)
-    found = client.get_experiment_by_name(tracking.experiment)
+    client = store.client
+    found = client.get_experiment_by_name(store.experiment)
     if found is None:
         return None
     close_dead_runs(client, found.experiment_id, digest)
@@ -435,16 +456,16 @@ def unfinished_run_with_hash(tracking: TrackingConfig, digest: str) -> str | Non
 
 
 @contextmanager
-def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], resume_run_id: str | None = None) -> Iterator[RunRecorder]:
+def recorded_run(store: Store, run_name: str, tags: dict[str, Any], resume_run_id: str | None = None) -> Iterator[RunRecorder]:
     """Create (or, with `resume_run_id`, reopen) an MLflow run and always close it: FINISHED on success,
     KILLED on interrupt (SIGINT/SIGTERM), FAILED with a `failure_reason` tag on any error (re-raised).
     The run is tagged with its process; earlier runs of the config left RUNNING by a dead process are
     closed as KILLED first. A Ctrl-C while the run is being closed waits until it is closed."""
-    uri = resolve_uri(tracking.uri)
+    uri = store.uri
     if process_rank() != 0:
         yield SilentRecorder(uri)
         return
-    client = client_for(uri, tracking.timeout_s)
+    client = store.client
     owner = {PROCESS_TAG: this_process()}
     try:
         if resume_run_id:
@@ -454,9 +475,9 @@ def recorded_run(tracking: TrackingConfig, run_name: str, tags: dict[str, Any], 
                 client.delete_tag(resume_run_id, "failure_reason")
             run_id = resume_run_id
         else:
-            exp_id = experiment_id(client, tracking.experiment)
+            exp_id = experiment_id(client, store.experiment)
             close_dead_runs(client, exp_id)  # this config's, and any other run or parent a dead process left RUNNING
-            all_tags = {**standard_tags(), **tracking.tags, **{k: str(v) for k, v in tags.items()}, **owner}
+            all_tags = {**standard_tags(), **store.tags, **{k: str(v) for k, v in tags.items()}, **owner}
             run_id = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info.run_id
     except TlbenchError:
         raise

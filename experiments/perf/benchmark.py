@@ -251,7 +251,10 @@ from tlbench.config import validate
 from tlbench.data.datamodule import DomainDataModule
 from tlbench.mlflow_logger import MlflowMetricLogger
 from tlbench.tracking import recorded_run
-from tlbench.train import build_module, build_trainer
+from tlbench.assembly import build_module
+from tlbench.module import TransferModule
+from tlbench.plan import plan_run
+from tlbench.train import build_trainer
 work, steps, arm = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 run = validate(compose(["backbone=efficientnet_lite0", "data=digits", "data.synthetic_size=3000", "trainer.feature_cache=false",
                         "batch_composition=source",  # both loops forward the 64 source images of a step, nothing else
@@ -259,16 +262,17 @@ run = validate(compose(["backbone=efficientnet_lite0", "data=digits", "data.synt
                         "trainer.enable_progress_bar=false", f"tracking.uri=sqlite:///{work}/loop.db"]))
 run.output_dir, run.checkpoint_dir = work + "/out", work + "/ckpt"
 torch.manual_seed(0)
-module, datamodule, _ = build_module(run, DomainDataModule(run.data, run.seed))
+plan = plan_run(run)
+module, datamodule, _ = build_module(plan, DomainDataModule(run.data, run.seed), TransferModule)
 step_starts = []  # when each optimizer step began (its batch already loaded), for the steady-state rate
 if arm == "lightning":  # the Trainer train.py builds: MLflow logger, checkpointing, deterministic mode
     class StepClock(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             step_starts.append(time.perf_counter())
 
-    with recorded_run(run.tracking, "loop", {}) as recorder:
+    with recorded_run(plan.store, "loop", {}) as recorder:
         checkpoint = ModelCheckpoint(dirpath=run.checkpoint_dir, monitor="val/source_acc", mode="max", save_last=True)
-        trainer = build_trainer(run, MlflowMetricLogger(recorder), checkpoint, [StepClock()])
+        trainer = build_trainer(plan, MlflowMetricLogger(recorder), checkpoint, [StepClock()])
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         seconds = time.perf_counter() - started

@@ -35,11 +35,12 @@ def candidate_overrides(name: str) -> list[str]:
     """The backbone overrides `tlbench` needs to fine-tune a candidate (zoo members by their runs:/ weights)."""
     from tlbench.config import TrackingConfig
     from tlbench.rank import load_candidate, zoo_run
+    from tlbench.tracking import Store
 
     candidate = load_candidate(name)
     weights = candidate.weights
     if weights == "zoo":
-        weights = f"runs:/{zoo_run(TrackingConfig(uri=URI), name)}/backbone/backbone.pt"
+        weights = f"runs:/{zoo_run(Store.of(TrackingConfig(uri=URI)), name)}/backbone/backbone.pt"
     return [f"backbone={candidate.backbone}", *([f"backbone.weights={weights}"] if weights else [])]
 
 

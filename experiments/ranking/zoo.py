@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from tlbench.errors import TlbenchError
     from tlbench.rank import zoo_run
     from tlbench.search.job import absolute_storage
+    from tlbench.tracking import Store
 
     uri, out = absolute_storage(args.uri), Path(args.out).resolve()  # the same store and folders for every member
     for name in spec["members"]:
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"zoo: member {name} failed (its error is above); members built so far are kept in {uri}", file=sys.stderr)
             return 1
         try:
-            export_head(uri, zoo_run(TrackingConfig(uri=uri), name))
+            export_head(uri, zoo_run(Store.of(TrackingConfig(uri=uri)), name))
         except TlbenchError as exc:
             print(f"zoo: member {name}: {exc}", file=sys.stderr)
             return 1

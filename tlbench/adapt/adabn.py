@@ -4,17 +4,19 @@ moments is removed at test time. Training itself is plain source-only."""
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from . import ADAPTERS
-from .base import Adapter
+from .base import Adapter, Needs
 from .source_only import SourceOnly
 
 
 @dataclass
 class AdaBNConfig:
+    needs: ClassVar[Needs] = Needs(target=False, evaluation_hook=True)
     name: str = "adabn"
 
 

@@ -17,13 +17,6 @@ from torch import nn
 NORMALISATIONS = ("paper", "tllib")
 
 
-def check_normalisation(value: str) -> None:
-    if value not in NORMALISATIONS:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"adapt.normalisation: '{value}' is not allowed; choose one of: {', '.join(NORMALISATIONS)}")
-
-
 @dataclass
 class AdaptOutput:
     """The weighted loss to add to source cross-entropy, plus scalars worth logging (under train/)."""
@@ -34,9 +27,10 @@ class AdaptOutput:
 
 @dataclass(frozen=True)
 class Needs:
-    """What a method reads and what it changes about training, declared once per method: the datamodule
-    serves the streams it names, the module wires the extra views and freezes what it says, and nothing
-    else asks the method what it is."""
+    """What a method reads and what it changes about training, declared once per method as the `needs`
+    class variable of its config schema. The run plan (tlbench/plan.py) reads it, and hands it to the
+    datamodule (which streams to serve) and the module (which views to forward, what to freeze); nothing
+    else asks the method what it is. A new stream is one field here and one place that serves it."""
 
     #: Labelled source batches; False for source-free methods (SHOT): no source batch anywhere, and
     #: `loss` gets None for every source argument.
@@ -48,14 +42,25 @@ class Needs:
     #: Each target example's position in the target training set (SHOT's per-example pseudo-labels):
     #: `loss` gets `target_index`.
     target_index: bool = False
+    #: Each source example's domain index (0 with one source domain; one per domain when a run has
+    #: several): source batches are `(x, y, domain)` and `loss` gets `domain_index`.
+    domain_index: bool = False
     #: The classifier stays as the run started it (SHOT's frozen source hypothesis).
     frozen_head: bool = False
+    #: The method's loss is the whole source objective (GroupDRO's weighted domain risks): the module
+    #: does not add its pooled source cross-entropy (it still logs it).
+    own_source_loss: bool = False
+    #: The method changes the backbone before each evaluation (`before_evaluation`, e.g. AdaBN's
+    #: BatchNorm statistics): evaluations need the target images, and cached features would be stale.
+    evaluation_hook: bool = False
+
+
+def needs_of(cfg) -> Needs:
+    """The needs a method's config schema declares; an ordinary two-domain method by default."""
+    return getattr(type(cfg), "needs", Needs())
 
 
 class Adapter(nn.Module):
-    #: What the method reads and changes (see Needs); the default is an ordinary two-domain method.
-    needs: Needs = Needs()
-
     def loss(
         self,
         features_s: torch.Tensor,
@@ -68,7 +73,8 @@ class Adapter(nn.Module):
     ) -> AdaptOutput:
         """`progress` ∈ [0, 1] is the fraction of training done (drives schedules such as DANN's λ);
         `step` the optimizer step, for schedules in absolute iterations (TLlib's λ warm-up). Methods whose
-        `needs` name a strong view / the target index also receive `logits_t_strong` / `target_index`."""
+        `needs` name a strong view / the target index / the domain index also receive `logits_t_strong` /
+        `target_index` / `domain_index`."""
         raise NotImplementedError
 
     def weight(self, progress: float) -> float:
@@ -79,12 +85,6 @@ class Adapter(nn.Module):
         cfg = self.cfg
         return cfg.trade_off * (dann_lambda(progress) if getattr(cfg, "ramp", False) else 1.0)
 
-    @property
-    def changes_backbone_before_evaluation(self) -> bool:
-        """True for methods that override `before_evaluation` (so evaluations need target batches, and
-        cached backbone features would be stale)."""
-        return type(self).before_evaluation is not Adapter.before_evaluation
-
     def before_epoch(self, module: nn.Module, target_batches) -> None:
         """Hook run at the start of every training epoch with the target training images in their fixed
         order (unaugmented, preprocessed), e.g. to compute pseudo-labels for the epoch. Default: nothing."""
@@ -94,4 +94,5 @@ class Adapter(nn.Module):
         return type(self).before_epoch is not Adapter.before_epoch
 
     def before_evaluation(self, module: nn.Module, target_batches) -> None:
-        """Hook run before each evaluation (AdaBN re-estimates BatchNorm statistics here). Default: nothing."""
+        """Hook run before each evaluation when the method's needs say `evaluation_hook` (AdaBN re-estimates
+        BatchNorm statistics here). Default: nothing."""

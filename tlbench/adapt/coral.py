@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ADAPTERS
-from .base import Adapter, AdaptOutput, check_normalisation
+from .base import Adapter, AdaptOutput
 
 
 @dataclass
@@ -47,5 +47,4 @@ class CORAL(Adapter):
 
 @ADAPTERS.register("coral", CORALConfig)
 def build_coral(cfg: CORALConfig, num_classes: int, feature_dim: int) -> Adapter:
-    check_normalisation(cfg.normalisation)
     return CORAL(cfg)

@@ -6,9 +6,8 @@ than the linear-time one); biased V-statistic by default, `unbiased: true` for t
 
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
 from . import ADAPTERS
-from .base import Adapter, AdaptOutput, check_normalisation
+from .base import Adapter, AdaptOutput
 from .layers import mk_mmd2
 
 
@@ -41,7 +40,4 @@ class DAN(Adapter):
 
 @ADAPTERS.register("dan", DANConfig)
 def build_dan(cfg: DANConfig, num_classes: int, feature_dim: int) -> Adapter:
-    if not cfg.kernel_multipliers or min(cfg.kernel_multipliers) <= 0:
-        raise ConfigError("adapt.kernel_multipliers: needs at least one positive multiplier")
-    check_normalisation(cfg.normalisation)
     return DAN(cfg)

@@ -6,6 +6,7 @@ The weak view is the run's own training augmentation (`data.augment`; FixMatch's
 for RandAugment + Cutout). The pseudo-label carries no gradient; only the strong view learns."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from . import ADAPTERS
 from .base import Adapter, AdaptOutput, Needs
@@ -14,6 +15,7 @@ from .layers import confident_pseudo_labels, masked_cross_entropy
 
 @dataclass
 class FixMatchConfig:
+    needs: ClassVar[Needs] = Needs(strong_view=True)
     name: str = "fixmatch"
     #: λ_u, the unlabelled loss weight (the paper: 1).
     trade_off: float = 1.0
@@ -22,8 +24,6 @@ class FixMatchConfig:
 
 
 class FixMatch(Adapter):
-    needs = Needs(strong_view=True)
-
     def __init__(self, cfg: FixMatchConfig):
         super().__init__()
         self.cfg = cfg

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from . import ADAPTERS
 from .base import Adapter, AdaptOutput
 from .layers import prediction_entropy
@@ -47,6 +46,4 @@ class MCC(Adapter):
 
 @ADAPTERS.register("mcc", MCCConfig)
 def build_mcc(cfg: MCCConfig, num_classes: int, feature_dim: int) -> Adapter:
-    if cfg.temperature <= 0:
-        raise ConfigError(f"adapt.temperature: must be > 0, got {cfg.temperature}")
     return MCC(cfg)

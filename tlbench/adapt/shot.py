@@ -13,6 +13,7 @@ the source model comes from a recorded run (`source_model`, loaded by tlbench/so
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from .base import Adapter, AdaptOutput, Needs
 
 @dataclass
 class ShotConfig:
+    needs: ClassVar[Needs] = Needs(source=False, target_index=True, frozen_head=True)
     name: str = "shot"
     #: The source model: `runs:/<run_id>`, or the name of a method (e.g. source_only) whose finished run
     #: with the same seed, source domain, backbone and head in this experiment is the source model.
@@ -73,8 +75,6 @@ def centroid_pseudo_labels(features: torch.Tensor, logits: torch.Tensor, rounds:
 
 
 class Shot(Adapter):
-    needs = Needs(source=False, target_index=True, frozen_head=True)
-
     def __init__(self, cfg: ShotConfig):
         super().__init__()
         self.cfg = cfg

@@ -1,6 +1,7 @@
 """Source only (ERM): the no-adaptation baseline every method is compared against."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -10,12 +11,11 @@ from .base import Adapter, AdaptOutput, Needs
 
 @dataclass
 class SourceOnlyConfig:
+    needs: ClassVar[Needs] = Needs(target=False)
     name: str = "source_only"
 
 
 class SourceOnly(Adapter):
-    needs = Needs(target=False)
-
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0):
         return AdaptOutput(loss=torch.zeros((), device=logits_s.device))
 

@@ -14,11 +14,9 @@ import os
 import re
 import socket
 import tempfile
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Callable, Mapping, Optional
 from urllib.parse import urlparse
 
 import torch
@@ -165,31 +163,17 @@ def read_state_dict(path: str | Path, source: Optional[str] = None) -> dict[str,
     return dict(data)
 
 
-#: The tracking store `runs:/` weights come from in this context (the run's own, see `runs_resolved_in`);
-#: None: MLflow's current tracking URI.
-_RUNS_STORE: ContextVar[Optional[str]] = ContextVar("tlbench_runs_store", default=None)
-
-
-@contextmanager
-def runs_resolved_in(uri: str) -> Iterator[None]:
-    """Fetch `runs:/` weights from `uri` inside the block, without setting MLflow's process-wide URI
-    (which used to leak from one run into the next caller)."""
-    token = _RUNS_STORE.set(uri)
-    try:
-        yield
-    finally:
-        _RUNS_STORE.reset(token)
-
-
-def resolve_checkpoint(source: str) -> Path:
-    """Local path of a checkpoint given as a file path or `runs:/<run_id>/<artifact path>`."""
+def resolve_checkpoint(source: str, store_uri: str | None = None) -> Path:
+    """Local path of a checkpoint given as a file path or `runs:/<run_id>/<artifact path>` (fetched from
+    `store_uri`, the run's own store; None: MLflow's current tracking URI). A run plan resolves its
+    weights here before any backbone is built, so backbones only ever see local files."""
     if source.startswith(RUNS_PREFIX):
         rest = source[len(RUNS_PREFIX) :].strip("/")
         if "/" not in rest:
             raise WeightsError(f"backbone.weights={source}: expected runs:/<run_id>/<artifact path>")
         import mlflow
 
-        store = _RUNS_STORE.get()
+        store = store_uri
         try:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=store))
         except Exception as exc:

@@ -3,9 +3,10 @@
 Training batches are `{"source": (x, y), "target": x}`: target labels are dropped here, before any
 training code can see them. Evaluation loaders, in order: source val, target val, target test.
 
-`serve(adapter, batch_composition)` fits the streams to the method: a source-free method (SHOT) gets no
-source batch in training, validation or test, a method that needs positions gets `"target": (x, index)`,
-and a run that forwards only the source draws no target batch.
+`serve(needs, batch_composition)` fits the streams to the method's declared needs: a source-free method
+(SHOT) gets no source batch in training, validation or test, a method that needs positions gets
+`"target": (x, index)`, one that needs the domain index gets `"source": (x, y, domain)`, and a run that
+forwards only the source draws no target batch.
 """
 
 from __future__ import annotations
@@ -56,6 +57,23 @@ def whole_domain(splits: DomainSplits) -> Dataset:
     return whole
 
 
+class SingleDomainLoader:
+    """Wraps a loader of source (x, y) and yields (x, y, 0): the domain-index stream of a run with one
+    source domain (several source domains carry their own indices, data/multi_source.py)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.sampler = getattr(loader, "sampler", None)
+        self.batch_sampler = getattr(loader, "batch_sampler", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images, labels, torch.zeros(len(labels), dtype=torch.long)
+
+
 class UnlabelledLoader:
     """Wraps a loader of (x, y) and yields x only: the target training stream."""
 
@@ -87,11 +105,18 @@ class DomainDataModule(pl.LightningDataModule):
         self.cfg = cfg
         self.seed = seed
         self.steps_per_epoch = steps_per_epoch
+        #: The source domains of a run with several (data.sources), each with its own splits; else None.
+        self.source_domains = None
+        if source is None and cfg.sources:
+            from .multi_source import pooled_domain, source_names
+
+            self.source_domains = [build_domain(name, cfg, seed) for name in source_names(cfg.sources, cfg.target)]
+            source = pooled_domain(self.source_domains)
         self.source = source or build_domain(cfg.source, cfg, seed)
         if target is not None:
             self.target = target
         else:
-            self.target = self.source if cfg.target == cfg.source else build_domain(cfg.target, cfg, seed)
+            self.target = self.source if cfg.target == cfg.source and not cfg.sources else build_domain(cfg.target, cfg, seed)
         if self.source.class_names != self.target.class_names:
             from ..errors import DataError
 
@@ -100,20 +125,32 @@ class DomainDataModule(pl.LightningDataModule):
                 f"data: class sets differ between source '{cfg.source}' and target '{cfg.target}'"
                 + (f"; classes in only one of them: {', '.join(differing[:10])}" if differing else " (same names, different order)")
             )
-        self.source_train = apply_label_budget(self.source.train, seed, cfg.labels_per_class, cfg.label_fraction)
+        self.source_train = self._per_domain("train", lambda split: apply_label_budget(split, seed, cfg.labels_per_class, cfg.label_fraction))
         # a different draw from the training budget's (seed + 1), so the two subsets are not the same ranks
-        self.source_val = apply_label_budget(self.source.val, seed + 1, cfg.val_labels_per_class, None, "data.val_labels_per_class", "validation")
+        self.source_val = self._per_domain(
+            "val", lambda split: apply_label_budget(split, seed + 1, cfg.val_labels_per_class, None, "data.val_labels_per_class", "validation")
+        )
         self.target_test = whole_domain(self.target) if cfg.target_eval == "whole" else self.target.test
         #: Set by `serve`: no source batch anywhere (source-free methods); target batches carry positions.
         self.source_free = False
         self.target_positions = False
+        self.domain_index = False
         self.target_stream = True
 
-    def serve(self, adapter, batch_composition: str = "joint") -> "DomainDataModule":
-        """Shape the loaders to what `adapter` may and must read (see the module docstring); under
-        batch_composition=source no target training stream is drawn at all."""
-        self.source_free = not adapter.needs.source
-        self.target_positions = adapter.needs.target_index
+    def _per_domain(self, split: str, budget) -> Dataset:
+        """A source split with its label budget applied: per source domain when there are several."""
+        if self.source_domains is None:
+            return budget(getattr(self.source, split))
+        from .multi_source import pooled
+
+        return pooled([budget(getattr(domain, split)) for domain in self.source_domains])
+
+    def serve(self, needs, batch_composition: str = "joint") -> "DomainDataModule":
+        """Shape the loaders to what the method's `needs` (adapt/base.py) say it may and must read (see the
+        module docstring); under batch_composition=source no target training stream is drawn at all."""
+        self.source_free = not needs.source
+        self.target_positions = needs.target_index
+        self.domain_index = needs.domain_index
         self.target_stream = batch_composition != "source"
         return self
 
@@ -144,14 +181,19 @@ class DomainDataModule(pl.LightningDataModule):
             "target_fingerprint": self.target.fingerprint,
         }
 
-    def _loader(self, data, train: bool, seed_offset: int = 0):
-        loader = make_loader(data, self.cfg.batch_size, train, self.seed + seed_offset, self.cfg.num_workers)
+    def _loader(self, data, train: bool, seed_offset: int = 0, domains: bool = False):
+        tagged = domains and hasattr(data, "domains")
+        loader = make_loader(data, self.cfg.batch_size, train, self.seed + seed_offset, self.cfg.num_workers, domains=tagged)
+        if domains and not tagged:
+            loader = SingleDomainLoader(loader)
         return FixedLengthLoader(loader, self.steps_per_epoch) if train and self.steps_per_epoch else loader
 
     def train_dataloader(self):
         # In-domain runs have no separate unlabelled stream; the source stream stands in as "target".
         target_train = self.source_train if self.in_domain else self.target.train
-        streams = {} if self.source_free else {"source": self._loader(self.source_train, train=True)}
+        streams = {}
+        if not self.source_free:
+            streams["source"] = self._loader(self.source_train, train=True, domains=self.domain_index)
         if self.target_stream and self.target_positions:
             streams["target"] = self._loader(with_positions(target_train), train=True, seed_offset=1)
         elif self.target_stream:

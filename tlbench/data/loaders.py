@@ -26,10 +26,12 @@ class EpochSeed:
 
 
 class TensorBatchLoader:
-    """Iterates (images, labels) batches of in-memory examples; shards across ranks when distributed."""
+    """Iterates (images, labels) batches of in-memory examples, (images, labels, domains) with `domains`
+    (examples of several source domains); shards across ranks when distributed."""
 
-    def __init__(self, data: InMemoryExamples, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
+    def __init__(self, data: InMemoryExamples, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0, domains: bool = False):
         self.data = data
+        self.domains = domains
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -54,14 +56,20 @@ class TensorBatchLoader:
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, len(order)), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield self.data.images[index], self.data.labels[index]
+            if self.domains:
+                yield self.data.images[index], self.data.labels[index], self.data.domains[index]
+            else:
+                yield self.data.images[index], self.data.labels[index]
 
 
-def make_loader(data: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0):
-    """The fastest correct loader for `data`: TensorBatchLoader for in-memory tensors, DataLoader otherwise."""
+def make_loader(data: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0, domains: bool = False):
+    """The fastest correct loader for `data`: TensorBatchLoader for in-memory tensors, DataLoader otherwise.
+    With `domains`, batches also carry each example's domain index (data of several source domains)."""
     drop_last = train and len(data) >= batch_size
     if isinstance(data, InMemoryExamples):
-        return TensorBatchLoader(data, batch_size, shuffle=train, drop_last=drop_last, seed=seed)
+        return TensorBatchLoader(data, batch_size, shuffle=train, drop_last=drop_last, seed=seed, domains=domains)
+    if domains:
+        data = data.tagged()
     return DataLoader(
         data,
         batch_size=batch_size,

@@ -38,11 +38,3 @@ class FreezeSchedule:
         while frozen < num_stages and all(frozen not in self.trainable_stages(epoch, num_stages) for epoch in range(max_epochs)):
             frozen += 1
         return frozen
-
-
-def check_bn_policy(policy: str) -> str:
-    from ..errors import ConfigError
-
-    if policy not in BN_POLICIES:
-        raise ConfigError(f"freeze.bn_policy: unknown policy '{policy}'; choose one of: {', '.join(BN_POLICIES)}")
-    return policy

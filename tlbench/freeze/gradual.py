@@ -8,7 +8,7 @@ sending large random gradients into the generic lower layers.
 from dataclasses import dataclass
 
 from . import SCHEDULES
-from .common import ConfiguredSchedule, ScheduleConfig, require
+from .common import ConfiguredSchedule, ScheduleConfig
 
 
 @dataclass
@@ -19,11 +19,6 @@ class GradualConfig(ScheduleConfig):
     every_n_epochs: int = 1
     #: LR multiplier for backbone stages once unfrozen (head stays at the base LR).
     unfrozen_lr_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.every_n_epochs >= 1, "every_n_epochs", f"must be ≥ 1, got {self.every_n_epochs}")
-        require(self.unfrozen_lr_scale > 0, "unfrozen_lr_scale", f"must be > 0, got {self.unfrozen_lr_scale}")
 
 
 @SCHEDULES.register("gradual", GradualConfig)

@@ -7,7 +7,7 @@ fine-tuning phase starts from a good head and changes the features less (better 
 from dataclasses import dataclass
 
 from . import SCHEDULES
-from .common import ConfiguredSchedule, ScheduleConfig, require
+from .common import ConfiguredSchedule, ScheduleConfig
 
 
 @dataclass
@@ -18,11 +18,6 @@ class LPFTConfig(ScheduleConfig):
     probe_epochs: int = 2
     #: LR multiplier for backbone stages in the fine-tuning phase (head stays at the base LR).
     unfrozen_lr_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.probe_epochs >= 0, "probe_epochs", f"must be ≥ 0, got {self.probe_epochs}")
-        require(self.unfrozen_lr_scale > 0, "unfrozen_lr_scale", f"must be > 0, got {self.unfrozen_lr_scale}")
 
 
 @SCHEDULES.register("lp_ft", LPFTConfig)

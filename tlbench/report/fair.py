@@ -56,11 +56,6 @@ def _by_seed(runs: pd.DataFrame, arm: str) -> pd.Series:
     return pd.Series(part["acc"].to_numpy(), index=part["seed"].astype(str).to_numpy())
 
 
-def _mean_ci(values: np.ndarray) -> str:
-    ci = t_interval(values, LEVEL)
-    return f"{values.mean():.2f}" + ("" if math.isnan(ci) else f" ± {ci:.2f}")
-
-
 def arm_table(frame: pd.DataFrame, layout: dict[str, Any], rule: str) -> pd.DataFrame:
     """One row per arm (evaluation runs under `rule`), then the upper bound: mean, CI, per-seed gain
     over the baseline with CI, raw and Holm-adjusted p, verdict."""

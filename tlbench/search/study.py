@@ -246,16 +246,15 @@ def shared_parent(study: optuna.Study, job: SearchJob, created: bool) -> Optiona
 
 def run_search(job: SearchJob, workers: int = 1) -> dict[str, Any]:
     """Create/resume the study, open the MLflow parent run, run `workers` workers, record the outcome."""
-    from ..config import TrackingConfig
-    from ..tracking import recorded_run
+    from ..tracking import Store, recorded_run, resolve_uri
 
     if workers < 1:
         raise ConfigError(f"--workers: must be ≥ 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, created = create_or_load_study(job)
-    tracking = TrackingConfig(uri=job.tracking_uri, experiment=job.experiment, tags=dict(job.tracking_tags))
+    store = Store(resolve_uri(job.tracking_uri), job.experiment, tags=dict(job.tracking_tags))
     parent_id = shared_parent(study, job, created)
-    with recorded_run(tracking, job.study_name, _parent_tags(job), resume_run_id=parent_id) as parent:
+    with recorded_run(store, job.study_name, _parent_tags(job), resume_run_id=parent_id) as parent:
         if parent_id is None:
             parent.log_params(
                 {

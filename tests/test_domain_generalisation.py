@@ -1,0 +1,146 @@
+"""Domain generalisation: several source domains in one run (data.sources), DomainBed-style data sets
+built from Fashion-MNIST, and the DG methods' losses against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import compose, tiny_run
+
+from tlbench.adapt import ADAPTERS
+from tlbench.adapt.coral import coral_loss
+from tlbench.adapt.irm import irm_penalty
+from tlbench.adapt.source_alignment import pairwise_alignment
+from tlbench.config import DataConfig, validate
+from tlbench.data import build_domain
+from tlbench.data.datamodule import DomainDataModule
+from tlbench.data.dg_fashion import colored, rotate
+from tlbench.errors import ConfigError
+from tlbench.tracking import config_hash
+
+SOURCES = "data.sources=[rotated_fashion:0,rotated_fashion:15,rotated_fashion:30]"
+
+
+def small(n: int = 600) -> DataConfig:
+    return DataConfig(synthetic_size=n)
+
+
+def test_rotated_domains_are_disjoint_rotations_of_fashion_images():
+    zero, ninety = build_domain("rotated_fashion:0", small(), 0), build_domain("rotated_fashion:15", small(), 0)
+    assert zero.train.images.shape[1:] == (1, 28, 28) and len(zero.train) + len(zero.val) + len(zero.test) == 600
+    assert zero.fingerprint != ninety.fingerprint
+    a = {bytes(x.numpy()) for x in zero.train.images}
+    assert not any(bytes(rotate(x[0].numpy()[None], 0)[0].numpy()) in a for x in ninety.train.images[:50])  # dealt, not shared
+    square = np.zeros((1, 28, 28), dtype=np.uint8)
+    square[0, 2:6, 12:16] = 255  # a block at the top centre goes to the left edge under a 90° turn
+    turned = rotate(square, 90)[0, 0]
+    assert turned[12:16, 2:6].float().mean() > 200 and turned[:8, 10:18].float().mean() < 10
+
+
+def test_colored_domains_follow_domainbeds_colour_rule():
+    generator = np.random.default_rng(0)
+    images = np.full((20000, 4, 4), 200, dtype=np.uint8)
+    classes = np.arange(20000) % 10
+    for flip in (0.1, 0.9):
+        coloured, labels = colored(images, classes, flip, generator)
+        colour = (coloured[:, 1].sum((1, 2)) > 0).long()
+        assert abs((colour == labels).float().mean().item() - (1 - flip)) < 0.02  # colour agrees with the label 1 − e
+        assert abs((labels == torch.from_numpy(classes >= 5).long()).float().mean().item() - 0.75) < 0.02  # 25 % label noise
+        assert (coloured[:, 2] == 0).all() and ((coloured[:, 0] > 0) ^ (coloured[:, 1] > 0)).all()
+
+
+def test_unknown_domain_of_a_dg_family_is_one_line():
+    with pytest.raises(ConfigError, match=r"'rotated_fashion:20' is not a domain.*rotated_fashion:15"):
+        build_domain("rotated_fashion:20", small(), 0)
+
+
+def test_several_sources_pool_with_domain_indices_per_domain_budgets_and_the_target_left_out():
+    run = validate(compose(["backbone=small_cnn", SOURCES, "data.target=rotated_fashion:15", "data.synthetic_size=600", "data.labels_per_class=3"]))
+    datamodule = DomainDataModule(run.data, run.seed)
+    assert [d.name for d in datamodule.source_domains] == ["rotated_fashion:0", "rotated_fashion:30"]  # the target is not a source
+    assert datamodule.target.name == "rotated_fashion:15"
+    train = datamodule.source_train
+    assert train.domains.bincount().tolist() == [30, 30]  # 3 labels per class in each of the two domains
+    for d in (0, 1):
+        assert train.labels[train.domains == d].bincount().tolist() == [3] * 10
+    assert set(datamodule.source_val.domains.tolist()) == {0, 1}  # training-domain validation: pooled source val
+
+
+def test_single_source_configs_hash_as_before():
+    plain = validate(compose(["backbone=small_cnn"]))
+    assert config_hash(plain) == config_hash(validate(compose(["backbone=small_cnn", "data.sources=null"])))
+    several = validate(compose(["backbone=small_cnn", SOURCES, "data.target=rotated_fashion:75"]))
+    assert config_hash(several) != config_hash(validate(compose(["backbone=small_cnn", "data.target=rotated_fashion:75"])))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.sources=[rotated_fashion:0]", "data.target=rotated_fashion:0"], "no source domain left"),
+        (["data.sources=[rotated_fashion:0,rotated_fashion:0]", "data.target=rotated_fashion:15"], "listed twice"),
+        (["data.sources=[rotated_fashion:0,colored_fashion:0.1]", "data.target=rotated_fashion:15"], "different classes"),
+    ],
+)
+def test_bad_source_lists_are_one_line(overrides, message):
+    run = validate(compose(["backbone=small_cnn", "data.synthetic_size=300", *overrides]))
+    with pytest.raises(ConfigError, match=message):
+        DomainDataModule(run.data, run.seed)
+
+
+def test_irm_penalty_matches_the_gradient_by_hand():
+    logits = torch.tensor([[1.0, 0.0], [0.5, 2.0], [0.0, 1.0], [2.0, -1.0]])
+    labels = torch.tensor([0, 1, 0, 0])
+
+    def grad(z, y):  # d/dw CE(w·z, y) at w = 1: mean of Σ_k p_k z_k − z_y
+        p = z.softmax(1)
+        return ((p * z).sum(1) - z[torch.arange(len(y)), y]).mean()
+
+    expected = grad(logits[::2], labels[::2]) * grad(logits[1::2], labels[1::2])
+    assert torch.allclose(irm_penalty(logits, labels), expected)
+    adapter = ADAPTERS.build({"name": "irm", "trade_off": 10.0, "anneal_steps": 5}, num_classes=2, feature_dim=2)
+    domains = torch.tensor([0, 0, 0, 0])
+    assert torch.allclose(adapter.loss(None, None, logits, None, labels, 0.5, step=5, domain_index=domains).loss, 10 * expected)
+    assert torch.allclose(adapter.loss(None, None, logits, None, labels, 0.0, step=0, domain_index=domains).loss, expected)
+
+
+def test_group_dro_weights_rise_with_a_domains_risk_and_the_objective_is_the_weighted_risk():
+    adapter = ADAPTERS.build({"name": "group_dro", "eta": 0.5}, num_classes=2, feature_dim=2)
+    logits = torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([0, 0, 0, 1])
+    domains = torch.tensor([0, 0, 1, 1])
+    out = adapter.loss(None, None, logits, None, labels, 0.5, domain_index=domains)
+    risks = torch.tensor([F.cross_entropy(logits[:2], labels[:2]).item(), math.log(2)])
+    q = 0.5 * torch.exp(0.5 * risks)
+    q = q / q.sum()
+    assert torch.allclose(adapter.domain_weights, q) and q[1] > q[0]  # the harder domain gains weight
+    assert torch.allclose(out.loss, (q * risks).sum())
+    out.loss.backward()
+    assert logits.grad[2:].abs().sum() > logits.grad[:2].abs().sum()
+
+
+def test_source_alignment_averages_the_distance_over_pairs_of_domains():
+    features = torch.randn(12, 3)
+    domains = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    parts = [features[:4], features[4:8], features[8:]]
+    expected = (coral_loss(parts[0], parts[1], "tllib") + coral_loss(parts[0], parts[2], "tllib") + coral_loss(parts[1], parts[2], "tllib")) / 3
+    assert torch.allclose(pairwise_alignment(features, domains, lambda a, b: coral_loss(a, b, "tllib")), expected)
+    assert pairwise_alignment(features, torch.zeros(12, dtype=torch.long), lambda a, b: coral_loss(a, b, "tllib")).item() == 0.0
+
+
+@pytest.mark.slow  # a real (tiny) training run per method
+@pytest.mark.parametrize("method", ["vrex", "irm", "group_dro", "dg_coral", "dg_mmd"])
+def test_each_dg_method_trains_on_several_sources_and_records_them(tmp_path, method):
+    from mlflow.tracking import MlflowClient
+
+    from tlbench.train import train
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    out = train(tiny_run(tmp_path, uri, [f"adapt={method}", SOURCES, "data.target=rotated_fashion:75", "data.synthetic_size=300"]))
+    run = MlflowClient(uri).get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and math.isfinite(out["test/target_acc"])
+    assert run.data.tags["source_domain"] == "rotated_fashion:0+rotated_fashion:15+rotated_fashion:30"
+    assert run.data.params["data.sources"].startswith("['rotated_fashion:0'")

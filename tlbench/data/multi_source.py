@@ -1,0 +1,94 @@
+"""Several source domains pooled into one labelled source (domain generalisation: `data.sources`).
+
+Each source domain keeps its own train/val/test split and its own label budget; the pooled splits carry
+each example's domain index (the position of its domain in the source list), which the `domain_index`
+stream serves to methods that declare it (V-REx, IRM, GroupDRO, …). The pooled validation split is
+DomainBed's "training-domain validation" set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from ..errors import ConfigError
+from .base import DomainSplits, InMemoryExamples
+from .budget import dataset_labels
+
+
+class DomainTaggedExamples(InMemoryExamples):
+    """In-memory examples with a domain index per example (int64), kept through `subset`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor):
+        super().__init__(images, labels)
+        if domains.shape != labels.shape:
+            raise ValueError(f"domains shape {tuple(domains.shape)} does not match {len(labels)} examples")
+        self.domains = domains.long()
+
+    def subset(self, indices):
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return type(self)(self.images[indices], self.labels[indices], self.domains[indices])
+
+
+class DomainTaggedFiles(ConcatDataset):
+    """Streamed examples of several domains: (x, y) like any split; `tagged()` yields (x, y, domain)."""
+
+    def __init__(self, parts: list[Dataset]):
+        super().__init__(parts)
+        self.labels = np.concatenate([dataset_labels(p) for p in parts])
+        self.domains = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(parts)])
+
+    def tagged(self) -> Dataset:
+        return _Tagged(self)
+
+
+class _Tagged(Dataset):
+    def __init__(self, pooled: DomainTaggedFiles):
+        self.pooled = pooled
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def __getitem__(self, index: int):
+        image, label = self.pooled[index]
+        return image, label, self.pooled.domains[index]
+
+
+def pooled(parts: list[Dataset]) -> Dataset:
+    """One split of several domains, domain i tagged i."""
+    if all(isinstance(p, InMemoryExamples) for p in parts) and len({p.images.shape[1:] for p in parts}) == 1:
+        domains = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(parts)])
+        return DomainTaggedExamples(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), domains)
+    return DomainTaggedFiles(parts)
+
+
+def source_names(sources: list[str], target: str) -> list[str]:
+    """The source domains of a run: the list without the target (leave-one-domain-out sweeps pass every
+    domain and vary the target), each once; at least one must remain."""
+    kept = [s for s in sources if s != target]
+    if len(set(kept)) != len(kept):
+        raise ConfigError(f"data.sources: a domain is listed twice in {sources}")
+    if not kept:
+        raise ConfigError(f"data.sources: no source domain left once the target '{target}' is taken out; list at least one other domain")
+    return kept
+
+
+def pooled_domain(domains: list[DomainSplits]) -> DomainSplits:
+    """The source domains as one DomainSplits (train, val and test pooled and tagged)."""
+    names = [d.name for d in domains]
+    for domain in domains[1:]:
+        if domain.class_names != domains[0].class_names:
+            raise ConfigError(f"data.sources: '{domain.name}' and '{domains[0].name}' have different classes; several sources must share one label set")
+    fingerprint = hashlib.sha256("|".join(d.fingerprint for d in domains).encode()).hexdigest()[:16]
+    return DomainSplits(
+        "+".join(names),
+        pooled([d.train for d in domains]),
+        pooled([d.val for d in domains]),
+        pooled([d.test for d in domains]),
+        list(domains[0].class_names),
+        fingerprint=fingerprint,
+        hflip_ok=all(d.hflip_ok for d in domains),
+    )
