@@ -144,3 +144,15 @@ def test_each_dg_method_trains_on_several_sources_and_records_them(tmp_path, met
     assert run.info.status == "FINISHED" and math.isfinite(out["test/target_acc"])
     assert run.data.tags["source_domain"] == "rotated_fashion:0+rotated_fashion:15+rotated_fashion:30"
     assert run.data.params["data.sources"].startswith("['rotated_fashion:0'")
+
+
+def test_with_several_sources_a_method_that_ignores_the_target_never_forwards_it(tmp_path):
+    from tlbench.assembly import build_module
+    from tlbench.module import TransferModule
+    from tlbench.plan import plan_run
+
+    run = tiny_run(tmp_path, f"sqlite:///{tmp_path}/m.db", ["adapt=source_only", SOURCES, "data.target=rotated_fashion:75", "data.synthetic_size=300"])
+    module, datamodule, _ = build_module(plan_run(run), DomainDataModule(run.data, run.seed, steps_per_epoch=2), TransferModule)
+    assert module.batch_composition == "source"  # small_cnn has BatchNorm: a joint batch would show it the unseen domain
+    batch = next(iter(datamodule.train_dataloader()))
+    assert set((batch[0] if isinstance(batch, tuple) else batch)) == {"source"}

@@ -52,11 +52,14 @@ def check_method_fits(run: RunConfig, needs: Needs, datamodule: DomainDataModule
 def effective_batch_composition(run: RunConfig, needs: Needs, datamodule: DomainDataModule, target_has_no_effect: bool) -> str:
     """The batch composition a run trains with. A method that ignores the target forwards only the source
     when a target batch could change nothing: in an in-domain run (a second source batch would just
-    change batch size), or when nothing that trains normalises or drops out (`target_has_no_effect`)."""
+    change batch size), or when nothing that trains normalises or drops out (`target_has_no_effect`);
+    and always with several source domains, where the target is the unseen test domain."""
     if run.batch_composition == "source" and needs.target:
         raise ConfigError(f"batch_composition=source: adapt={run.adapt.name} needs target batches; use joint or separate")
     if run.batch_composition == "domain_bn" and needs.evaluation_hook:
         raise ConfigError(f"batch_composition=domain_bn: adapt={run.adapt.name} re-estimates BatchNorm itself; use joint or separate")
+    if not needs.target and datamodule.source_domains:
+        return "source"  # domain generalisation: the target domain is never seen in training, not even by BatchNorm
     if not needs.target and (datamodule.in_domain or (target_has_no_effect and run.batch_composition in ("joint", "separate"))):
         return "source"
     return run.batch_composition
