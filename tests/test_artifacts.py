@@ -43,6 +43,9 @@ def test_run_logs_a_pyfunc_model_that_predicts_like_the_selected_checkpoint(tmp_
     np.testing.assert_allclose(scores, tlbench.predict(selected, torch.as_tensor(images)).numpy(), atol=1e-5)
     inputs = model.metadata.get_input_schema().inputs[0]
     assert tuple(inputs.shape[1:]) == images.shape[1:] and inputs.type == np.dtype("uint8")
+    requirements = client.download_artifacts(result["run_id"], "model/requirements.txt", str(tmp_path))
+    first = open(requirements).read().splitlines()[0]
+    assert first.startswith("tlbench") and ("@ git+" in first or first == f"tlbench=={tlbench.__version__}")  # its loader imports tlbench
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import compose, tiny_run
 
 from tlbench.adapt import ADAPTERS
+from tlbench.adapt.base import needs_of
 from tlbench.adapt.coral import coral_loss
 from tlbench.adapt.irm import irm_penalty
 from tlbench.adapt.source_alignment import pairwise_alignment
@@ -156,3 +157,32 @@ def test_with_several_sources_a_method_that_ignores_the_target_never_forwards_it
     assert module.batch_composition == "source"  # small_cnn has BatchNorm: a joint batch would show it the unseen domain
     batch = next(iter(datamodule.train_dataloader()))
     assert set((batch[0] if isinstance(batch, tuple) else batch)) == {"source"}
+
+
+def test_leave_one_domain_out_may_measure_the_whole_unseen_domain():
+    run = validate(compose(["experiment=dg_rotated_fashion", "data.target=rotated_fashion:0"]))  # data.source names domain 0 too
+    assert run.data.target_eval == "whole" and run.data.target in run.data.sources
+
+
+def test_several_streamed_folder_domains_pool_and_carry_their_domain_index(tmp_path):
+    """Folder domains (PACS, VLCS, … in DomainBed's layout) stream from disk; pooled, each batch still
+    carries the domain of every image."""
+    from test_data_formats import write_domain
+
+    for name in ("a", "b", "c"):
+        write_domain(tmp_path / name, per_class=10)
+    sources = f"data.sources=[folder:{tmp_path / 'a'},folder:{tmp_path / 'b'}]"
+    run = validate(compose(["backbone=small_cnn", sources, f"data.target=folder:{tmp_path / 'c'}", "data.image_size=16", "data.batch_size=8"]))
+    datamodule = DomainDataModule(run.data, run.seed)
+    datamodule.serve(needs_of(ADAPTERS.validate({"name": "vrex"})), "source")
+    seen = set()
+    for batch in _batches(datamodule):
+        images, labels, domains = batch["source"]
+        assert len(images) == len(labels) == len(domains) and images.shape[1:] == (3, 16, 16)
+        seen |= set(domains.tolist())
+    assert seen == {0, 1} and len(datamodule.source_train) == 2 * len(datamodule.source_domains[0].train)
+
+
+def _batches(datamodule):
+    for batch in datamodule.train_dataloader():
+        yield batch[0] if isinstance(batch, tuple) else batch

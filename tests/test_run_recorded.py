@@ -284,3 +284,43 @@ def test_the_printed_report_command_works_for_the_sweep_that_printed_it(tmp_path
     rerun = subprocess.run([sys.executable, "-m", "tlbench", *printed[1:]], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "full" in rerun.stdout and "linear_probe" in rerun.stdout
+
+
+def recorded_config(result, uri):
+    from omegaconf import OmegaConf
+
+    from tlbench.config import validate
+
+    return validate(OmegaConf.create(open(MlflowClient(uri).download_artifacts(result["run_id"], "config.yaml")).read()))
+
+
+def test_a_cached_linear_probe_logs_the_backbone_its_hint_names(tmp_path, mlflow_uri):
+    """With tracking.log_model a run names `backbone.weights=runs:/…` for a next transfer; a linear probe
+    trains on cached features, and the backbone that made them is what that artifact must hold; its MLflow
+    model is the whole network and scores the recorded test accuracy."""
+    import torch
+
+    from tlbench.backbones import BACKBONES
+    from tlbench.plan import plan_run
+
+    first = train(tiny_run(tmp_path, mlflow_uri, ["tracking.log_model=true", "freeze=linear_probe"]))
+    assert first["backbone_weights"] == f"runs:/{first['run_id']}/backbone/backbone.pt"
+    recorded = MlflowClient(mlflow_uri).get_run(first["run_id"])
+    assert recorded.data.tags["feature_cache"] == "on"  # the run really trained on cached features
+    import mlflow
+    import numpy as np
+
+    from tlbench.data.datamodule import DomainDataModule
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{first['run_id']}/model")  # the whole model: backbone + head
+    test = DomainDataModule(recorded_config(first, mlflow_uri).data, 0).target.test
+    predicted = model.predict(test.images.numpy()).argmax(1)
+    assert np.isclose((predicted == test.labels.numpy()).mean(), first["test/target_acc"], atol=1e-6)
+    second = tiny_run(tmp_path / "2", mlflow_uri, [f"backbone.weights={first['backbone_weights']}", "freeze=linear_probe"])
+    loaded = BACKBONES.build(plan_run(second).backbone)
+    import pytorch_lightning as pl
+
+    pl.seed_everything(second.seed, workers=True, verbose=False)  # as the run seeded itself before building its parts
+    featurizer = BACKBONES.build(second.backbone.__class__(**{**vars(second.backbone), "weights": "none"}))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in featurizer.state_dict().items())

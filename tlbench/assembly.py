@@ -134,7 +134,7 @@ def build_module(plan, datamodule: DomainDataModule, module_class: type) -> tupl
         source = featurize_domain(backbone, datamodule.source, key)
         target = source if datamodule.in_domain else featurize_domain(backbone, datamodule.target, key)
         datamodule = DomainDataModule(run.data, run.seed, source, target, run.trainer.steps_per_epoch)
-        parts.backbone = CachedBackbone(backbone.out_features)
+        parts.backbone = CachedBackbone(backbone.out_features, featurized=backbone)
     # said when it matters (on, or off although the backbone never trains); a fine-tuning run needs no line
     (log.debug if backbone_trains and reason is not None else log.info)("feature cache: %s", "on" if reason is None else f"off ({reason})")
     datamodule.serve(needs, composition)

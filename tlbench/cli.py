@@ -59,7 +59,7 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
         print(summary_table(runs))
         print(
             f"MLflow run {metrics['run_id']} in experiment '{run.tracking.experiment}'"
-            + (f"; its backbone for a next transfer: backbone.weights=runs:/{metrics['run_id']}/backbone/backbone.pt" if run.tracking.log_model else "")
+            + (f"; its backbone for a next transfer: backbone.weights={metrics['backbone_weights']}" if metrics.get("backbone_weights") else "")
         )
     return metrics.get("test/target_acc")
 

@@ -220,7 +220,7 @@ def _check_values(run: RunConfig) -> None:
     check_values(run)
     if run.data.labels_per_class is not None and run.data.label_fraction is not None:
         raise ConfigError("data: set at most one of labels_per_class and label_fraction")
-    if run.data.target_eval == "whole" and run.data.target == run.data.source:
+    if run.data.target_eval == "whole" and run.data.target == run.data.source and not run.data.sources:  # with several sources the target is never one of them
         raise ConfigError(
             "data.target_eval=whole: the target is the source domain here, so its whole domain includes "
             "the labelled training images; use target_eval=split for in-domain runs"

@@ -10,7 +10,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -38,16 +40,38 @@ def unchanged(inputs: torch.Tensor) -> torch.Tensor:
 
 
 class CachedBackbone(Backbone):
-    """Stands in for a fully frozen backbone whose outputs were cached: identity on features, no stages."""
+    """Stands in for a fully frozen backbone whose outputs were cached: identity on features, no stages.
+    `featurized` is the backbone that made the features (kept out of the module's parameters and
+    checkpoints), so a run can still log it for a next transfer."""
 
-    def __init__(self, out_features: int):
+    def __init__(self, out_features: int, featurized: nn.Module | None = None):
         super().__init__()
         self.stage_modules = nn.ModuleList()
         self.out_features = out_features
         self.preprocessing = unchanged
+        self._featurized = (featurized,)  # a tuple: not registered as a submodule
+
+    @property
+    def featurized(self) -> nn.Module | None:
+        return self._featurized[0]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
+
+
+@contextmanager
+def on_images(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` as it maps images, for the block: a run that trained on cached features gets the backbone
+    that made them back (to log its model or its backbone), and its cached stand-in afterwards."""
+    cached = module.backbone
+    if not isinstance(cached, CachedBackbone) or cached.featurized is None:
+        yield module
+        return
+    module.backbone, module.preprocess = cached.featurized, cached.featurized.preprocessing
+    try:
+        yield module
+    finally:
+        module.backbone, module.preprocess = cached, cached.preprocessing
 
 
 def in_memory(domain: DomainSplits) -> bool:

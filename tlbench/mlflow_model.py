@@ -40,14 +40,33 @@ def _load_pyfunc(data_path: str) -> TransferClassifier:
 
 
 #: What loading the model needs besides tlbench itself (listed so MLflow does not infer them: its
-#: inference imports the model in a subprocess, several seconds per run).
+#: inference imports the model in a subprocess, several seconds per run); tlbench comes first.
 RUNTIME_PACKAGES = ("torch", "torchvision", "pytorch-lightning", "timm", "omegaconf", "numpy", "mlflow")
+
+
+def tlbench_requirement() -> str:
+    """The requirement that installs this tlbench where the model is served: its loader imports tlbench.
+    From a git checkout with a remote, that remote at this commit (the code that trained the model);
+    otherwise the version."""
+    import subprocess
+
+    from . import __version__
+
+    here = Path(__file__).parent
+    try:
+        remote = subprocess.run(["git", "config", "--get", "remote.origin.url"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        remote = commit = ""
+    if remote and commit:
+        return f"tlbench @ git+{remote}@{commit}"
+    return f"tlbench=={__version__}"
 
 
 def runtime_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    pins = []
+    pins = [tlbench_requirement()]
     for name in RUNTIME_PACKAGES:
         try:
             pins.append(f"{name}=={version(name)}")

@@ -50,14 +50,15 @@ def log_run_artifacts(recorder, module, raw_datamodule, output_dir: str, log_mod
                 confusion_figure(counts, raw_datamodule.target.class_names, f"{name} test (the selected checkpoint)"),
                 f"plots/confusion_{name}_test.png",
             )
-    from .feature_cache import CachedBackbone
+    from .feature_cache import CachedBackbone, on_images
 
     has_images = hasattr(raw_datamodule.target.test, "images")
-    if should_log_model(log_model, module) and not isinstance(module.backbone, CachedBackbone) and has_images:
-        from .mlflow_model import log_model as log_mlflow_model
+    with on_images(module) as whole:  # a cached linear probe is logged with the backbone that made its features
+        if should_log_model(log_model, whole) and not isinstance(whole.backbone, CachedBackbone) and has_images:
+            from .mlflow_model import log_model as log_mlflow_model
 
-        example = raw_datamodule.target.test.images[:EXAMPLE_IMAGES].numpy()
-        log_mlflow_model(recorder, module, example, folder)
+            example = raw_datamodule.target.test.images[:EXAMPLE_IMAGES].numpy()
+            log_mlflow_model(recorder, whole, example, folder)
 
 
 def learning_curves(recorder):

@@ -19,7 +19,7 @@ from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
 from .errors import ConfigError
-from .feature_cache import CachedBackbone
+from .feature_cache import on_images
 from .interrupts import sigterm_as_interrupt
 from .mlflow_logger import MlflowMetricLogger
 from .module import TransferModule
@@ -147,11 +147,13 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
             from .run_artifacts import log_run_artifacts
 
             log_run_artifacts(recorder, module, raw_datamodule, run.output_dir, run.tracking.log_model, run.tracking.plots)
-        if run.tracking.log_model and not isinstance(module.backbone, CachedBackbone):
+        if run.tracking.log_model and recorder.run_id:
             from .backbones.weights import save_backbone
 
             path = Path(run.output_dir) / "backbone.pt"
-            save_backbone(module.backbone, path)
+            with on_images(module) as whole:
+                save_backbone(whole.backbone, path)
             recorder.log_artifact(path, "backbone")
+            metrics["backbone_weights"] = f"runs:/{recorder.run_id}/backbone/backbone.pt"  # type: ignore[assignment]
         metrics["run_id"] = recorder.run_id  # type: ignore[assignment]
         return metrics

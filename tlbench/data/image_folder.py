@@ -201,6 +201,12 @@ FAMILIES = {
         ("art_painting", "cartoon", "photo", "sketch"),
         {"a": "art_painting", "c": "cartoon", "p": "photo", "s": "sketch"},
     ),
+    "vlcs": FolderFamily(("VLCS", "vlcs"), ("Caltech101", "LabelMe", "SUN09", "VOC2007"), {"c": "Caltech101", "l": "LabelMe", "s": "SUN09", "v": "VOC2007"}),
+    "terra_incognita": FolderFamily(
+        ("terra_incognita", "TerraIncognita", "terra-incognita"),
+        ("location_38", "location_43", "location_46", "location_100"),
+        {"l38": "location_38", "l43": "location_43", "l46": "location_46", "l100": "location_100"},
+    ),
     "domainnet": FolderFamily(
         ("domainnet", "DomainNet"),
         ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
