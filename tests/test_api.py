@@ -23,6 +23,7 @@ def example_code() -> str:
     return textwrap.dedent("\n".join(line for line in lines if line.startswith("    ") or not line.strip()))
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_documented_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # its mlflow.db and checkpoints/ go here
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # an earlier run's mlflow.set_tracking_uri sets it
@@ -32,6 +33,7 @@ def test_documented_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_load_run_predicts_as_the_run_was_tested(tmp_path, mlflow_uri):
     from tlbench.data.datamodule import DomainDataModule
     from tlbench.train import train

@@ -23,6 +23,7 @@ def _artifact_sizes(client, run_id: str, path: str | None = None) -> dict[str, i
     return sizes
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_run_logs_a_pyfunc_model_that_predicts_like_the_selected_checkpoint(tmp_path, mlflow_uri):
     run = tiny_run(tmp_path, mlflow_uri, ["adapt=dann"])
     result = train(run)
@@ -76,6 +77,7 @@ def test_confusion_matrices_come_from_the_test_pass_and_match_its_accuracy(tmp_p
         assert (counts.diag().sum() / counts.sum()).item() == pytest.approx(results[f"{split}_acc"], abs=1e-6)
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_plots_can_be_turned_off_for_large_grids(tmp_path, mlflow_uri):
     result = train(tiny_run(tmp_path, mlflow_uri, ["tracking.plots=false", "tracking.log_model=false"]))
     sizes = _artifact_sizes(MlflowClient(mlflow_uri), result["run_id"])

@@ -33,6 +33,7 @@ def test_summary_table_fits_the_width_and_cuts_long_names():
     assert "nan" not in lines[3]
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_selected_epoch_is_the_logged_epoch_with_the_best_validation(tmp_path, mlflow_uri, caplog):
     """The table's epoch is the 1-based epoch whose logged val/source_acc selected the checkpoint."""
     caplog.set_level(logging.INFO, logger="tlbench")
@@ -128,6 +129,7 @@ def test_trainer_gpu_without_a_gpu_is_one_line_and_a_failed_run(tmp_path, mlflow
     assert run.info.status == "FAILED" and "trainer.accelerator=gpu" in run.data.tags["failure_reason"]
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_the_feature_cache_line_appears_only_where_the_backbone_could_be_cached(tmp_path, mlflow_uri, caplog):
     with caplog.at_level(logging.DEBUG, logger="tlbench.assembly"):
         train(tiny_run(tmp_path / "full", mlflow_uri, ["trainer.max_epochs=1"]))

@@ -19,6 +19,7 @@ FAST = ["backbone=small_cnn", "data=digits"]
 
 
 @pytest.mark.parametrize("group", ["backbone", "freeze", "data", "adapt", "trainer", "tracking", "experiment"])
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_every_group_option_composes_and_validates(group):
     options = group_options(group)
     assert options, f"conf/{group} has no yaml"
@@ -99,6 +100,7 @@ def test_config_yaml_round_trips():
 
 
 @pytest.mark.parametrize("group", ["backbone", "freeze", "adapt"])
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_every_group_option_instantiates(group):
     """Each yaml builds its object (ImageNet weights only for the bundled backbone: no network here)."""
     from tlbench.adapt import ADAPTERS

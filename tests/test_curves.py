@@ -26,6 +26,7 @@ def store(tmp_path_factory):
     return tmp, uri
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_curves_have_one_point_per_epoch_per_configuration_and_costs(store):
     tmp, uri = store
     paths = write_curves(StoreSource(uri, "tlbench"), "adapt.name,batch_composition", tmp / "out")

@@ -50,6 +50,7 @@ def _measure(arm: str, tmp_path: Path, uri: str) -> dict:
 
 
 @pytest.mark.parametrize("arm", ARMS)
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_the_fixed_protocol_still_gives_the_committed_numbers(arm, tmp_path, mlflow_uri):
     measured = _measure(arm, tmp_path, mlflow_uri)
     if os.environ.get("TLBENCH_WRITE_DRIFT_GUARD"):

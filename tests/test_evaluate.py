@@ -10,6 +10,7 @@ from tlbench.evaluate import main as eval_main
 from tlbench.train import train
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_eval_reproduces_the_run_and_scores_a_new_target_as_a_child_run(tmp_path, mlflow_uri, capsys):
     run = tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1"])
     original = train(run)

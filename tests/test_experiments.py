@@ -53,6 +53,7 @@ def _variants(sweep: list[str]) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("spec_path", SPECS, ids=lambda p: p.parent.name)
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_spec_sweeps_compose_and_validate(spec_path):
     spec = yaml.safe_load(spec_path.read_text())
     assert spec["title"] and spec["protocol"] and spec["sweeps"]
@@ -104,6 +105,7 @@ def test_runner_lists_missing_data_and_does_not_start(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["dann_digits", "tllib_digits", "office31"])
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_real_data_specs_compose_their_preset_and_every_run_has_the_recorded_recipe(name):
     """Each real-data reproduction names its recipe preset (not a stale restatement) and every run of every
     sweep composes to the recipe values written in the spec."""

@@ -68,6 +68,7 @@ def test_every_arm_searches_the_shared_space_plus_its_own_knobs():
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "compare").glob("*.yaml")))
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_committed_comparisons_compose_every_arm_at_its_search_bounds(name):
     from tlbench.compare.protocol import arm_overrides
     from tlbench.config import validate
@@ -195,6 +196,7 @@ EXPORTS = sorted((ROOT / "results").glob("*/runs.csv"))
 
 
 @pytest.mark.parametrize("export", EXPORTS, ids=[p.parent.name for p in EXPORTS])
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_committed_tables_rebuild_byte_for_byte_from_the_committed_export(export, tmp_path):
     from tlbench.report.cli import main as report_main
 

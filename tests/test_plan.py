@@ -72,6 +72,7 @@ def first_batch(datamodule):
     return batch[0] if isinstance(batch, tuple) else batch
 
 
+@pytest.mark.slow  # trains
 def test_a_method_that_declares_the_domain_index_gets_it_and_nothing_else_does(tmp_path):
     import pytorch_lightning as pl
 

@@ -109,6 +109,7 @@ def test_source_composition_never_forwards_the_target_and_changes_bn_only_with_s
         (["freeze=linear_probe", "adapt=dann"], "joint"),  # a method that uses the target
     ],
 )
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_a_target_batch_is_drawn_only_where_it_can_change_the_run(tmp_path, mlflow_uri, overrides, composition):
     run = tiny_run(tmp_path, mlflow_uri, overrides)
     module, datamodule, _ = build_module(plan_run(run), DomainDataModule(run.data, run.seed, steps_per_epoch=2), TransferModule)
@@ -257,6 +258,7 @@ def test_domain_bn_with_adabn_is_a_config_error(tmp_path, mlflow_uri):
         _module(tmp_path, mlflow_uri, "adapt=adabn", "batch_composition=domain_bn")
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_domain_bn_run_trains_and_records_its_composition(tmp_path, mlflow_uri):
     from tlbench.runs import load_runs
     from tlbench.train import train

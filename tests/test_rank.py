@@ -40,6 +40,7 @@ def runs_of(uri: str, experiment: str):
     return load_runs(uri, experiment)
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_scores_are_the_estimators_on_the_candidates_features_and_one_run_each(mlflow_uri):
     from tlbench.api import compose
     from tlbench.backbones import BACKBONES
@@ -89,6 +90,7 @@ def zoo_member(uri: str, name: str, tmp_path) -> tuple[torch.nn.Module, torch.nn
     return backbone, head
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_zoo_candidate_uses_its_runs_weights_and_source_head_for_leep_and_nce(mlflow_uri, tmp_path):
     backbone, head = zoo_member(mlflow_uri, "small_cnn_fashion", tmp_path)
     rows = rank(["candidates=[small_cnn_fashion]", *TASK, f"tracking.uri={mlflow_uri}"])
@@ -105,6 +107,7 @@ def test_zoo_candidate_uses_its_runs_weights_and_source_head_for_leep_and_nce(ml
     assert "| small_cnn_fashion |" in ranking_table(rows)
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_efficientnet_imagenet_head_on_our_features_is_the_full_imagenet_network(mlflow_uri):
     from tlbench.backbones.efficientnet_lite0 import load_efficientnet_lite0_imagenet_classifier
 
@@ -161,6 +164,7 @@ def test_cli_bad_candidate_is_one_line_and_exit_2(tmp_path):
     assert "small_cnn_fashion" in result.stderr and not (tmp_path / "m.db").exists()  # nothing recorded
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_zoo_recipes_and_benchmark_tasks_compose():
     """Every zoo member and every benchmark (task, backbone) is a valid tlbench config, so the one-command
     builds fail here rather than half-way through."""

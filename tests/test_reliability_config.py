@@ -182,6 +182,7 @@ def lock_held(db, seconds: float):
         holder.wait()
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_store_locked_by_another_process_waits_then_one_line(tmp_path):
     db = tmp_path / "mlflow.db"
     sqlite3.connect(db).execute("create table t (x)").connection.commit()
@@ -301,6 +302,7 @@ def test_a_sqlite_store_whose_folder_cannot_be_made_is_one_line(tmp_path):
         client_for(f"sqlite:///{blocker / 'sub' / 'mlflow.db'}")
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_an_experiment_name_mlflow_refuses_says_why_in_one_line(tmp_path):
     from tlbench.tracking import TrackingError, client_for, experiment_id
 

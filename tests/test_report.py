@@ -137,6 +137,7 @@ def test_unknown_rule_is_one_clear_error():
 
 
 # ---------------------------------------------------------------- collect
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_collect_one_row_per_run_and_rule_with_the_rule_epoch(frame):
     assert len(frame) == 21 * 4  # 7 configurations × 3 seeds, FINISHED, repeat dropped; 4 rules
     assert frame.groupby("rule")["selected_step"].unique().map(list).to_dict() == {"source_val": [10], "oracle": [20], "target_entropy": [30], "last": [30]}

@@ -15,6 +15,7 @@ from tlbench.errors import TrainingError
 from tlbench.train import train
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_run_records_params_metrics_artifact_and_tags(tmp_path, mlflow_uri):
     metrics = train(tiny_run(tmp_path, mlflow_uri, ["adapt=dann"]))
     client = MlflowClient(mlflow_uri)
@@ -39,6 +40,7 @@ def test_run_records_params_metrics_artifact_and_tags(tmp_path, mlflow_uri):
     assert "name: dann" in text and "synthetic_size: 400" in text
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_nan_loss_marks_run_failed_with_reason(tmp_path, mlflow_uri):
     with pytest.raises(TrainingError, match="non-finite loss"):
         train(tiny_run(tmp_path, mlflow_uri, ["optim.lr=1e30", "optim.name=sgd", "optim.scheduler=constant"]))
@@ -112,6 +114,7 @@ def test_multirun_records_every_grid_point_and_goes_on_after_a_failure(tmp_path,
     assert report_main(["--uri", mlflow_uri, "--sweep", "no-such-sweep"]) == 2
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_two_step_transfer_starts_from_a_recorded_backbone(tmp_path, mlflow_uri):
     """Source pretraining saves the backbone to MLflow; a later run starts from runs:/<id>/backbone/backbone.pt."""
     import torch
@@ -142,6 +145,7 @@ def test_two_step_transfer_starts_from_a_recorded_backbone(tmp_path, mlflow_uri)
     assert MlflowClient(mlflow_uri).get_run(trained["run_id"]).data.params["backbone.weights"] == source
 
 
+@pytest.mark.slow  # trains
 def test_metric_logger_writes_one_batch_per_epoch_and_keeps_each_point(tmp_path, mlflow_uri, monkeypatch):
     from tlbench.config import TrackingConfig
     from tlbench.mlflow_logger import MlflowMetricLogger
@@ -201,6 +205,7 @@ def test_a_run_late_in_a_sweep_matches_the_same_run_in_a_fresh_process(tmp_path)
         assert late["metrics"] and late == alone, freeze
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_garbage_made_between_runs_is_not_frozen_forever(tmp_path, mlflow_uri):
     """train() freezes what is alive so its own collection is cheap; a reference cycle dropped before the
     run must still be collectable afterwards."""
@@ -294,6 +299,7 @@ def recorded_config(result, uri):
     return validate(OmegaConf.create(open(MlflowClient(uri).download_artifacts(result["run_id"], "config.yaml")).read()))
 
 
+@pytest.mark.slow  # trains
 def test_a_cached_linear_probe_logs_the_backbone_its_hint_names(tmp_path, mlflow_uri):
     """With tracking.log_model a run names `backbone.weights=runs:/…` for a next transfer; a linear probe
     trains on cached features, and the backbone that made them is what that artifact must hold; its MLflow

@@ -92,6 +92,7 @@ def test_space_yaml_and_command_line_sweeps_become_params_and_overrides():
         prepare(space_from_dict("bad", {"params": {"freeze": {"type": "categorical", "choices": ["full", "nonexistent"]}}}), TINY)
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_study_prunes_fails_and_nests_every_trial_under_one_parent(tmp_path, tracking):
     """Grid over max_epochs × lr: 1 epoch → COMPLETE, 3 epochs → PRUNED after epoch 1 (threshold pruner
     that no accuracy passes), lr=1e30 → NaN loss → FAIL; the study goes on through all four."""
@@ -224,6 +225,7 @@ study:
     assert all(status[n].info.status == "FINISHED" for n in (1, 2))
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_two_worker_processes_share_one_sqlite_study(tmp_path, tracking):
     space = load_space(
         write_space(
@@ -328,6 +330,7 @@ def test_best_trial_rerun_command_reproduces_it_and_a_changed_resume_is_refused(
 @pytest.mark.parametrize(
     "rule, metric, direction", [("im", "val/target_im", "maximize"), ("dev", "val/dev", "minimize"), ("classami", "val/target_classami", "maximize")]
 )
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_a_label_free_validator_is_a_search_objective_in_its_own_direction(rule, metric, direction, tmp_path):
     space = space_from_dict("lr", {"params": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}})
     job = prepare(space, TINY + [f"selection={rule}"], storage=f"sqlite:///{tmp_path}/o.db", out_dir=str(tmp_path / "out"))

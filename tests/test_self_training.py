@@ -157,12 +157,14 @@ def test_source_free_datamodule_yields_no_source_batch_and_target_positions(tmp_
         (["adapt=shot", "adapt.source_model=runs:/x", "selection=last", "data.target=synthetic_digits"], "source-free"),
     ],
 )
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_shot_refuses_configs_it_cannot_honour(tmp_path, overrides, message):
     run = tiny_run(tmp_path, f"sqlite:///{tmp_path}/m.db", overrides)
     with pytest.raises(ConfigError, match=message):
         build_module(plan_run(run), DomainDataModule(run.data, run.seed), TransferModule)
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_shot_two_step_adapts_without_reading_source_data(tmp_path, monkeypatch):
     """Source training, then SHOT with source_model=source_only: the source run of the same seed is found,
     its weights start the model, the head stays as it was, and no loader is ever built on source data."""
@@ -192,6 +194,7 @@ def test_shot_two_step_adapts_without_reading_source_data(tmp_path, monkeypatch)
     assert any(not torch.equal(value, adapted.backbone.state_dict()[key]) for key, value in source_module.backbone.state_dict().items())
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_source_model_by_method_name_says_what_to_run_when_missing(tmp_path):
     from tlbench import api
 
@@ -200,6 +203,7 @@ def test_source_model_by_method_name_says_what_to_run_when_missing(tmp_path):
         api.record(run)
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_selection_last_keeps_the_final_epoch(tmp_path):
     from tlbench import api
 
@@ -218,6 +222,7 @@ def test_a_search_refuses_selection_last():
         prepare(space, TINY + ["selection=last"])
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_a_source_model_trained_on_the_target_labels_is_refused(tmp_path):
     """runs:/<id> of a run whose labelled data was the target domain (a train-on-target bound) would leak target
     labels into a 'source-free' number: one ConfigError line, nothing trained."""

@@ -3,6 +3,7 @@ setting, `trainer.threads` overrides both, and the previous setting is restored 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import tiny_run
 from mlflow.tracking import MlflowClient
@@ -15,6 +16,7 @@ def _threads_tag(run, mlflow_uri: str) -> str:
     return MlflowClient(mlflow_uri).get_run(train(run)["run_id"]).data.tags["threads"]
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_cached_heads_use_one_thread_networks_keep_the_setting_and_the_setting_comes_back(tmp_path, mlflow_uri):
     with intra_op_threads(2):
         probe = tiny_run(tmp_path / "probe", mlflow_uri, ["freeze=linear_probe", "trainer.feature_cache=true"])

@@ -94,6 +94,7 @@ def test_validators_are_label_free_rules_and_dev_needs_a_source_split():
 
 
 @pytest.mark.parametrize("rule", ["im", "dev"])
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_a_run_logs_every_validator_each_epoch_and_checkpoints_on_the_chosen_one(rule, tmp_path, mlflow_uri):
     from tlbench.train import train
 
@@ -171,6 +172,7 @@ def test_weights_turned_non_finite_by_the_last_step_fail_the_run_before_evaluati
         module._check_weights_finite()
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_committed_validator_tables_rebuild_byte_for_byte_from_the_committed_exports(tmp_path):
     import importlib.util
     from pathlib import Path

@@ -142,6 +142,7 @@ def test_imagenet_is_taken_from_the_torch_hub_cache(torch_home):
     torch.testing.assert_close(backbone.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds
 def test_vit_imagenet_weights_are_resized_to_the_input(torch_home):
     import torchvision
 
