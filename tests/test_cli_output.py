@@ -139,3 +139,41 @@ def test_the_feature_cache_line_appears_only_where_the_backbone_could_be_cached(
         probe = [r for r in caplog.records if "feature cache" in r.getMessage()]
     assert [r.levelno for r in full] == [logging.DEBUG]  # fine-tuning: nothing to say on the console
     assert [(r.levelno, r.getMessage()) for r in probe] == [(logging.INFO, "feature cache: on")]
+
+
+@pytest.mark.slow  # starts a process
+def test_output_dir_given_on_the_command_line_is_where_the_run_writes(tmp_path, mlflow_uri):
+    import subprocess
+    import sys
+
+    from helpers import TINY
+
+    out = tmp_path / "mine"
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", *TINY, f"tracking.uri={mlflow_uri}", f"output_dir={out}", f"hydra.run.dir={tmp_path}/job"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "model" / "MLmodel").is_file()  # the selected model is saved where the user said
+    assert not (tmp_path / "job" / "model").exists()
+
+
+def test_a_runs_weights_file_is_fetched_once_and_leaves_no_temporary_folder(tmp_path, mlflow_uri, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
+    from tlbench.backbones.weights import resolve_checkpoint
+    from tlbench.paths import cache_dir
+
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("weights")).info.run_id
+    (tmp_path / "backbone.pt").write_bytes(b"weights")
+    client.log_artifact(run_id, str(tmp_path / "backbone.pt"), "backbone")
+    first = resolve_checkpoint(f"runs:/{run_id}/backbone/backbone.pt", mlflow_uri)
+    assert first.read_bytes() == b"weights"
+    client.delete_run(run_id)  # a second fetch would now fail: the cached file is what answers
+    assert resolve_checkpoint(f"runs:/{run_id}/backbone/backbone.pt", mlflow_uri) == first
+    assert [p.name for p in cache_dir("runs").iterdir()] == [first.parent.parent.name]  # no staging folder left

@@ -41,7 +41,8 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     tags = {}
     if HydraConfig.initialized():
         hc = HydraConfig.get()
-        run.output_dir = hc.runtime.output_dir
+        if not any(o.split("=", 1)[0].lstrip("+~") == "output_dir" for o in hc.overrides.task):
+            run.output_dir = hc.runtime.output_dir  # the job's folder, unless the user named one
         tags["overrides"] = shlex.join(hc.overrides.task)  # `tlbench <this>` composes the run's config again
         if _in_multirun():
             from .sweep_run import ENV_PARENT

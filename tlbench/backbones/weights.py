@@ -10,8 +10,10 @@ it. Our own checkpoints are a backbone's `state_dict()`, written by `save_backbo
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..paths import cache_dir
 
 NONE = "none"
 IMAGENET = "imagenet"
@@ -174,12 +177,24 @@ def resolve_checkpoint(source: str, store_uri: str | None = None) -> Path:
         import mlflow
 
         store = store_uri
+        run_id, _, artifact = rest.partition("/")
+        # a finished run's artifacts never change: fetched once into the cache (not into a new temp folder
+        # each time), through a private folder and a rename, so a concurrent reader never sees half a file
+        cached = cache_dir("runs", hashlib.sha256(f"{store}|{run_id}".encode()).hexdigest()[:16]) / artifact
+        if cached.is_file():
+            return cached
+        staging = Path(tempfile.mkdtemp(dir=cache_dir("runs")))
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=store))
+            fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=store, dst_path=str(staging)))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(fetched, cached)
+            return cached
         except Exception as exc:
             raise WeightsError(
                 f"backbone.weights={source}: cannot fetch the artifact from MLflow (tracking URI {store or mlflow.get_tracking_uri()}): {first_line(exc)}"
             ) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     path = Path(source).expanduser()
     if not path.is_file():
         raise WeightsError(f"backbone.weights={source}: no such file; use none, imagenet, a checkpoint path or runs:/<run_id>/<path>")
