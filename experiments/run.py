@@ -63,6 +63,9 @@ def write_provenance(out: Path, name: str, spec: dict, commands: list[list[str]]
         "appear only in files named `oracle.*`. Learning curves per configuration (mean ± std over seeds, per "
         "optimizer step): `curves.png` / `curves.csv`; wall seconds per run and total CPU time: `cost.md`.",
         "",
+        f"`runs.csv` is the per-run export: `tlbench report --from results/{name}/runs.csv --out DIR` rebuilds the main "
+        "tables without the MLflow store or any training.",
+        "",
     ]
     (out / "README.md").write_text("\n".join(lines))
 

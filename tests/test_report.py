@@ -273,7 +273,11 @@ def test_cli_prints_table_and_writes_files(store, tmp_path, capsys):
     assert "77.00 ± 2.00" in oracle_part and "77.00" not in main_part
     assert "excluded FAILED run" in err and "excluded RUNNING run" in err
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["bars.png", "oracle.csv", "oracle.md", "oracle.tex", "table.csv", "table.md", "table.tex"]
+    assert names == ["bars.png", "oracle.csv", "oracle.md", "oracle.tex", "runs.csv", "table.csv", "table.md", "table.tex"]
+    # the export rebuilds every table without the store, byte for byte, reference numbers included
+    assert main(["--from", str(tmp_path / "out" / "runs.csv"), "--out", str(tmp_path / "rebuilt")]) == 0
+    for name in ("table.md", "table.csv", "table.tex", "oracle.md", "oracle.csv"):
+        assert (tmp_path / "rebuilt" / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
 
 
 def test_cli_budget_table_and_plot_with_a_filter(store, tmp_path, capsys):

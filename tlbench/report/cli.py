@@ -68,13 +68,41 @@ def report_from_export(args: argparse.Namespace) -> int:
         raise ReportError("--from needs --out DIR (where the rebuilt tables go)")
     source = ExportSource(Path(args.from_export))
     kind = source.layout.get("kind")
-    if kind != "comparison":
-        raise ReportError(f"--from {args.from_export}: layout kind '{kind}' is not known; known: comparison")
-    from .fair import write_comparison
+    if kind == "paper":  # the tables `tlbench report --out` wrote, with the options recorded in the layout
+        layout = source.layout
+        options = argparse.Namespace(**{**vars(args), **{k: layout[k] for k in ("rows", "cols", "rule", "oracle", "budget_lines")}})
+        from .collection import collect_runs
 
-    written = write_comparison(source, source.layout, Path(args.out))
+        frame = collect_runs(source, rules=[layout["rule"]] + (["oracle"] if layout["oracle"] else []))
+        written = write_paper_tables(frame, options, layout.get("reference"), Path(args.out))
+    elif kind == "comparison":
+        from .fair import write_comparison
+
+        written = write_comparison(source, source.layout, Path(args.out))
+    else:
+        raise ReportError(f"--from {args.from_export}: layout kind '{kind}' is not known; known: comparison, paper")
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
+
+
+def paper_layout(args: argparse.Namespace, reference) -> dict:
+    """What `--from` needs to rebuild a report's tables: its options and the published numbers it showed."""
+    options = {"rows": args.rows, "cols": args.cols, "rule": args.rule, "oracle": bool(args.oracle), "budget_lines": args.budget_lines}
+    return {"kind": "paper", **options, "reference": reference}
+
+
+def write_paper_tables(frame, args: argparse.Namespace, reference, out: Path | None) -> list[Path]:
+    """Print the report's tables (and write them, with the plots, to `out`)."""
+    from .tables import paper_table
+
+    tables = {"table": paper_table(frame, args.rows, args.cols, args.rule, reference)}
+    if args.oracle:
+        tables["oracle"] = paper_table(frame, args.rows, args.cols, "oracle")
+    print("\n".join(table.to_markdown() for table in tables.values()), end="")
+    if not out:
+        return []
+    written = [path for stem, table in tables.items() for path in table.write(out, stem)]
+    return written + write_plots(frame, out, args)
 
 
 def report(args: argparse.Namespace) -> int:
@@ -82,7 +110,7 @@ def report(args: argparse.Namespace) -> int:
 
     if args.from_export:
         return report_from_export(args)
-    from .tables import load_reference, paper_table
+    from .tables import load_reference
 
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise ReportError(f"--timeout: must be a positive number of seconds, got {args.timeout:g}")
@@ -107,13 +135,11 @@ def report(args: argparse.Namespace) -> int:
         where = f" matching {filter_string!r}" if filter_string else ""
         raise ReportError(" ".join([f"no FINISHED runs in experiment '{args.experiment}'{where}."] + exclusion_notes(frame.attrs)))
     reference = load_reference(args.reference) if args.reference else None
-    tables = {"table": paper_table(frame, args.rows, args.cols, args.rule, reference)}
-    if args.oracle:
-        tables["oracle"] = paper_table(frame, args.rows, args.cols, "oracle")
-    print("\n".join(table.to_markdown() for table in tables.values()), end="")
-    if args.out:
-        written = [path for stem, table in tables.items() for path in table.write(args.out, stem)]
-        written += write_plots(frame, Path(args.out), args)
+    written = write_paper_tables(frame, args, reference, Path(args.out) if args.out else None)
+    if args.out:  # the per-run export the tables rebuild from: `tlbench report --from <out>/runs.csv --out DIR`
+        from .sources import StoreSource, export_runs
+
+        written.append(export_runs(StoreSource(args.uri, args.experiment, filter_string), Path(args.out) / "runs.csv", paper_layout(args, reference)))
         print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 
