@@ -133,7 +133,7 @@ def test_source_alignment_averages_the_distance_over_pairs_of_domains():
 
 
 @pytest.mark.slow  # a real (tiny) training run per method
-@pytest.mark.parametrize("method", ["vrex", "irm", "group_dro", "dg_coral", "dg_mmd"])
+@pytest.mark.parametrize("method", ["vrex", "irm", "group_dro", "dg_coral", "dg_mmd", "dg_dann"])
 def test_each_dg_method_trains_on_several_sources_and_records_them(tmp_path, method):
     from mlflow.tracking import MlflowClient
 
@@ -186,3 +186,20 @@ def test_several_streamed_folder_domains_pool_and_carry_their_domain_index(tmp_p
 def _batches(datamodule):
     for batch in datamodule.train_dataloader():
         yield batch[0] if isinstance(batch, tuple) else batch
+
+
+def test_dg_dann_classifies_the_source_domain_and_reverses_its_gradient():
+    torch.manual_seed(0)
+    adapter = ADAPTERS.build({"name": "dg_dann", "trade_off": 2.0}, num_classes=2, feature_dim=4, num_domains=3)
+    assert adapter.discriminator.net[-1].out_features == 3  # one logit per source domain
+    features = torch.randn(6, 4, requires_grad=True)
+    domains = torch.tensor([0, 1, 2, 0, 1, 2])
+    out = adapter.loss(features, None, None, None, None, progress=1.0, domain_index=domains)
+    expected = F.cross_entropy(adapter.discriminator(features), domains)
+    assert torch.allclose(out.loss, 2.0 * expected)
+    out.loss.backward()
+    reversed_grad = features.grad.clone()
+    features.grad = None
+    (2.0 * F.cross_entropy(adapter.discriminator(features), domains)).backward()
+    coeff = 2 / (1 + math.exp(-10.0)) - 1  # the DANN ramp at the end of training
+    assert torch.allclose(reversed_grad, -coeff * features.grad, atol=1e-6)  # the features learn to confuse it

@@ -82,11 +82,20 @@ class Parts:
     schedule: object
 
 
+def source_domain_count(run: RunConfig) -> int:
+    """How many source domains the run's labelled data pools (1 without data.sources)."""
+    if not run.data.sources:
+        return 1
+    from .data.multi_source import source_names
+
+    return len(source_names(run.data.sources, run.data.target))
+
+
 def build_parts(run: RunConfig, backbone_cfg, num_classes: int) -> Parts:
     schedule = SCHEDULES.build(run.freeze)
     backbone = BACKBONES.build(backbone_cfg)
     feature_dim = run.head.bottleneck or backbone.out_features
-    adapter = ADAPTERS.build(run.adapt, num_classes=num_classes, feature_dim=feature_dim)
+    adapter = ADAPTERS.build(run.adapt, num_classes=num_classes, feature_dim=feature_dim, num_domains=source_domain_count(run))
     head = build_head(feature_dim, num_classes, run.head.hidden, run.head.dropout)
     return Parts(backbone, head, build_bottleneck(backbone.out_features, run.head.bottleneck), adapter, schedule)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
@@ -82,8 +83,14 @@ class Registry(Generic[T]):
             raise ConfigError(describe_omegaconf_error(self.group, entry.schema, exc)) from None
 
     def build(self, node: Any, **runtime: Any) -> T:
+        """The implementation of `node`, given the runtime facts (sizes known once data and backbone exist)
+        that its factory asks for by name; a factory does not have to take every fact a caller offers."""
         typed = node if dataclasses.is_dataclass(node) else self.validate(node)
-        return self.entry(getattr(typed, self.key)).factory(typed, **runtime)
+        factory = self.entry(getattr(typed, self.key)).factory
+        wanted = inspect.signature(factory).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in wanted.values()):
+            runtime = {k: v for k, v in runtime.items() if k in wanted}
+        return factory(typed, **runtime)
 
 
 def describe_omegaconf_error(group: str, schema: type, exc: OmegaConfBaseException) -> str:

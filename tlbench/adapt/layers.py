@@ -48,10 +48,11 @@ def ramp_position(progress: float, step: int, ramp_steps: int | None) -> float:
 
 
 class DomainDiscriminator(nn.Module):
-    """MLP in → hidden (× `depth`) → 1 logit ("is this example from the source domain?").
-    TLlib: 1024-1024 (depth 2); the DANN paper's MNIST model: one layer of 100 (depth 1)."""
+    """MLP in → hidden (× `depth`) → 1 logit ("is this example from the source domain?"), or one logit per
+    domain with `outputs` > 1 (which of several source domains). TLlib: 1024-1024 (depth 2); the DANN
+    paper's MNIST model: one layer of 100 (depth 1)."""
 
-    def __init__(self, in_features: int, hidden: int = 1024, dropout: float = 0.5, batch_norm: bool = False, depth: int = 2):
+    def __init__(self, in_features: int, hidden: int = 1024, dropout: float = 0.5, batch_norm: bool = False, depth: int = 2, outputs: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         for width_in in [in_features] + [hidden] * (depth - 1):
@@ -59,11 +60,13 @@ class DomainDiscriminator(nn.Module):
             if batch_norm:
                 layers.append(nn.BatchNorm1d(hidden))
             layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
-        layers.append(nn.Linear(hidden, 1))
+        layers.append(nn.Linear(hidden, outputs))
         self.net = nn.Sequential(*layers)
+        self.outputs = outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        logits = self.net(x)
+        return logits.squeeze(-1) if self.outputs == 1 else logits
 
 
 def domain_adversarial_loss(
