@@ -126,6 +126,10 @@ class TrackingConfig:
     #: Per-run plots (learning curves, confusion matrices): ~0.15 s each on a 2-core CPU. Turn off for
     #: grids of hundreds of seconds-long runs; sweep parents and reports draw their own.
     plots: bool = True
+    #: The analysis DA papers show (tlbench/analysis.py): the proxy A-distance between source and target
+    #: test features (metric `analysis/a_distance`) and their t-SNE embedding (`plots/embedding.png`), on
+    #: the selected model. A few seconds per run: off by default, on in the presets that reproduce papers.
+    analysis: bool = False
     #: Skip a run whose config hash already has a FINISHED run in the experiment.
     skip_done: bool = False
     #: Seconds any wait on the tracking store may take (a remote server, a SQLite file locked by another process).

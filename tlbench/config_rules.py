@@ -199,6 +199,7 @@ def _rules() -> dict[str, Rule]:
         "tracking.log_model": FREE,
         "tracking.skip_done": FREE,
         "tracking.plots": FREE,
+        "tracking.analysis": FREE,
         "tracking.timeout_s": within(1, 3600),
         # backbone (every implementation)
         "backbone.family": FREE,  # checked by the registry

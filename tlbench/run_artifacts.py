@@ -33,9 +33,9 @@ def should_log_model(log_model: bool | None, module) -> bool:
     return sum(p.numel() for p in module.parameters() if id(p) not in method) <= AUTO_MODEL_MAX_PARAMS
 
 
-def log_run_artifacts(recorder, module, raw_datamodule, output_dir: str, log_model: bool | None, plots: bool = True) -> None:
-    """Everything above (the plots only with `plots`), for a run whose module holds its selected weights
-    (after trainer.test)."""
+def log_run_artifacts(recorder, module, raw_datamodule, output_dir: str, log_model: bool | None, plots: bool = True, analysis: bool = False) -> None:
+    """Everything above (the plots only with `plots`; the A-distance and embedding with `analysis`), for a
+    run whose module holds its selected weights (after trainer.test)."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     hydra_folder = folder / ".hydra"
@@ -51,6 +51,14 @@ def log_run_artifacts(recorder, module, raw_datamodule, output_dir: str, log_mod
                 f"plots/confusion_{name}_test.png",
             )
     from .feature_cache import CachedBackbone, on_images
+
+    if analysis and module.needs.source and not raw_datamodule.in_domain:  # source-free: no source data to compare
+        from .analysis import analyse
+
+        with on_images(module) as whole:
+            metrics, figure = analyse(whole, raw_datamodule.source.test, raw_datamodule.target_test, raw_datamodule.seed)
+        recorder.log_metrics(metrics, step=0)
+        _log_figure(recorder, figure, "plots/embedding.png")
 
     has_images = hasattr(raw_datamodule.target.test, "images")
     with on_images(module) as whole:  # a cached linear probe is logged with the backbone that made its features

@@ -146,7 +146,7 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         if recorder.run_id and checkpoint is not None:  # rank 0 records; fast_dev_run selects nothing
             from .run_artifacts import log_run_artifacts
 
-            log_run_artifacts(recorder, module, raw_datamodule, run.output_dir, run.tracking.log_model, run.tracking.plots)
+            log_run_artifacts(recorder, module, raw_datamodule, run.output_dir, run.tracking.log_model, run.tracking.plots, run.tracking.analysis)
         if run.tracking.log_model and recorder.run_id:
             from .backbones.weights import save_backbone
 
