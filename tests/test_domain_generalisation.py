@@ -109,7 +109,8 @@ def test_irm_penalty_matches_the_gradient_by_hand():
 
 
 def test_group_dro_weights_rise_with_a_domains_risk_and_the_objective_is_the_weighted_risk():
-    adapter = ADAPTERS.build({"name": "group_dro", "eta": 0.5}, num_classes=2, feature_dim=2)
+    adapter = ADAPTERS.build({"name": "group_dro", "eta": 0.5}, num_classes=2, feature_dim=2, num_domains=2)
+    assert torch.equal(adapter.domain_weights, torch.tensor([0.5, 0.5]))  # uniform at the start
     logits = torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 0.0], [0.0, 0.0]], requires_grad=True)
     labels = torch.tensor([0, 0, 0, 1])
     domains = torch.tensor([0, 0, 1, 1])

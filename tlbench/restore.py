@@ -73,6 +73,8 @@ def module_from_checkpoint(
     run = dataclasses.replace(run, batch_composition=composition)
     head_weights = [value for key, value in state.items() if key.startswith("head.") and key.endswith(".weight")]
     module = build_for_inference(run, int(head_weights[-1].shape[0]), composition, module_class)
+    # method layers (a discriminator, GroupDRO's domain weights) only shape training: not restored
+    state = {key: value for key, value in state.items() if not key.startswith("adapter.")}
     missing, unexpected = module.load_state_dict(state, strict=False)
     optional = ("adapter.",) + (() if has_backbone else ("backbone.",))  # method layers only shape training
     if unexpected or [key for key in missing if not key.startswith(optional)]:

@@ -26,18 +26,13 @@ class GroupDROConfig:
 
 
 class GroupDRO(Adapter):
-    def __init__(self, cfg: GroupDROConfig):
+    def __init__(self, cfg: GroupDROConfig, num_domains: int):
         super().__init__()
         self.cfg = cfg
-        # grown to the number of domains seen; saved with checkpoints so a resumed run continues the weights
-        self.register_buffer("domain_weights", torch.ones(0))
+        # uniform at the start; saved with checkpoints, so a resumed run continues the weights
+        self.register_buffer("domain_weights", torch.full((num_domains,), 1.0 / num_domains))
 
     def loss(self, features_s, features_t, logits_s, logits_t, labels_s, progress, step=0, domain_index=None):
-        count = int(domain_index.max()) + 1
-        if len(self.domain_weights) < count:  # new domains start at the mean weight, then all renormalise
-            fill = self.domain_weights.mean() if len(self.domain_weights) else torch.ones((), device=logits_s.device)
-            grown = torch.cat([self.domain_weights, fill.expand(count - len(self.domain_weights))])
-            self.domain_weights = grown / grown.sum()
         losses = F.cross_entropy(logits_s, labels_s, reduction="none")
         present = torch.unique(domain_index)
         risks = torch.stack([losses[domain_index == d].mean() for d in present])
@@ -50,5 +45,5 @@ class GroupDRO(Adapter):
 
 
 @ADAPTERS.register("group_dro", GroupDROConfig)
-def build_group_dro(cfg: GroupDROConfig, num_classes: int, feature_dim: int) -> Adapter:
-    return GroupDRO(cfg)
+def build_group_dro(cfg: GroupDROConfig, num_classes: int, feature_dim: int, num_domains: int = 1) -> Adapter:
+    return GroupDRO(cfg, num_domains)
