@@ -86,7 +86,7 @@ def _train_step(node, progress: float = 0.5):
     if "source_model" in node:
         node = OmegaConf.merge(node, {"source_model": "runs:/not-read-here"})
     backbone, head = tiny_backbone(), nn.Linear(FEATURE_DIM, NUM_CLASSES)
-    adapter = ADAPTERS.build(node, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM)
+    adapter = ADAPTERS.build(node, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM, num_domains=2)  # two source domains below
     needs = needs_of(ADAPTERS.validate(node))
     images_s, images_t = torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8) * 2 + 1
     labels_s = torch.randint(0, NUM_CLASSES, (8,))
