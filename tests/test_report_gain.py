@@ -155,7 +155,9 @@ def test_scratch_gain_uses_the_same_paired_test_and_says_when_the_baseline_is_am
     got = cell(table, "dann")
     assert got["scratch_n_pairs"] == expected["n_pairs"] == 2  # seeds 0 and 2
     assert (got["scratch_gain"], got["scratch_p_value"]) == (pytest.approx(expected["gain"]), pytest.approx(expected["p_value"]))
-    assert got["scratch_verdict"] == expected["verdict"] and not got["negative_transfer"]
+    # the only scratch comparison in the table: its Holm p is the raw p, and the verdict names both
+    assert got["scratch_p_holm"] == pytest.approx(expected["p_value"]) and not got["negative_transfer"]
+    assert got["scratch_verdict"] == expected["verdict"].replace(", n=", f", Holm p={expected['p_value']:.2g}, n=")
     assert cell(table, "source_only", "office")["scratch_verdict"] == "no single scratch baseline (2 candidates)"
     markdown = table.to_markdown()
     assert "**Gain over source-only training (`source_only`), rule `source_val`.**" in markdown

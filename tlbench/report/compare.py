@@ -25,7 +25,7 @@ from .errors import ReportError
 ALPHA = 0.05
 #: Per-baseline columns of a table's long form, each prefixed with the baseline's name: the baseline's
 #: own mean/std/n over all its seeds, then the paired comparison.
-STATS = ("mean", "std", "n", "gain", "gain_std", "p_value", "n_pairs", "verdict")
+STATS = ("mean", "std", "n", "gain", "gain_std", "p_value", "p_holm", "n_pairs", "verdict")
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,33 @@ def format_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.2g}"
 
 
-def verdict(gain: float, p_value: float, n_pairs: int) -> str:
-    """'better (p=0.01, n=3)', 'worse (…)', 'within noise (…)', 'no test (n=1)' or 'no paired seeds'."""
+def verdict(gain: float, p_value: float, n_pairs: int, p_holm: float | None = None) -> str:
+    """'better (p=0.01, n=3)', 'worse (…)', 'within noise (…)', 'no test (n=1)' or 'no paired seeds'. With
+    `p_holm` (the p-value adjusted for the table's family of comparisons) the word follows it:
+    'within noise (p=0.03, Holm p=0.12, n=5)'."""
     if n_pairs == 0:
         return "no paired seeds"
     if n_pairs < 2 or math.isnan(p_value):
         return f"no test (n={n_pairs})"
-    word = ("better" if gain > 0 else "worse") if p_value < ALPHA else "within noise"
-    return f"{word} ({format_p(p_value)}, n={n_pairs})"
+    decisive = p_value if p_holm is None or math.isnan(p_holm) else p_holm
+    word = ("better" if gain > 0 else "worse") if decisive < ALPHA else "within noise"
+    holm_text = "" if p_holm is None or math.isnan(p_holm) else f", Holm {format_p(p_holm)}"
+    return f"{word} ({format_p(p_value)}{holm_text}, n={n_pairs})"
+
+
+def adjust_family(table: pd.DataFrame, baseline: Baseline) -> pd.DataFrame:
+    """Every comparison with `baseline` in one table is one family: Holm-adjust their p-values and give each
+    verdict from its adjusted p-value (a table of many cells would otherwise find 'better' by chance)."""
+    p = baseline.name
+    if f"{p}_p_value" not in table:
+        return table
+    raw = pd.to_numeric(table[f"{p}_p_value"], errors="coerce").tolist()
+    table[f"{p}_p_holm"] = holm(raw)
+    tested = table[f"{p}_p_value"].notna() & table[f"{p}_gain"].notna()
+    table.loc[tested, f"{p}_verdict"] = [
+        verdict(float(row[f"{p}_gain"]), float(row[f"{p}_p_value"]), int(row[f"{p}_n_pairs"]), float(row[f"{p}_p_holm"])) for _, row in table[tested].iterrows()
+    ]
+    return table
 
 
 def _by_seed(values: pd.Series, what: str) -> pd.Series:

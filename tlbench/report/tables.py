@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import one_line
 from .collection import RESULT_COLUMNS, exclusion_notes
-from .compare import ALPHA, BASELINES, SCRATCH_BASELINE, Baseline, compare, config_keys
+from .compare import ALPHA, BASELINES, SCRATCH_BASELINE, Baseline, adjust_family, compare, config_keys
 from .errors import ReportError
 from .selection import DEFAULT_RULE, Rule, get_rule
 
@@ -115,7 +115,7 @@ def _gains(table: pd.DataFrame, configs: pd.DataFrame, runs: pd.DataFrame, keys:
     """Attach every baseline's comparison (`compare`) to the table's configurations, and
     `negative_transfer` = the gain over scratch is below zero (whether that is noise: `scratch_verdict`)."""
     for baseline in BASELINES:
-        table = table.join(compare(runs, configs, baseline, keys), on="config_id")
+        table = adjust_family(table.join(compare(runs, configs, baseline, keys), on="config_id"), baseline)
     gain = table[f"{SCRATCH_BASELINE.name}_gain"]
     table["negative_transfer"] = (gain < 0).astype(object).where(gain.notna())
     return table
@@ -161,7 +161,8 @@ class PaperTable:
             f"Percentage points, numbers selected by rule '{self.rule.name}' ({self.rule.description}): mean over seeds "
             f"of ours − {baseline.value}, each run against the {baseline.value} run of the same seed and the same "
             f"configuration apart from {axis}; ± std of these differences. Verdict: paired t-test across seeds, "
-            f"two-sided, significance level {ALPHA:g}: 'better'/'worse' when p < {ALPHA:g}, else 'within noise'; "
+            f"two-sided, its p-value Holm-adjusted over every comparison in this table (the family), significance "
+            f"level {ALPHA:g}: 'better'/'worse' when the Holm p < {ALPHA:g}, else 'within noise'; "
             "n = paired seeds (a seed without a partner run is left out, never paired with another seed); one pair: no test."
         )
         if baseline is SCRATCH_BASELINE:
