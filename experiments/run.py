@@ -113,7 +113,9 @@ def main() -> int:
     first = spec.get("reports", [{}])[0].get("args", [])
     curve_rows = spec.get("curves_rows") or (first[first.index("--rows") + 1] if "--rows" in first else "adapt.name")
     # Learning curves and per-run cost: the evidence that the runs trained to convergence.
-    reports.append([sys.executable, "-m", "tlbench.report.curves", "--uri", uri, "--experiment", args.name, "--rows", curve_rows, "--out", str(out)])
+    curve_filter = ["--filter", first[first.index("--filter") + 1]] if "--filter" in first else []  # the same runs as the tables
+    curves = [sys.executable, "-m", "tlbench.report.curves", "--uri", uri, "--experiment", args.name, "--rows", curve_rows, "--out", str(out)]
+    reports.append(curves + curve_filter)
     commands = reports if args.report_only else sweeps + reports
     if args.sweeps:
         commands = [sweeps[int(i)] for i in args.sweeps.split(",")]

@@ -204,3 +204,16 @@ def test_dg_dann_classifies_the_source_domain_and_reverses_its_gradient():
     (2.0 * F.cross_entropy(adapter.discriminator(features), domains)).backward()
     coeff = 2 / (1 + math.exp(-10.0)) - 1  # the DANN ramp at the end of training
     assert torch.allclose(reversed_grad, -coeff * features.grad, atol=1e-6)  # the features learn to confuse it
+
+
+@pytest.mark.slow  # reads two committed exports and rebuilds their tables
+@pytest.mark.parametrize("study", ["dg_rotated_fashion", "dg_colored_fashion"])
+def test_committed_dg_tables_rebuild_byte_for_byte_from_their_exports(study, tmp_path):
+    from pathlib import Path
+
+    from tlbench.report.cli import main
+
+    committed = Path(__file__).resolve().parent.parent / "results" / study
+    assert main(["--from", str(committed / "runs.csv"), "--out", str(tmp_path)]) == 0
+    for name in ("table.md", "table.csv", "table.tex", "oracle.md", "oracle.csv"):
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name

@@ -25,7 +25,9 @@ LAYOUT_PREFIX = "# tlbench runs export; layout: "
 #: Tags kept in an export (prefixes): what tables and tuning records read, nothing about the machine.
 KEPT_TAGS = ("compare.", "pruned", "optuna.trial", "failure_reason", "tlbench.parent")
 #: Params left out of an export: where the run was written on the machine that made it.
-DROPPED_PARAMS = ("tracking", "output_dir", "checkpoint_dir", "resume")
+DROPPED_PARAMS = ("tracking", "output_dir", "checkpoint_dir", "resume", "sweep.dir")
+#: Params holding a command line's overrides, exported without the ones that name places on this machine.
+OVERRIDE_PARAMS = ("params.search.fixed_overrides", "params.sweep.overrides")
 
 
 #: (metric, panel title); missing metrics (e.g. domain accuracy of methods without a discriminator) are skipped.
@@ -151,7 +153,7 @@ def _kept(column: str) -> bool:
 
 
 def _without_machine_overrides(overrides: Any) -> Any:
-    """A search parent's override string names the store's path on this machine; keep the rest."""
+    """A search or sweep parent's override string names the store's path on this machine; keep the rest."""
     if not isinstance(overrides, str):
         return overrides
     return " ".join(w for w in overrides.split() if not w.split("=", 1)[0].lstrip("+~").startswith(DROPPED_PARAMS))
@@ -165,8 +167,9 @@ def export_runs(source: RunSource, path: Path, layout: dict[str, Any]) -> Path:
     if runs.empty:
         raise ReportError(f"nothing to export: no runs in {source.description}")
     runs = runs[[c for c in runs.columns if _kept(c)]].sort_values(["start_time", "run_id"]).reset_index(drop=True)
-    if "params.search.fixed_overrides" in runs:
-        runs["params.search.fixed_overrides"] = runs["params.search.fixed_overrides"].map(_without_machine_overrides)
+    for column in OVERRIDE_PARAMS:
+        if column in runs:
+            runs[column] = runs[column].map(_without_machine_overrides)
     metrics = exported_metrics()
     histories = []
     for run_id in runs["run_id"]:
