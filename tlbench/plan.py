@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__
 from .adapt.base import Needs, needs_of
+from .backbones.weights import RUNS_PREFIX, resolve_checkpoint
 from .config import RunConfig
 from .errors import ConfigError
 from .selection import SELECTION_METRICS
@@ -29,7 +30,6 @@ from .tracking import Store, config_hash, git_commit
 TLBENCH_TRAINER_FIELDS = ("steps_per_epoch", "feature_cache", "threads", "options")
 #: pl.Trainer arguments tlbench sets itself: a run's recording, checkpoints and output folder depend on them.
 RESERVED_TRAINER_ARGS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "num_sanity_val_steps", "enable_model_summary")
-RUNS_PREFIX = "runs:/"
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,6 @@ def local_backbone(backbone, store: Store):
     so that building a backbone never talks to a tracking store."""
     if not str(getattr(backbone, "weights", "")).startswith(RUNS_PREFIX):
         return backbone
-    from .backbones.weights import resolve_checkpoint
-
     return dataclasses.replace(backbone, weights=str(resolve_checkpoint(backbone.weights, store.uri)))
 
 

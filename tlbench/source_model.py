@@ -10,11 +10,11 @@ weights are copied into the new module; nothing of the source data is read.
 
 from __future__ import annotations
 
+from .backbones.weights import RUNS_PREFIX
 from .config import RunConfig, flatten, to_plain_dict
 from .errors import ConfigError
 from .tracking import MAX_PARAM_LENGTH, Store
 
-RUNS_PREFIX = "runs:/"
 #: Recorded params that must equal this run's for a recorded run to be its source model: the same
 #: network (so the weights fit) trained on the same source domain with the same seed.
 MATCHING_PARAMS = ("seed", "data.source", "data.synthetic_size", "data.image_size", "backbone.", "head.")

@@ -88,9 +88,10 @@ def train(run: RunConfig, extra_callbacks: list | None = None, extra_tags: dict[
 def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, Any] | None) -> dict[str, float]:
     store = Store.of(run.tracking)
     if run.tracking.skip_done:
-        done = finished_run_with_hash(store, config_hash(run))
+        digest = config_hash(run)
+        done = finished_run_with_hash(store, digest)
         if done:
-            log.info("skip_done: config %s already finished as run %s", config_hash(run), done)
+            log.info("skip_done: config %s already finished as run %s", digest, done)
             return {"skipped": 1.0, "run_id": done}
     return execute(plan_run(run, store), extra_callbacks, extra_tags)
 

@@ -57,9 +57,9 @@ def whole_domain(splits: DomainSplits) -> Dataset:
     return whole
 
 
-class SingleDomainLoader:
-    """Wraps a loader of source (x, y) and yields (x, y, 0): the domain-index stream of a run with one
-    source domain (several source domains carry their own indices, data/multi_source.py)."""
+class ReshapedLoader:
+    """A loader of (x, y) batches whose items are reshaped by `reshape`; it passes the wrapped loader's
+    length and samplers through (Lightning sets their epoch for reproducible shuffling)."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -71,23 +71,24 @@ class SingleDomainLoader:
 
     def __iter__(self):
         for images, labels in self.loader:
-            yield images, labels, torch.zeros(len(labels), dtype=torch.long)
+            yield self.reshape(images, labels)
 
 
-class UnlabelledLoader:
-    """Wraps a loader of (x, y) and yields x only: the target training stream."""
+class SingleDomainLoader(ReshapedLoader):
+    """Yields (x, y, 0): the domain-index stream of a run with one source domain (several source domains
+    carry their own indices, data/multi_source.py)."""
 
-    def __init__(self, loader):
-        self.loader = loader
-        self.sampler = getattr(loader, "sampler", None)
-        self.batch_sampler = getattr(loader, "batch_sampler", None)
+    @staticmethod
+    def reshape(images, labels):
+        return images, labels, torch.zeros(len(labels), dtype=torch.long)
 
-    def __len__(self) -> int:
-        return len(self.loader)
 
-    def __iter__(self):
-        for images, _ in self.loader:
-            yield images
+class UnlabelledLoader(ReshapedLoader):
+    """Yields x only: the target training stream, whose labels never leave the datamodule."""
+
+    @staticmethod
+    def reshape(images, labels):
+        return images
 
 
 class DomainDataModule(pl.LightningDataModule):
