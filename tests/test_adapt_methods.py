@@ -97,6 +97,8 @@ def _train_step(node, progress: float = 0.5):
         extra["target_index"] = torch.arange(8)
     if needs.domain_index:  # two source domains of four examples each
         extra["domain_index"] = torch.tensor([0, 1] * 4)
+    if needs.network:
+        extra.update(inputs_s=images_s, network=nn.Sequential(backbone, head))
     if needs.target:
         views = [images_s, images_t] + ([images_t.flip(-1)] if needs.strong_view else [])
         features = backbone(torch.cat(views)).split(8)

@@ -15,6 +15,8 @@ from tlbench.adapt import ADAPTERS
 from tlbench.adapt.base import needs_of
 from tlbench.adapt.coral import coral_loss
 from tlbench.adapt.irm import irm_penalty
+from tlbench.adapt.mixup import cross_domain_partners, mixup_loss
+from tlbench.adapt.mldg import meta_split, mldg_objective
 from tlbench.adapt.source_alignment import pairwise_alignment
 from tlbench.config import DataConfig, validate
 from tlbench.data import build_domain
@@ -134,7 +136,7 @@ def test_source_alignment_averages_the_distance_over_pairs_of_domains():
 
 
 @pytest.mark.slow  # a real (tiny) training run per method
-@pytest.mark.parametrize("method", ["vrex", "irm", "group_dro", "dg_coral", "dg_mmd", "dg_dann"])
+@pytest.mark.parametrize("method", ["vrex", "irm", "group_dro", "dg_coral", "dg_mmd", "dg_dann", "dg_cdann", "mixup", "mldg"])
 def test_each_dg_method_trains_on_several_sources_and_records_them(tmp_path, method):
     from mlflow.tracking import MlflowClient
 
@@ -204,6 +206,58 @@ def test_dg_dann_classifies_the_source_domain_and_reverses_its_gradient():
     (2.0 * F.cross_entropy(adapter.discriminator(features), domains)).backward()
     coeff = 2 / (1 + math.exp(-10.0)) - 1  # the DANN ramp at the end of training
     assert torch.allclose(reversed_grad, -coeff * features.grad, atol=1e-6)  # the features learn to confuse it
+
+
+def test_mixup_partners_come_from_other_domains_and_the_loss_mixes_both_labels():
+    torch.manual_seed(0)
+    domains = torch.tensor([0, 0, 1, 1, 2, 2])
+    for _ in range(20):
+        partners = cross_domain_partners(domains)
+        assert (domains[partners] != domains).all()
+    alone = cross_domain_partners(torch.zeros(4, dtype=torch.long))  # one domain: plain mixup, never itself
+    assert (alone != torch.arange(4)).all()
+    network = torch.nn.Linear(3, 2)
+    inputs, labels = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 1, 0])
+    partners = torch.tensor([2, 3, 0, 1, 0, 1])
+    mixed = 0.3 * inputs + 0.7 * inputs[partners]
+    logits = network(mixed)
+    by_hand = 0.3 * F.cross_entropy(logits, labels) + 0.7 * F.cross_entropy(logits, labels[partners])
+    assert torch.allclose(mixup_loss(network, inputs, labels, partners, 0.3), by_hand)
+    assert torch.allclose(mixup_loss(network, inputs, labels, partners, 1.0), F.cross_entropy(network(inputs), labels))
+
+
+def test_mldg_meta_tests_the_virtually_updated_weights_with_a_first_order_gradient():
+    torch.manual_seed(0)
+    network = torch.nn.Linear(3, 2)
+    inputs, labels = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 1, 0])
+    domains = torch.tensor([0, 0, 1, 1, 2, 2])
+    train, test = meta_split(domains)
+    assert len(torch.unique(domains[test])) == 1 and not (train & test).any() and (train | test).all()
+    objective, train_risk, test_risk = mldg_objective(network, inputs, labels, network(inputs), train, test, inner_lr=0.5, beta=2.0)
+    # by hand: one SGD step of 0.5 on the meta-train risk, then the meta-test risk at the new weights
+    w, b = network.weight.detach().clone().requires_grad_(), network.bias.detach().clone().requires_grad_()
+    risk = F.cross_entropy(inputs[train] @ w.T + b, labels[train])
+    gw, gb = torch.autograd.grad(risk, (w, b))
+    w2, b2 = (w - 0.5 * gw).detach().requires_grad_(), (b - 0.5 * gb).detach().requires_grad_()
+    meta = F.cross_entropy(inputs[test] @ w2.T + b2, labels[test])
+    assert torch.allclose(train_risk, risk) and torch.allclose(test_risk, meta)
+    assert torch.allclose(objective, risk + 2.0 * meta)
+    objective.backward()
+    mw, mb = torch.autograd.grad(meta, (w2, b2))  # first order: ∇L_test at θ', the inner gradient held constant
+    assert torch.allclose(network.weight.grad, gw + 2.0 * mw, atol=1e-6) and torch.allclose(network.bias.grad, gb + 2.0 * mb, atol=1e-6)
+
+
+def test_cdann_conditions_its_discriminator_on_the_class():
+    torch.manual_seed(0)
+    adapter = ADAPTERS.build({"name": "dg_cdann"}, num_classes=3, feature_dim=4, num_domains=2)
+    features, labels, domains = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 0, 0, 1, 1, 1])
+    out = adapter.loss(features, None, None, None, labels, progress=1.0, domain_index=domains)
+    expected = F.cross_entropy(adapter.discriminator(features + adapter.class_embedding(labels)), domains)
+    assert torch.allclose(out.loss, expected)
+    out.loss.backward()
+    assert adapter.class_embedding.weight.grad.abs().sum() > 0  # the embedding learns, so the class is seen
+    plain = ADAPTERS.build({"name": "dg_dann"}, num_classes=3, feature_dim=4, num_domains=2)
+    assert plain.class_embedding is None
 
 
 @pytest.mark.slow  # reads two committed exports and rebuilds their tables

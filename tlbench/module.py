@@ -41,6 +41,8 @@ class DomainForward(NamedTuple):
 
     features_s: torch.Tensor | None
     logits_s: torch.Tensor | None
+    #: The source batch as the network saw it (augmented, preprocessed).
+    inputs_s: torch.Tensor | None
     features_t: torch.Tensor | None
     logits_t: torch.Tensor | None
     logits_t_strong: torch.Tensor | None
@@ -201,7 +203,7 @@ class TransferModule(pl.LightningModule):
         inputs_s = None if images_s is None else self._prepare(images_s, self.augment)
         if images_t is None or self.batch_composition == "source":
             features_s = self.features(inputs_s)
-            return DomainForward(features_s, self.head(features_s), None, None, None)
+            return DomainForward(features_s, self.head(features_s), inputs_s, None, None, None)
         inputs_t = [self._prepare(images_t, self.augment)]
         if images_t_strong is not None:
             inputs_t.append(self._prepare(images_t_strong, self.strong_augment))
@@ -221,6 +223,7 @@ class TransferModule(pl.LightningModule):
         return DomainForward(
             features_s,
             None if features_s is None else self.head(features_s),
+            inputs_s,
             features_t[0],
             logits_t[0],
             logits_t[1] if len(logits_t) > 1 else None,
@@ -241,6 +244,8 @@ class TransferModule(pl.LightningModule):
             extra["target_index"] = target_index
         if self.needs.domain_index:
             extra["domain_index"] = domain_index
+        if self.needs.network:  # a view over the module's own layers, built per step so nothing registers twice
+            extra.update(inputs_s=out.inputs_s, network=nn.Sequential(self.backbone, self.bottleneck, self.head))
         adapted = self.adapter.loss(out.features_s, out.features_t, out.logits_s, out.logits_t, labels_s, self.progress, step=self.global_step, **extra)
         logs = {}
         if images_s is not None:

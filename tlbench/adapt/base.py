@@ -53,6 +53,11 @@ class Needs:
     #: The method changes the backbone before each evaluation (`before_evaluation`, e.g. AdaBN's
     #: BatchNorm statistics): evaluations need the target images, and cached features would be stale.
     evaluation_hook: bool = False
+    #: The method runs the classifier network itself on source inputs it builds (Mixup's mixed images,
+    #: MLDG's meta-test pass on adapted weights): `loss` gets `inputs_s` (the source batch augmented and
+    #: preprocessed, as the module forwarded it) and `network`, inputs → logits over the module's own
+    #: parameters (backbone, bottleneck, head), so gradients reach them.
+    network: bool = False
 
 
 def needs_of(cfg) -> Needs:
@@ -73,8 +78,8 @@ class Adapter(nn.Module):
     ) -> AdaptOutput:
         """`progress` ∈ [0, 1] is the fraction of training done (drives schedules such as DANN's λ);
         `step` the optimizer step, for schedules in absolute iterations (TLlib's λ warm-up). Methods whose
-        `needs` name a strong view / the target index / the domain index also receive `logits_t_strong` /
-        `target_index` / `domain_index`."""
+        `needs` name a strong view / the target index / the domain index / the network also receive
+        `logits_t_strong` / `target_index` / `domain_index` / `inputs_s` and `network`."""
         raise NotImplementedError
 
     def weight(self, progress: float) -> float:
