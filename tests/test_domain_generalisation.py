@@ -271,3 +271,69 @@ def test_committed_dg_tables_rebuild_byte_for_byte_from_their_exports(study, tmp
     assert main(["--from", str(committed / "runs.csv"), "--out", str(tmp_path)]) == 0
     for name in ("table.md", "table.csv", "table.tex", "oracle.md", "oracle.csv"):
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+HOLDOUT = ["experiment=dg_colored_fashion", "data.target=colored_fashion:0.9", "data.synthetic_size=300"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.holdout=colored_fashion:0.9"], "it is the target"),
+        (["data.holdout=colored_fashion:0.5"], "not one of data.sources"),
+        (["data.sources=[colored_fashion:0.1,colored_fashion:0.9]", "data.holdout=colored_fashion:0.1"], "no source domain left"),
+    ],
+)
+def test_a_held_out_source_must_be_a_training_source_with_another_left(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose([*HOLDOUT, *overrides]))
+
+
+def test_a_held_out_source_is_left_out_of_training_and_measured_whole_every_epoch():
+    from tlbench.selection import HOLDOUT_SPLIT
+
+    run = validate(compose([*HOLDOUT, "data.holdout=colored_fashion:0.2"]))
+    datamodule = DomainDataModule(run.data, run.seed)
+    assert [d.name for d in datamodule.source_domains] == ["colored_fashion:0.1"]
+    held = build_domain("colored_fashion:0.2", run.data, run.seed)
+    assert len(datamodule.holdout) == len(held.train) + len(held.val) + len(held.test)
+    assert datamodule.val_splits[-1] == HOLDOUT_SPLIT and len(datamodule.val_dataloader()) == len(datamodule.val_splits)
+    trained = {bytes(x.numpy()) for x in datamodule.source_train.images[:50]}
+    assert not trained & {bytes(x.numpy()) for x in held.train.images}  # the held-out domain's images are not trained on
+    plain = DomainDataModule(validate(compose(HOLDOUT)).data, run.seed)
+    assert plain.holdout is None and HOLDOUT_SPLIT not in plain.val_splits
+
+
+def test_leave_one_out_chooses_the_epoch_of_the_best_mean_held_out_accuracy():
+    import pandas as pd
+
+    from tlbench.report.collection import leave_one_out_choice
+
+    def history(holdout, target, source):
+        return pd.DataFrame({"val/holdout_acc": holdout, "eval/target_test_acc": target, "val/source_acc": source}, index=[10, 20, 30])
+
+    # run a peaks at epoch 0, run b at epoch 2; their mean peaks at epoch 1 (0.75 against 0.55 and 0.5)
+    a = history([0.9, 0.8, 0.2], [0.1, 0.2, 0.3], [0.9, 0.9, 0.9])
+    b = history([0.2, 0.7, 0.8], [0.5, 0.6, 0.7], [0.7, 0.8, 0.9])
+    choice = leave_one_out_choice([a, b])
+    assert (choice.epoch, choice.step) == (1, 20)
+    assert choice.target_acc == pytest.approx(0.4) and choice.source_acc == pytest.approx(0.85)
+    assert leave_one_out_choice([a.drop(columns="val/holdout_acc")]) is None  # a run on every source has no held-out score
+
+
+@pytest.mark.slow  # two tiny training runs
+def test_leave_one_out_rows_group_the_held_out_runs_of_a_configuration_and_seed(tmp_path):
+    from tlbench.report.collection import collect
+    from tlbench.train import train
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    sources = "data.sources=[rotated_fashion:0,rotated_fashion:15,rotated_fashion:30]"
+    for held in ("rotated_fashion:0", "rotated_fashion:15"):
+        train(tiny_run(tmp_path, uri, ["adapt=vrex", sources, "data.target=rotated_fashion:30", "data.synthetic_size=300", f"data.holdout={held}"]))
+    full = train(tiny_run(tmp_path, uri, ["adapt=vrex", sources, "data.target=rotated_fashion:30", "data.synthetic_size=300"]))
+    frame = collect(uri, "tlbench", rules=["source_val", "leave_one_out"])
+    lodo = frame[frame["rule"] == "leave_one_out"]
+    assert len(lodo) == 1 and lodo.iloc[0]["data.holdout"] == "rotated_fashion:0|rotated_fashion:15"
+    assert 0 <= lodo.iloc[0]["target_acc"] <= 1
+    plain = frame[frame["rule"] == "source_val"]
+    assert list(plain["run_id"]) == [full["run_id"]]  # held-out runs never stand for the configuration alone

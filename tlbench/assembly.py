@@ -86,9 +86,9 @@ def source_domain_count(run: RunConfig) -> int:
     """How many source domains the run's labelled data pools (1 without data.sources)."""
     if not run.data.sources:
         return 1
-    from .data.multi_source import source_names
+    from .data.multi_source import training_sources
 
-    return len(source_names(run.data.sources, run.data.target))
+    return len(training_sources(run.data))
 
 
 def build_parts(run: RunConfig, backbone_cfg, num_classes: int) -> Parts:

@@ -29,6 +29,10 @@ class DataConfig:
     #: its own splits and label budget; the target, if listed, is left out (so a leave-one-domain-out sweep
     #: varies only data.target). None: the single `source`.
     sources: Optional[list[str]] = None
+    #: One of the source domains kept out of training and measured every epoch on all its images
+    #: (`val/holdout_acc`): DomainBed's leave-one-domain-out selection, rule `leave_one_out`, which
+    #: averages the runs that each hold out one source (experiments/dg_colored_fashion shows the sweep).
+    holdout: Optional[str] = None
     #: Folder holding user-provided datasets; defaults to $TLBENCH_DATA, then ~/.cache/tlbench/data.
     root: Optional[str] = None
     batch_size: int = 64
@@ -224,6 +228,10 @@ def _check_values(run: RunConfig) -> None:
     check_values(run)
     if run.data.labels_per_class is not None and run.data.label_fraction is not None:
         raise ConfigError("data: set at most one of labels_per_class and label_fraction")
+    if run.data.holdout is not None:
+        from .data.multi_source import held_out_sources
+
+        held_out_sources(run.data.sources, run.data.target, run.data.holdout)
     if run.data.target_eval == "whole" and run.data.target == run.data.source and not run.data.sources:  # with several sources the target is never one of them
         raise ConfigError(
             "data.target_eval=whole: the target is the source domain here, so its whole domain includes "

@@ -148,6 +148,7 @@ def _rules() -> dict[str, Rule]:
         "data.source": non_empty_text(),
         "data.target": non_empty_text(),
         "data.sources": each(non_empty_text(), non_empty=True),
+        "data.holdout": non_empty_text(),
         "data.root": FREE,
         "data.batch_size": at_least(1),  # larger than a split is fine: the split is one batch
         "data.labels_per_class": at_least(1),

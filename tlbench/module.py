@@ -32,7 +32,7 @@ from .domain_bn import batchnorm_domain, split_batchnorm
 from .errors import TrainingError
 from .freeze import FreezeSchedule
 from .optim import build_optimizer, build_scheduler, param_groups
-from .selection import TEST_SPLITS, VAL_SPLITS
+from .selection import HOLDOUT_SPLIT, TEST_SPLITS, VAL_SPLITS
 
 
 class DomainForward(NamedTuple):
@@ -89,7 +89,7 @@ class TransferModule(pl.LightningModule):
         #: The run config as a plain dict, when the builder sets it (tlbench.build): saved in checkpoints.
         self.run_config: dict | None = None
         self.metrics = nn.ModuleDict()
-        for split in VAL_SPLITS + TEST_SPLITS:
+        for split in VAL_SPLITS + (HOLDOUT_SPLIT,) + TEST_SPLITS:
             key = split.replace("/", "_")
             self.metrics[key + "_acc"] = MulticlassAccuracy(num_classes, average="micro")
             self.metrics[key + "_entropy"] = MeanMetric()

@@ -74,12 +74,14 @@ def plan_run(run: RunConfig, store: Store | None = None) -> RunPlan:
 
         source_run = source_run_id(run, store)
     monitor, mode = SELECTION_METRICS[run.selection]
+    from .data.multi_source import training_sources
+
     tags = {
         "config_hash": digest,
         "git_commit": git_commit(),
         "tlbench_version": __version__,
         "dataset": run.data.name,
-        "source_domain": "+".join(run.data.sources) if run.data.sources else run.data.source,
+        "source_domain": "+".join(training_sources(run.data)) if run.data.sources else run.data.source,
         "target_domain": run.data.target,
         "selection": run.selection,
         **({"source_run_id": source_run} if source_run else {}),

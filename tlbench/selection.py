@@ -22,6 +22,8 @@ from typing import Any
 #: epoch also evaluates the target TEST split (`eval/target_test`), which no rule selects on.
 VAL_SPLITS = ("val/source", "val/target", "eval/target_test")
 TEST_SPLITS = ("test/source", "test/target")
+#: The held-out source domain of a leave-one-domain-out run (data.holdout), evaluated after VAL_SPLITS.
+HOLDOUT_SPLIT = "val/holdout"
 #: Target test accuracy, logged once per epoch: the number a rule's chosen epoch reports.
 TEST_METRIC = "eval/target_test_acc"
 #: Source validation accuracy at the chosen epoch, reported beside it (there is no per-epoch source test).
@@ -88,6 +90,14 @@ RULES: dict[str, Rule] = {
         Rule("dev", "val/dev", "min", False, "min importance-weighted source-val loss, deep embedded validation (label-free)", reads_source=True),
         Rule("devn", "val/devn", "min", False, "min DEV with max-normalised importance weights (label-free)", reads_source=True),
         Rule("classami", "val/target_classami", "max", False, "max AMI between target-val predictions and k-means clusters of target features (label-free)"),
+        Rule(
+            "leave_one_out",
+            "val/holdout_acc",
+            "max",
+            False,
+            "max accuracy on a held-out source domain, averaged over the runs that each hold out one (leave-one-domain-out)",
+            reads_source=True,
+        ),
         Rule("last", None, "last", False, "last epoch"),
     )
 }

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ..config import DataConfig
-from ..selection import TEST_SPLITS, VAL_SPLITS
+from ..selection import HOLDOUT_SPLIT, TEST_SPLITS, VAL_SPLITS
 from . import build_domain
 from .base import DomainSplits, InMemoryExamples
 from .budget import apply_label_budget, dataset_labels
@@ -108,11 +108,15 @@ class DomainDataModule(pl.LightningDataModule):
         self.steps_per_epoch = steps_per_epoch
         #: The source domains of a run with several (data.sources), each with its own splits; else None.
         self.source_domains = None
+        #: The held-out source domain, every image (leave-one-domain-out runs); else None.
+        self.holdout = None
         if source is None and cfg.sources:
-            from .multi_source import pooled_domain, source_names
+            from .multi_source import pooled_domain, training_sources
 
-            self.source_domains = [build_domain(name, cfg, seed) for name in source_names(cfg.sources, cfg.target)]
+            self.source_domains = [build_domain(name, cfg, seed) for name in training_sources(cfg)]
             source = pooled_domain(self.source_domains)
+            if cfg.holdout is not None:
+                self.holdout = whole_domain(build_domain(cfg.holdout, cfg, seed))
         self.source = source or build_domain(cfg.source, cfg, seed)
         if target is not None:
             self.target = target
@@ -157,7 +161,7 @@ class DomainDataModule(pl.LightningDataModule):
 
     @property
     def val_splits(self) -> tuple[str, ...]:
-        return VAL_SPLITS[1:] if self.source_free else VAL_SPLITS
+        return (VAL_SPLITS[1:] if self.source_free else VAL_SPLITS) + ((HOLDOUT_SPLIT,) if self.holdout is not None else ())
 
     @property
     def test_splits(self) -> tuple[str, ...]:
@@ -215,7 +219,7 @@ class DomainDataModule(pl.LightningDataModule):
         return [self._loader(splits[name], train=False) for name in names]
 
     def val_dataloader(self):
-        splits = {"val/source": self.source_val, "val/target": self.target.val, "eval/target_test": self.target_test}
+        splits = {"val/source": self.source_val, "val/target": self.target.val, "eval/target_test": self.target_test, HOLDOUT_SPLIT: self.holdout}
         return self._evaluation_loaders(splits, self.val_splits)
 
     def test_dataloader(self):

@@ -15,13 +15,17 @@ from typing import Iterable
 import pandas as pd
 
 from .errors import ReportError
+from ..selection import TEST_METRIC, Choice
 from .selection import HISTORY_METRICS, epoch_table, get_rule
 from .sources import StoreSource, check_experiment, existing_store_client
 
 DEFAULT_RULES = ("source_val", "oracle", "target_entropy")
 #: Params that do not make another configuration: the seed (aggregated over), the run's own checkpoint
 #: rule (the per-epoch histories do not depend on it; rules are re-applied here) and data summaries.
-NOT_CONFIG = ("seed", "selection", "data_summary")
+NOT_CONFIG = ("seed", "selection", "data_summary", "data.holdout")
+#: The rule whose result is a group of runs, not one: the runs of one configuration and seed that each
+#: held out one source domain (data.holdout).
+LEAVE_ONE_OUT = "leave_one_out"
 #: Keys in which a transfer run may differ from its from-scratch baseline.
 BASELINE_FREE = ("freeze", "backbone.weights")
 SCRATCH = "scratch"
@@ -132,43 +136,97 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
         baseline_id=runs.apply(_fingerprint, axis=1, keys=[k for k in config_keys if not _under(k, BASELINE_FREE)]),
     )
     seed = runs["seed"] if "seed" in runs.columns else pd.Series("", index=runs.index)
+    holdout = runs["data.holdout"].map(_held_out) if "data.holdout" in runs.columns else pd.Series("", index=runs.index)
     before = len(runs)
     # a comparison's stages may run one configuration and seed twice on purpose (a sensitivity point at the tuned value)
-    runs = runs.assign(_seed=seed).sort_values("start_time").drop_duplicates(["config_id", "_seed", *compare_tags], keep="last").drop(columns="_seed")
+    runs = runs.assign(_seed=seed, _holdout=holdout).sort_values("start_time")
+    runs = runs.drop_duplicates(["config_id", "_seed", "_holdout", *compare_tags], keep="last")
     attrs["duplicates"] = before - len(runs)
 
     rows = []
+    histories = {run_id: epoch_table({m: source.history(run_id, m) for m in HISTORY_METRICS}) for run_id in runs["run_id"]}
     for _, run in runs.iterrows():
-        history = epoch_table({m: source.history(run["run_id"], m) for m in HISTORY_METRICS})
-        base = {
-            "run_id": run["run_id"],
-            "run_name": run["run_name"],
-            "status": run["status"],
-            "start_time": run["start_time"],
-            "epochs": len(history),
-            "config_id": run["config_id"],
-            "baseline_id": run["baseline_id"],
-            "is_scratch": run.get("freeze.name") == SCRATCH,
-            "task": f"{run['data.source']}→{run['data.target']}" if {"data.source", "data.target"} <= set(run.index) else None,
-            **{k: run[k] for k in params},
-            **{t: run[t] for t in compare_tags},
-        }
+        history = histories[run["run_id"]]
+        if run["_holdout"]:  # held-out runs count only as a group (below)
+            continue
+        base = _columns(run, history, params + compare_tags)
         for rule in rule_objects:
+            if rule.name == LEAVE_ONE_OUT:  # a run on every source has no held-out domain
+                continue
             choice = rule.choose(history)
             if choice is None:
                 attrs["missing"].append((run["run_name"], rule.name))
-            rows.append(
-                {
-                    **base,
-                    "rule": rule.name,
-                    "uses_target_labels": rule.uses_target_labels,
-                    "target_acc": choice.target_acc if choice else float("nan"),
-                    "source_acc": choice.source_acc if choice else float("nan"),
-                    "selected_step": choice.step if choice else None,
-                    "selected_epoch": choice.epoch if choice else None,
-                }
-            )
+            rows.append({**base, **_result(rule.name, rule.uses_target_labels, choice)})
+    if LEAVE_ONE_OUT in [r.name for r in rule_objects]:
+        rows += _leave_one_out_rows(runs[runs["_holdout"] != ""], histories, params + compare_tags)
     return _frame(rows, params + compare_tags, attrs)
+
+
+def _columns(run: pd.Series, history: pd.DataFrame, columns: list[str]) -> dict:
+    """What every row of `run` carries whatever the rule: identity, configuration and task."""
+    return {
+        "run_id": run["run_id"],
+        "run_name": run["run_name"],
+        "status": run["status"],
+        "start_time": run["start_time"],
+        "epochs": len(history),
+        "config_id": run["config_id"],
+        "baseline_id": run["baseline_id"],
+        "is_scratch": run.get("freeze.name") == SCRATCH,
+        "task": f"{run['data.source']}→{run['data.target']}" if {"data.source", "data.target"} <= set(run.index) else None,
+        **{k: run[k] for k in columns},
+    }
+
+
+def _result(rule: str, uses_target_labels: bool, choice: Choice | None) -> dict:
+    return {
+        "rule": rule,
+        "uses_target_labels": uses_target_labels,
+        "target_acc": choice.target_acc if choice else float("nan"),
+        "source_acc": choice.source_acc if choice else float("nan"),
+        "selected_step": choice.step if choice else None,
+        "selected_epoch": choice.epoch if choice else None,
+    }
+
+
+def _held_out(value) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) or str(value) in ("", "None") else str(value)
+
+
+def leave_one_out_choice(histories: list[pd.DataFrame]) -> Choice | None:
+    """DomainBed's leave-one-domain-out choice over the runs of one configuration and seed that each held
+    out one source domain: the epoch with the best mean held-out accuracy (earliest of ties, over the
+    epochs every run has), reporting the runs' mean target and source accuracy there."""
+    metric = get_rule(LEAVE_ONE_OUT).metric
+    if not histories or any(metric not in h.columns or h.empty for h in histories):
+        return None
+    epochs = min(len(h) for h in histories)
+    curves = pd.concat([h[metric].iloc[:epochs].reset_index(drop=True) for h in histories], axis=1)
+    mean = curves.mean(axis=1)
+    if mean.dropna().empty:
+        return None
+    position = int(mean.index[mean == mean.max()][0])
+    at = [h.iloc[position] for h in histories]
+    source = [row.get("val/source_acc", float("nan")) for row in at]
+    return Choice(LEAVE_ONE_OUT, int(histories[0].index[position]), position, float(pd.Series([r[TEST_METRIC] for r in at]).mean()), float(pd.Series(source).mean()))
+
+
+def _leave_one_out_rows(runs: pd.DataFrame, histories: dict, columns: list[str]) -> list[dict]:
+    """One `leave_one_out` row per configuration and seed from its held-out runs (its first run's columns,
+    `data.holdout` listing every domain held out)."""
+    rows = []
+    for _, group in runs.groupby(["config_id", "_seed"], sort=False):
+        first = group.iloc[0]
+        choice = leave_one_out_choice([histories[r] for r in group["run_id"]])
+        rows.append(
+            {
+                **_columns(first, histories[first["run_id"]], columns),
+                "start_time": group["start_time"].max(),
+                "data.holdout": "|".join(sorted(group["_holdout"])),
+                **_result(LEAVE_ONE_OUT, False, choice),
+            }
+        )
+    return rows
 
 
 def _frame(rows: list[dict], params: list[str], attrs: dict) -> pd.DataFrame:
