@@ -337,3 +337,21 @@ def test_leave_one_out_rows_group_the_held_out_runs_of_a_configuration_and_seed(
     assert 0 <= lodo.iloc[0]["target_acc"] <= 1
     plain = frame[frame["rule"] == "source_val"]
     assert list(plain["run_id"]) == [full["run_id"]]  # held-out runs never stand for the configuration alone
+
+
+def test_digits3_pools_grey_8px_and_colour_28px_digits_into_one_stackable_source():
+    from tlbench.data.multi_source import conform
+
+    run = validate(compose(["experiment=dg_digits3", "data.target=sklearn_digits", "data.synthetic_size=300"]))
+    datamodule = DomainDataModule(run.data, run.seed)
+    grey, photo = datamodule.source_domains
+    assert (grey.name, photo.name) == ("synthetic_digits", "photo_digits")
+    assert grey.train.images.shape[1:] == (1, 8, 8) and photo.train.images.shape[1:] == (3, 28, 28)
+    assert datamodule.source_train.images.shape[1:] == (3, 28, 28) and set(datamodule.source_train.domains.tolist()) == {0, 1}
+    flat = torch.full((1, 1, 2, 2), 200, dtype=torch.uint8)
+    big, same = conform([flat, torch.zeros(1, 3, 4, 4, dtype=torch.uint8)])
+    assert big.shape == (1, 3, 4, 4) and (big == 200).all() and same.shape == (1, 3, 4, 4)  # upsampled, grey repeated per channel
+    with pytest.raises(ConfigError, match="differ in shape"):
+        conform([torch.zeros(2, 5), torch.zeros(2, 6)])
+    with pytest.raises(ConfigError, match="2-channel"):
+        conform([torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4)])

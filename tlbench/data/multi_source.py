@@ -12,6 +12,7 @@ import hashlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..errors import ConfigError
@@ -58,11 +59,34 @@ class _Tagged(Dataset):
 
 
 def pooled(parts: list[Dataset]) -> Dataset:
-    """One split of several domains, domain i tagged i."""
-    if all(isinstance(p, InMemoryExamples) for p in parts) and len({p.images.shape[1:] for p in parts}) == 1:
+    """One split of several domains, domain i tagged i. In-memory images of different shapes (grey 8×8
+    digits beside colour 28×28 ones) are brought to the largest size and channel count first, so a
+    pooled batch stacks."""
+    if all(isinstance(p, InMemoryExamples) for p in parts):
+        images = conform([p.images for p in parts])
         domains = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(parts)])
-        return DomainTaggedExamples(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), domains)
+        return DomainTaggedExamples(torch.cat(images), torch.cat([p.labels for p in parts]), domains)
     return DomainTaggedFiles(parts)
+
+
+def conform(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Image tensors N×C×H×W resized (bilinear) to the largest H×W and repeated to the largest C among
+    them; unchanged when they already agree. Features (N×D) must agree already."""
+    if len({b.shape[1:] for b in batches}) == 1:
+        return batches
+    if any(b.ndim != 4 for b in batches):
+        raise ConfigError(f"data.sources: the domains' examples differ in shape ({', '.join(str(tuple(b.shape[1:])) for b in batches)})")
+    channels = max(b.shape[1] for b in batches)
+    size = (max(b.shape[2] for b in batches), max(b.shape[3] for b in batches))
+    out = []
+    for b in batches:
+        if b.shape[1] not in (1, channels):
+            raise ConfigError(f"data.sources: cannot pool {b.shape[1]}-channel images with {channels}-channel ones")
+        if tuple(b.shape[2:]) != size:
+            resized = F.interpolate(b.float(), size=size, mode="bilinear", align_corners=False)
+            b = resized.round().clamp(0, 255).to(b.dtype) if b.dtype == torch.uint8 else resized.to(b.dtype)
+        out.append(b.expand(-1, channels, -1, -1).contiguous())
+    return out
 
 
 def source_names(sources: list[str], target: str) -> list[str]:
