@@ -73,7 +73,10 @@ def test_committed_comparisons_compose_every_arm_at_its_search_bounds(name):
     from tlbench.compare.protocol import arm_overrides
     from tlbench.config import validate
 
-    s = load_spec(name)
+    whole = load_spec(name)
+    s = whole.for_task(next(iter(whole.tasks))) if whole.tasks else whole
+    for task in whole.tasks:
+        validate(compose(whole.for_task(task).overrides))
     for arm in s.arms.values():
         for key, param in arm.params.items():
             for value in param.choices if param.type == "categorical" else [param.low, param.high]:
@@ -82,6 +85,43 @@ def test_committed_comparisons_compose_every_arm_at_its_search_bounds(name):
     if s.upper_bound:
         run = validate(compose([*arm_overrides(s, s.arms[s.upper_bound.arm]), *s.upper_bound.overrides]))
         assert run.data.source == run.data.target  # trained on the target's own labelled split
+
+
+def test_a_comparison_with_tasks_runs_each_task_in_its_own_folder_with_its_overrides(tmp_path):
+    from tlbench.compare.protocol import task_runs
+
+    s = spec(overrides=["experiment=dg_rotated_fashion"], tasks={75: ["data.target=rotated_fashion:75"], "0": ["data.target=rotated_fashion:0"]})
+    runs = task_runs(s, tmp_path)
+    assert [(task, where.out) for task, _, where in runs] == [("75", tmp_path / "75"), ("0", tmp_path / "0")]
+    assert runs[0][1].overrides == ["experiment=dg_rotated_fashion", "data.target=rotated_fashion:75"] and not runs[0][1].tasks
+    assert [t for t, _, _ in task_runs(s, tmp_path, ["0"])] == ["0"]
+    with pytest.raises(ConfigError, match="unknown task"):
+        task_runs(s, tmp_path, ["30"])
+    with pytest.raises(ConfigError, match="has no tasks"):
+        task_runs(spec(), tmp_path, ["0"])
+    assert task_runs(spec(), tmp_path)[0][2].out == tmp_path
+    with pytest.raises(ConfigError, match="tasks"):
+        spec(tasks={"a/b": []})
+
+
+def test_the_task_summary_puts_each_tasks_table_side_by_side_with_their_mean(tmp_path):
+    import pandas as pd
+
+    from tlbench.report.fair import write_task_summary
+
+    for task, (erm, irm, verdict) in {"75": (50.0, 40.0, "worse (Holm p=0.01)"), "0": (60.0, 61.0, "within noise (Holm p=0.5)")}.items():
+        (tmp_path / task).mkdir()
+        pd.DataFrame(
+            [
+                {"arm": "source_only", "role": "baseline", "mean": erm, "ci95": 1.0, "verdict": "baseline"},
+                {"arm": "irm", "role": "method", "mean": irm, "ci95": 2.0, "verdict": verdict},
+            ]
+        ).to_csv(tmp_path / task / "table.csv", index=False)
+    layout = {"rule": "source_val", "n_trials": 3, "baseline": "source_only"}
+    write_task_summary(tmp_path, ["75", "0"], layout, "t")
+    text = (tmp_path / "summary.md").read_text()
+    assert "| irm | 40.00 ± 2.00▼ | 61.00 ± 2.00 | 50.50 |" in text and "| source_only | 50.00 ± 1.00 | 60.00 ± 1.00 | 55.00 |" in text
+    assert text.count("**Rule") == 1  # no oracle tables were there to summarise
 
 
 # ------------------------------------------------------------------ statistics against hand computations

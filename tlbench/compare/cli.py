@@ -32,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated subset of tune,eval,upper_bound,sensitivity,report (default: all, in that order)",
     )
     p.add_argument("--arms", help="comma-separated arms for tune/eval (default: all)")
+    p.add_argument("--tasks", help="comma-separated tasks of a comparison with tasks (default: all); each runs in <out>/<task>")
     p.add_argument("--list", action="store_true", help="list the comparisons in conf/compare and exit")
     return p
 
@@ -50,15 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         spec = load_spec(args.name)
-        from .protocol import Where, run
+        from .protocol import run, task_runs
 
-        where = Where(Path(args.out or Path("results") / spec.name))
+        out = Path(args.out or Path("results") / spec.name)
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-        run(spec, where, [s for s in stages if s != "report"], args.arms.split(",") if args.arms else None, args.workers)
-        if "report" in stages:
-            from .records import write_records
+        arms = args.arms.split(",") if args.arms else None
+        for task, task_spec, where in task_runs(spec, out, args.tasks.split(",") if args.tasks else None):
+            if task:
+                print(f"[tlbench compare] {spec.name}: task {task}", flush=True)
+            run(task_spec, where, [s for s in stages if s != "report"], arms, args.workers)
+            if "report" in stages:
+                from .records import write_records
 
-            for path in write_records(spec, where):
+                for path in write_records(task_spec, where):
+                    print(f"[tlbench compare] wrote {path}")
+        if "report" in stages and spec.tasks:
+            from ..report.fair import layout_of, write_task_summary
+
+            for path in write_task_summary(out, list(spec.tasks), layout_of(spec), spec.title):
                 print(f"[tlbench compare] wrote {path}")
     except TlbenchError as exc:
         print(f"tlbench compare: error: {exc}", file=sys.stderr)

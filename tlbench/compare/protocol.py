@@ -206,6 +206,19 @@ def sensitivity(spec: ComparisonSpec, where: Where, workers: int) -> list[dict[s
     ]
 
 
+def task_runs(spec: ComparisonSpec, out: Path, only: list[str] | None = None) -> list[tuple[str, ComparisonSpec, Where]]:
+    """(task, its comparison, its folder) for every task to run: the comparison itself in `out` when it has
+    no tasks, else each task (or those in `only`) in `out/<task>`."""
+    if not spec.tasks:
+        if only:
+            raise ConfigError(f"--tasks: comparison {spec.name} has no tasks")
+        return [("", spec, Where(out))]
+    unknown = [t for t in only or [] if t not in spec.tasks]
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown)}; tasks of {spec.name}: {', '.join(spec.tasks)}")
+    return [(task, spec.for_task(task), Where(out / task)) for task in (only or spec.tasks)]
+
+
 def run(spec: ComparisonSpec, where: Where, stages: Iterable[str] = STAGES, arms: Iterable[str] | None = None, workers: int = 1) -> None:
     """The stages in order; `arms` limits tune/eval to some arms (the others must be done for later stages)."""
     stages = list(stages)

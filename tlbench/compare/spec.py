@@ -17,20 +17,25 @@
         source_phase: {arm: source_only, fraction: 0.5}   # half the steps train the source model, half adapt it
     upper_bound: {name: train_on_target, arm: source_only, overrides: [data.source=sklearn_digits]}
     sensitivity: {arms: [dann], key: adapt.trade_off, values: [0.1, 0.3, 1, 3], seeds: [0, 1, 2]}
+    tasks: {"75": [data.target=rotated_fashion:75], "0": [data.target=rotated_fashion:0]}   # optional
+
+With `tasks`, the whole protocol runs once per task (its overrides added to every run), each task in its
+own folder with its own store: every arm is tuned anew for every task (DomainBed chooses hyperparameters
+per test domain), and a summary puts the tasks side by side (rows arms, columns tasks and their mean).
 
 The trial budget is one number for the whole comparison, so no arm can get more tuning than another.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ConfigError
 from ..search.space import PRUNERS, SAMPLERS, Param, space_from_dict
 
-ALLOWED_KEYS = {"title", "experiment", "overrides", "rule", "tuning", "eval_seeds", "shared", "baseline", "arms", "upper_bound", "sensitivity", "notes"}
+ALLOWED_KEYS = {"title", "experiment", "overrides", "rule", "tuning", "eval_seeds", "shared", "baseline", "arms", "upper_bound", "sensitivity", "notes", "tasks"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,12 @@ class ComparisonSpec:
     upper_bound: Optional[UpperBound] = None
     sensitivity: Optional[Sensitivity] = None
     notes: str = ""
+    #: Task name → its overrides; empty: one task, the comparison's own overrides.
+    tasks: dict[str, list[str]] = field(default_factory=dict)
+
+    def for_task(self, task: str) -> "ComparisonSpec":
+        """The comparison of one task: its overrides appended to every run's, no tasks left."""
+        return replace(self, title=f"{self.title} — task {task}", overrides=[*self.overrides, *self.tasks[task]], tasks={})
 
     def rule_of(self, arm: str) -> str:
         """The label-free rule that chooses `arm`'s checkpoints and trials."""
@@ -244,6 +255,10 @@ def spec_from_dict(name: str, raw: dict) -> ComparisonSpec:
         sensitivity = Sensitivity(
             list(s["arms"]), str(s["key"]), [float(v) for v in s["values"]], _seeds(s.get("seeds", eval_seeds), f"comparison {name}: sensitivity.seeds")
         )
+    tasks = raw.get("tasks") or {}
+    if not isinstance(tasks, dict) or any(not isinstance(k, (str, int)) or "/" in str(k) for k in tasks):
+        raise ConfigError(f"comparison {name}: tasks: expected a mapping of task name (no '/') → a list of Hydra overrides, got {tasks!r}")
+    tasks = {str(k): _overrides(v, f"comparison {name}: task {k}") for k, v in tasks.items()}
     return ComparisonSpec(
         name=name,
         title=str(raw.get("title", name)),
@@ -260,4 +275,5 @@ def spec_from_dict(name: str, raw: dict) -> ComparisonSpec:
         upper_bound=upper,
         sensitivity=sensitivity,
         notes=str(raw.get("notes", "")),
+        tasks=tasks,
     )

@@ -361,3 +361,57 @@ def layout_of(spec) -> dict[str, Any]:
         "sensitivity": {"key": spec.sensitivity.key, "seeds": spec.sensitivity.seeds} if spec.sensitivity else None,
         **({"arm_rules": own} if (own := {n: a.rule for n, a in spec.arms.items() if a.rule}) else {}),
     }
+
+
+def task_summary(out: Path, tasks: list[str], stem: str) -> pd.DataFrame:
+    """Rows arms, columns tasks then Avg (the mean over tasks, only for an arm with every task): each task's
+    `<task>/<stem>.csv` side by side, DomainBed's table format."""
+    cells, verdicts = {}, {}
+    for task in tasks:
+        path = out / task / f"{stem}.csv"
+        if not path.exists():
+            continue
+        table = pd.read_csv(path)
+        for _, row in table[table["role"] != "upper bound (target labels)"].iterrows():
+            cells.setdefault(row["arm"], {})[task] = (row["mean"], row["ci95"])
+            verdicts.setdefault(row["arm"], {})[task] = row["verdict"]
+    rows = []
+    for arm, by_task in cells.items():
+        row = {"arm": arm}
+        for task in tasks:
+            mean, ci = by_task.get(task, (math.nan, math.nan))
+            row[f"{task}_mean"], row[f"{task}_ci95"], row[f"{task}_verdict"] = mean, ci, verdicts[arm].get(task, "")
+        row["avg"] = float(np.mean([by_task[t][0] for t in tasks])) if all(t in by_task for t in tasks) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_task_summary(out: Path, tasks: list[str], layout: dict[str, Any], title: str) -> list[Path]:
+    """summary.md/.csv of a comparison with tasks, from each task's committed tables (so it rebuilds with them)."""
+    parts = [f"# {title}", ""]
+    frames = []
+    for stem, rule in (("table", layout["rule"]), ("oracle", "oracle")):
+        summary = task_summary(out, tasks, stem)
+        if summary.empty:
+            continue
+        frames.append(summary.assign(rule=rule))
+        oracle = "ORACLE checkpoint selection (target labels), an upper bound on selection, not comparable. " if rule == "oracle" else ""
+        parts += [
+            f"**Rule `{rule}`.** {oracle}Target test accuracy (%) per task (mean ± 95 % t-interval over evaluation seeds) of "
+            f"each arm's configuration tuned for that task ({layout['n_trials']} trials per arm and task, chosen by rule "
+            f"'{layout['rule']}'); Avg: mean over tasks. ▲/▼: better/worse than {layout['baseline']} in that task's paired "
+            "test after Holm's correction over the arms (see each task's table.md).",
+            "",
+            "| arm | " + " | ".join(tasks) + " | Avg |",
+            "|:--|" + "--:|" * (len(tasks) + 1),
+        ]
+        for _, row in summary.iterrows():
+            marks = {t: ("▲" if str(row[f"{t}_verdict"]).startswith("better") else "▼" if str(row[f"{t}_verdict"]).startswith("worse") else "") for t in tasks}
+            shown = [
+                "–" if pd.isna(row[f"{t}_mean"]) else f"{row[f'{t}_mean']:.2f} ± {row[f'{t}_ci95']:.2f}{marks[t]}" for t in tasks
+            ]
+            parts.append(f"| {row['arm']} | " + " | ".join(shown) + f" | {'–' if pd.isna(row['avg']) else format(row['avg'], '.2f')} |")
+        parts.append("")
+    (out / "summary.md").write_text("\n".join(parts))
+    pd.concat(frames).round(4).to_csv(out / "summary.csv", index=False, lineterminator="\n")
+    return [out / "summary.md", out / "summary.csv"]
