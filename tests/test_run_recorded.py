@@ -330,3 +330,29 @@ def test_a_cached_linear_probe_logs_the_backbone_its_hint_names(tmp_path, mlflow
     pl.seed_everything(second.seed, workers=True, verbose=False)  # as the run seeded itself before building its parts
     featurizer = BACKBONES.build(second.backbone.__class__(**{**vars(second.backbone), "weights": "none"}))
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in featurizer.state_dict().items())
+
+
+@pytest.mark.slow  # trains
+def test_a_cached_probe_is_restored_only_with_the_weights_file_it_was_trained_on(tmp_path, mlflow_uri):
+    """The probe's checkpoint holds no backbone (it trained on cached features): load_run rebuilds it from
+    `backbone.weights`, so a file replaced since is refused in one line instead of changing predictions."""
+    import torch
+
+    import tlbench
+    from tlbench.backbones import BACKBONES
+    from tlbench.errors import TlbenchError
+
+    base = tiny_run(tmp_path, mlflow_uri, [])
+    weights = tmp_path / "backbone.pt"
+    torch.save(BACKBONES.build(base.backbone.__class__(**{**vars(base.backbone), "weights": "none"})).state_dict(), weights)
+    result = train(tiny_run(tmp_path, mlflow_uri, ["freeze=linear_probe", f"backbone.weights={weights}"]))
+    recorded = MlflowClient(mlflow_uri).get_run(result["run_id"])
+    assert recorded.data.tags["feature_cache"] == "on" and len(recorded.data.tags["backbone_weights_sha256"]) == 64
+    tlbench.load_run(result["run_id"], uri=mlflow_uri)  # the same file: restores
+    state = torch.load(weights)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    with pytest.raises(TlbenchError, match="changed since the run trained"):
+        tlbench.load_run(result["run_id"], uri=mlflow_uri)
+    weights.unlink()
+    with pytest.raises(TlbenchError, match="is gone"):
+        tlbench.load_run(result["run_id"], uri=mlflow_uri)

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from .adapt.base import Needs, needs_of
-from .backbones.weights import RUNS_PREFIX, resolve_checkpoint
+from .backbones.weights import RUNS_PREFIX, resolve_checkpoint, weights_file_digest
 from .config import RunConfig
 from .errors import ConfigError
 from .selection import SELECTION_METRICS
@@ -85,6 +85,7 @@ def plan_run(run: RunConfig, store: Store | None = None) -> RunPlan:
         "target_domain": run.data.target,
         "selection": run.selection,
         **({"source_run_id": source_run} if source_run else {}),
+        **({WEIGHTS_DIGEST_TAG: weights_digest} if (weights_digest := weights_file_digest(getattr(run.backbone, "weights", ""))) else {}),
     }
     return RunPlan(
         run=run,
@@ -100,6 +101,10 @@ def plan_run(run: RunConfig, store: Store | None = None) -> RunPlan:
         trainer_arguments=trainer_arguments(run.trainer),
         tags=tags,
     )
+
+
+#: The sha256 of a local backbone weights file, tagged on the run (restore refuses a replaced file).
+WEIGHTS_DIGEST_TAG = "backbone_weights_sha256"
 
 
 def local_backbone(backbone, store: Store):

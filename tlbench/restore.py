@@ -42,7 +42,16 @@ def load_run(
     best = sorted(folder.glob("best-*.ckpt"))  # the run keeps one: save_top_k=1
     if not best:
         raise TlbenchError(f"load_run: no selected checkpoint of run {run_id} in {folder}; pass checkpoint_dir= (the run's was '{run.checkpoint_dir}')")
-    return module_from_checkpoint(best[-1], run, map_location, batch_composition=recorded.data.tags.get("batch_composition"), module_class=module_class)
+    from .plan import WEIGHTS_DIGEST_TAG
+
+    return module_from_checkpoint(
+        best[-1],
+        run,
+        map_location,
+        batch_composition=recorded.data.tags.get("batch_composition"),
+        module_class=module_class,
+        weights_digest=recorded.data.tags.get(WEIGHTS_DIGEST_TAG),
+    )
 
 
 def module_from_checkpoint(
@@ -52,11 +61,14 @@ def module_from_checkpoint(
     batch_composition: str | None = None,
     *,
     module_class: type,
+    weights_digest: str | None = None,
 ) -> "pl.LightningModule":
     """A TransferModule rebuilt from its config with the checkpoint's weights, in eval mode. The config is
     the one stored in the checkpoint, else `run_config`. A backbone that trained on cached features has no
     weights in the checkpoint and keeps the ones its config names (e.g. pretrained). `module_class`: the
-    class to build (TransferModule; this layer sits below it, so callers name it)."""
+    class to build (TransferModule; this layer sits below it, so callers name it). `weights_digest`: the
+    sha256 the backbone weights file had when the run trained; a checkpoint without backbone weights is
+    refused when the file now differs (its predictions would silently change)."""
     import torch
 
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
@@ -67,6 +79,8 @@ def module_from_checkpoint(
     run = run if isinstance(run, RunConfig) else validate(run)
     state = checkpoint["state_dict"]
     has_backbone = any(key.startswith("backbone.") for key in state)
+    if not has_backbone and weights_digest:
+        _check_weights_unchanged(str(getattr(run.backbone, "weights", "")), weights_digest)
     if has_backbone and hasattr(run.backbone, "weights"):  # the checkpoint has them: no download
         run = dataclasses.replace(run, backbone=dataclasses.replace(run.backbone, weights="none"))
     composition = stored.get("batch_composition") or batch_composition or run.batch_composition
@@ -81,3 +95,15 @@ def module_from_checkpoint(
         raise TlbenchError(f"{path}: weights do not fit the config's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     module.run_config = to_plain_dict(run)
     return module.eval()
+
+
+def _check_weights_unchanged(weights: str, recorded: str) -> None:
+    from .backbones.weights import weights_file_digest
+
+    now = weights_file_digest(weights)
+    if now != recorded:
+        state = "is gone" if now is None else f"changed since the run trained (sha256 {recorded[:12]}… then, {now[:12]}… now)"
+        raise TlbenchError(
+            f"backbone.weights={weights}: the file this run's features came from {state}; restore that file, "
+            "or load the run's logged model (it carries its backbone)"
+        )

@@ -166,6 +166,20 @@ def read_state_dict(path: str | Path, source: Optional[str] = None) -> dict[str,
     return dict(data)
 
 
+def weights_file_digest(weights: str) -> str | None:
+    """sha256 of a local weights file (None for a named source such as `imagenet`, `none` or `runs:/…`,
+    whose content cannot change under the same name): recorded with a run, so that a restore which
+    rebuilds the backbone from this file can tell it was replaced."""
+    path = Path(str(weights)).expanduser()
+    if str(weights).startswith(RUNS_PREFIX) or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_checkpoint(source: str, store_uri: str | None = None) -> Path:
     """Local path of a checkpoint given as a file path or `runs:/<run_id>/<artifact path>` (fetched from
     `store_uri`, the run's own store; None: MLflow's current tracking URI). A run plan resolves its
