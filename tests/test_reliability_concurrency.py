@@ -29,6 +29,60 @@ with recorded_run(Store.of(TrackingConfig(uri=uri)), name, {"worker": name}) as 
 """
 
 
+CLAIMER = """
+import sys, time
+from pathlib import Path
+from tlbench.config import TrackingConfig
+from tlbench.tracking import ClaimedElsewhere, Store, recorded_run
+
+uri, go, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+Path(str(go) + "." + name).touch()
+while not go.exists():
+    time.sleep(0.005)
+try:
+    with recorded_run(Store.of(TrackingConfig(uri=uri)), name, {"config_hash": "same"}, claim=True) as run:
+        time.sleep(2.0)  # training: the others start meanwhile
+        run.log_metrics({"x": 1.0}, step=0)
+    print("trained")
+except ClaimedElsewhere as claimed:
+    print("left to", claimed.run_id)
+"""
+
+
+def _start_together(tmp_path, script: str, uri: str, names: list[str]) -> list[subprocess.Popen]:
+    go = tmp_path / "go"
+    processes = [subprocess.Popen([sys.executable, "-c", script, uri, str(go), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    deadline = time.time() + 60
+    while not all((tmp_path / f"go.{name}").exists() for name in names) and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    return processes
+
+
+def test_identical_configurations_started_together_are_trained_once(tmp_path):
+    """skip_done sweeps started together claim each configuration: the first run holds it, the others
+    delete their new run again and skip, naming the run that trains."""
+    db = tmp_path / "mlflow.db"
+    with recorded_run_store(db):
+        pass
+    names = [f"sweep{i}" for i in range(4)]
+    outputs = [p.communicate(timeout=120) for p in _start_together(tmp_path, CLAIMER, f"sqlite:///{db}", names)]
+    printed = [out.strip() for out, _ in outputs]
+    assert sorted(p.split()[0] for p in printed) == ["left", "left", "left", "trained"], outputs
+    with sqlite3.connect(db) as connection:
+        active = connection.execute("select run_uuid, status from runs where lifecycle_stage = 'active' and name != 'setup'").fetchall()
+    assert len(active) == 1 and active[0][1] == "FINISHED"
+    assert all(p.endswith(active[0][0]) for p in printed if p.startswith("left"))
+
+
+def recorded_run_store(db):
+    """The store made once beforehand (its creation is another test's subject)."""
+    from tlbench.config import TrackingConfig
+    from tlbench.tracking import Store, recorded_run
+
+    return recorded_run(Store.of(TrackingConfig(uri=f"sqlite:///{db}")), "setup", {"config_hash": "other"})
+
+
 def test_four_processes_creating_a_new_store_at_once_all_record_their_run(tmp_path):
     db, go = tmp_path / "mlflow.db", tmp_path / "go"
     names = [f"worker{i}" for i in range(4)]

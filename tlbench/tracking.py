@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -176,20 +176,30 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-@contextmanager
-def store_creation_lock(uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S) -> Iterator[None]:
+def store_creation_lock(uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S):
     """One process at a time opens a SQLite store for the first time: MLflow creates and migrates a new
     store's schema without coordination, so processes starting together on a fresh path fail with
     "table already exists" or leave half-migrated tables. Keyed by the database path (`<db>.lock`)."""
+    return _sqlite_file_lock(uri, ".lock", timeout_s, "creating the MLflow store")
+
+
+def claim_lock(uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S):
+    """One process at a time claims a configuration in a SQLite store (`<db>.claim.lock`), so two that
+    start it together cannot both see no claim; other stores rely on the check after creating the run."""
+    return _sqlite_file_lock(uri, ".claim.lock", timeout_s, "claiming a configuration in")
+
+
+@contextmanager
+def _sqlite_file_lock(uri: str, suffix: str, timeout_s: float, doing: str) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     path = sqlite_path(uri)
-    lock = FileLock(f"{path}.lock") if path is not None else None
+    lock = FileLock(f"{path}{suffix}") if path is not None else None
     try:
         if lock is not None:
             lock.acquire(timeout=timeout_s)
     except Timeout:
-        raise TrackingError(f"tracking.uri: another process has held {path}.lock for {timeout_s:.0f}s while creating the MLflow store {uri}") from None
+        raise TrackingError(f"tracking.uri: another process has held {path}{suffix} for {timeout_s:.0f}s while {doing} {uri}") from None
     except OSError:  # e.g. a read-only folder: no lock, but then no schema can be created there either
         lock = None
     try:
@@ -455,18 +465,44 @@ def unfinished_run_with_hash(store: Store, digest: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+class ClaimedElsewhere(TlbenchError):
+    """Another live process is already running this configuration (skip_done sweeps started together)."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"configuration already running as run {run_id}")
+        self.run_id = run_id
+
+
+def running_claim(client, experiment_id: str, digest: str, mine: str | None = None) -> str | None:
+    """The run that holds the claim on this config hash: a FINISHED run (it finished while this process
+    was preparing), else the earliest-started RUNNING run (run id breaks ties) whose process is alive, or
+    on another host, where liveness cannot be told; `mine` always counts as alive. None when no run holds it."""
+    finished = client.search_runs([experiment_id], f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'", max_results=1)
+    if finished:
+        return finished[0].info.run_id
+    runs = client.search_runs([experiment_id], f"tags.config_hash = '{digest}' and attributes.status = 'RUNNING'", max_results=100)
+    live = [r for r in runs if r.info.run_id == mine or process_state(r.data.tags.get(PROCESS_TAG, "")) != "gone"]
+    return min(live, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if live else None
+
+
 @contextmanager
-def recorded_run(store: Store, run_name: str, tags: dict[str, Any], resume_run_id: str | None = None) -> Iterator[RunRecorder]:
+def recorded_run(
+    store: Store, run_name: str, tags: dict[str, Any], resume_run_id: str | None = None, claim: bool = False
+) -> Iterator[RunRecorder]:
     """Create (or, with `resume_run_id`, reopen) an MLflow run and always close it: FINISHED on success,
     KILLED on interrupt (SIGINT/SIGTERM), FAILED with a `failure_reason` tag on any error (re-raised).
     The run is tagged with its process; earlier runs of the config left RUNNING by a dead process are
-    closed as KILLED first. A Ctrl-C while the run is being closed waits until it is closed."""
+    closed as KILLED first. A Ctrl-C while the run is being closed waits until it is closed.
+
+    `claim` (skip_done): when another live process started the same configuration first, the new run is
+    deleted again and ClaimedElsewhere raised, so sweeps started together split the work."""
     uri = store.uri
     if process_rank() != 0:
         yield SilentRecorder(uri)
         return
     client = store.client
     owner = {PROCESS_TAG: this_process()}
+    holder = None
     try:
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
@@ -478,11 +514,17 @@ def recorded_run(store: Store, run_name: str, tags: dict[str, Any], resume_run_i
             exp_id = experiment_id(client, store.experiment)
             close_dead_runs(client, exp_id)  # this config's, and any other run or parent a dead process left RUNNING
             all_tags = {**standard_tags(), **store.tags, **{k: str(v) for k, v in tags.items()}, **owner}
-            run_id = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info.run_id
+            with claim_lock(uri) if claim else nullcontext():
+                run_id = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info.run_id
+                holder = running_claim(client, exp_id, str(tags["config_hash"]), mine=run_id) if claim and "config_hash" in tags else None
+                if holder and holder != run_id:
+                    client.delete_run(run_id)
     except TlbenchError:
         raise
     except Exception as exc:
         raise TrackingError(f"tracking.uri: cannot write to MLflow store {uri}: {str(exc).splitlines()[0]}") from None
+    if holder and holder != run_id:
+        raise ClaimedElsewhere(holder)
     recorder = RunRecorder(client, run_id, uri)
     try:
         yield recorder

@@ -26,7 +26,7 @@ from .module import TransferModule
 from .plan import RunPlan, plan_run, writable_folder
 from .progress import EpochSummary
 from .threads import intra_op_threads, threads_for
-from .tracking import Store, config_hash, finished_run_with_hash, recorded_run, unfinished_run_with_hash
+from .tracking import ClaimedElsewhere, Store, config_hash, finished_run_with_hash, recorded_run, unfinished_run_with_hash
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
         if done:
             log.info("skip_done: config %s already finished as run %s", digest, done)
             return {"skipped": 1.0, "run_id": done}
+        try:
+            return execute(plan_run(run, store), extra_callbacks, extra_tags)
+        except ClaimedElsewhere as claimed:  # a sweep started beside this one runs it
+            log.info("skip_done: config %s is being run by another process as run %s", digest, claimed.run_id)
+            return {"skipped": 1.0, "run_id": claimed.run_id}
     return execute(plan_run(run, store), extra_callbacks, extra_tags)
 
 
@@ -121,7 +126,7 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         "threads": threads,
         **(extra_tags or {}),
     }
-    with sigterm_as_interrupt(), intra_op_threads(threads), recorded_run(plan.store, plan.run_name, tags, resume_run_id) as recorder:
+    with sigterm_as_interrupt(), intra_op_threads(threads), recorded_run(plan.store, plan.run_name, tags, resume_run_id, claim=run.tracking.skip_done) as recorder:
         if not resume_run_id:
             plain = to_plain_dict(run)
             recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})
