@@ -124,6 +124,24 @@ def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path):
     assert len(errors) == 1 and "cannot reach MLflow server" in errors[0]
 
 
+def test_a_database_store_at_a_closed_port_fails_within_the_timeout_in_one_line():
+    """MLflow alone retries a refused PostgreSQL connection for about two minutes, then raises a traceback."""
+    import socket
+
+    from tlbench.tracking import TrackingError, client_for
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    started = time.time()
+    with pytest.raises(TrackingError) as caught:
+        client_for(f"postgresql://user:secret@127.0.0.1:{port}/db", timeout_s=3)
+    assert time.time() - started < 15
+    message = str(caught.value)
+    assert "\n" not in message and "secret" not in message and "tracking.timeout_s=3" in message
+
+
 def test_skip_done_reruns_nothing_that_finished(tmp_path, mlflow_uri):
     """A restarted sweep with tracking.skip_done=true skips finished configs and runs the rest."""
     first = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1"]))

@@ -287,6 +287,36 @@ class BoundedClient:
         return lambda *args, **kwargs: within(self.timeout_s, lambda: attr(*args, **kwargs), self.uri, name)
 
 
+def masked(url: str) -> str:
+    """A database URL without its password, for tags and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def check_database_server(uri: str, timeout_s: float) -> None:
+    """A database store (postgresql://, mysql://, …) answers and accepts the login within `timeout_s`:
+    MLflow itself retries a refused connection for about two minutes and then raises a traceback."""
+    import sqlalchemy
+
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": max(1, int(timeout_s))}, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except ImportError as exc:
+        raise TrackingError(f"tracking.uri={masked(uri)}: its database driver is not installed ({exc}); for PostgreSQL: pip install 'psycopg[binary]'") from None
+    except Exception as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise TrackingError(
+            f"tracking.uri={masked(uri)}: cannot connect to the database within tracking.timeout_s={timeout_s:g} ({detail}); "
+            "is the server running and the URI right?"
+        ) from None
+
+
 def client_for(uri: str, timeout_s: float | None = None):
     """A client whose store is ready. Remote: reachable now, every call bounded by `timeout_s` (default:
     the last bound set in this process). SQLite: the first touch, which creates and migrates a new file,
@@ -298,6 +328,8 @@ def client_for(uri: str, timeout_s: float | None = None):
         bound_http_requests(timeout_s)
         check_reachable(uri, timeout_s)
         return BoundedClient(MlflowClient(tracking_uri=uri), uri, timeout_s)
+    if sqlite_path(uri) is None and "://" in uri and not uri.startswith("file:"):
+        check_database_server(uri, timeout_s or _timeout_s)
     with store_creation_lock(uri):
         check_sqlite_store(uri, timeout_s or _timeout_s)
         return MlflowClient(tracking_uri=uri)  # builds the store: creates and migrates a new SQLite file

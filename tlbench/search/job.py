@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import ConfigError, TlbenchError
+from ..tracking import masked  # noqa: F401  (re-exported: the search modules mask storage URLs too)
 from .space import SearchSpace
 
 log = logging.getLogger("tlbench.search")
@@ -106,11 +107,3 @@ def absolute_storage(url: str) -> str:
     return url
 
 
-def masked(url: str) -> str:
-    """The storage URL without its password, for tags and logs."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
