@@ -41,6 +41,9 @@ def test_help_names_every_subcommand_and_each_answers_its_help():
     from tlbench.cli import SUBCOMMANDS
 
     top = subprocess.run([str(TLBENCH), "--help"], capture_output=True, text=True, timeout=60).stdout
+    groups = dict(line.split(": ", 1) for line in top.split("== Configuration groups ==")[1].split("== Config ==")[0].splitlines() if ": " in line)
+    assert {"data", "trainer", "tracking", "adapt"} <= set(groups) and "digits" in groups["data"].split(", ")
+    assert not [g for g, options in groups.items() if "schema" in options.split(", ")]  # typed defaults, not a user's option
     for name in SUBCOMMANDS:
         assert f"tlbench {name}" in top, name
         sub = subprocess.run([str(TLBENCH), name, "--help"], capture_output=True, text=True, timeout=60)

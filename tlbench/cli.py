@@ -132,6 +132,28 @@ def _hydra_main() -> None:
         os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
+def _hide_schema_options() -> None:
+    """`tlbench --help` lists each group's options; `schema` (the typed defaults every yaml of a group
+    starts from, config.register_schemas) is not one a user picks, so the listing leaves it out."""
+    from hydra._internal.hydra import Hydra
+
+    listing = Hydra.format_config_groups
+    if getattr(listing, "hides_schema", False):
+        return
+
+    def without_schema(self, predicate, compact: bool = True) -> str:
+        lines = listing(self, predicate, compact).splitlines()
+        kept = []
+        for line in lines:
+            group, _, options = line.partition(": ")
+            shown = [o for o in options.split(", ") if o != "schema"]
+            kept.append(f"{group}: {', '.join(shown)}" if compact and options else line)
+        return "\n".join(kept) + "\n"
+
+    without_schema.hides_schema = True
+    Hydra.format_config_groups = without_schema
+
+
 def _first_interrupt(signum, frame) -> None:
     """Ctrl-C raises KeyboardInterrupt once; later ones are ignored, as are any after the run was closed
     KILLED (a Ctrl-C that arrived while a checkpoint was written is re-raised by signals_held, not here).
@@ -157,6 +179,8 @@ def main() -> None:
         signal.signal(signal.SIGINT, _first_interrupt)
     from . import sweep_run
 
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        _hide_schema_options()
     try:
         _hydra_main()
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown: the run is already closed KILLED (logged above)
