@@ -346,3 +346,39 @@ def test_search_rule_flag_is_the_selection_override(monkeypatch):
     )
     assert cli.main(["--rule", "bnm", "backbone=small_cnn"]) != 0
     assert seen["overrides"][-1] == "selection=bnm"
+
+
+@pytest.mark.slow  # starts the real dashboard server
+def test_optuna_dashboard_serves_a_study_from_its_storage(tmp_path):
+    """The README's way to watch a search: `optuna-dashboard <storage>` (installed with tlbench) on
+    127.0.0.1, answering with the study and its trials."""
+    import json
+    import subprocess
+    import time
+    import urllib.request
+
+    import optuna
+    from servers import free_port
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="watched", storage=storage, direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    port = free_port()
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    process = subprocess.Popen([str(dashboard), storage, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, studies = time.time() + 60, None
+        while time.time() < deadline and studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    studies = json.loads(response.read())["study_summaries"]
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                time.sleep(0.3)
+        assert studies is not None, "optuna-dashboard did not answer within 60 s"
+        (watched,) = [s for s in studies if s["study_name"] == "watched"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{watched['study_id']}", timeout=5) as response:
+            assert len(json.loads(response.read())["trials"]) == 3
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -10,6 +10,7 @@ Running the same command again resumes the study (same study name and storage).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from ..errors import TlbenchError
@@ -86,13 +87,12 @@ def print_result(result: dict, job) -> None:
 
         params = " ".join(f"{k}={format_value(v)}" for k, v in result["best_params"].items())
         print(f"[tlbench search] best: trial {result['best_trial']} {result['metric']}={result['best_value']:.4f}  {params}")
-        import shlex
-
         rerun = shlex.join(result.get("best_overrides") or [*job.fixed, *params.split()])
         print(f"[tlbench search] best run: {result['best_run_id']}  (rerun: tlbench {rerun})")
     from ..tracking import ui_hint
 
     print(f"[tlbench search] MLflow parent run {result['parent_run_id']}: {ui_hint(job.tracking_uri)}")
+    print(f"[tlbench search] the study live in a browser: optuna-dashboard {shlex.quote(job.storage)}   (then http://127.0.0.1:8080)")
 
 
 if __name__ == "__main__":
