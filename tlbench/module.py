@@ -96,6 +96,8 @@ class TransferModule(pl.LightningModule):
             self.metrics[key + "_loss"] = MeanMetric()
         #: Confusion matrices of the test pass (the selected checkpoint), drawn as run artifacts without
         #: a second inference pass; synced across devices like the other metrics.
+        self._train_sums: dict[str, torch.Tensor] = {}
+        self._train_count = 0
         self.confusion = nn.ModuleDict({split.replace("/", "_"): MulticlassConfusionMatrix(num_classes) for split in TEST_SPLITS})
 
     # ----------------------------------------------------------------- model
@@ -151,6 +153,7 @@ class TransferModule(pl.LightningModule):
         return self
 
     def on_train_epoch_start(self) -> None:
+        self._train_sums, self._train_count = {}, 0  # this epoch's train_epoch/ means (_record_train_logs)
         # Reseeding per epoch makes a run resumed from an epoch checkpoint draw the same randomness
         # (dropout, augmentation) as an uninterrupted one.
         pl.seed_everything(self.seed * 10_007 + self.current_epoch, verbose=False)
@@ -264,14 +267,29 @@ class TransferModule(pl.LightningModule):
             )
         logs["train/loss"] = loss
         logs.update({f"train/{k}": v for k, v in adapted.logs.items()})
-        if self._trainer is not None and self.trainer.optimizers:
-            logs["train/head_lr"] = loss.new_tensor(self._group_lr("head"))
-        batch_size = (images_s if images_s is not None else images_t).shape[0]
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
-        # Epoch means too: the learning curves (loss, domain accuracy, λ) drawn per reproduction.
-        epoch_logs = {k.replace("train/", "train_epoch/"): v.detach() for k, v in logs.items()}
-        self.log_dict(epoch_logs, on_step=False, on_epoch=True, batch_size=batch_size)
+        self._record_train_logs(logs, (images_s if images_s is not None else images_t).shape[0])
         return loss
+
+    def _record_train_logs(self, logs: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Step values on the steps the logger writes (every `log_every_n_steps`), and batch-weighted epoch
+        means (`train_epoch/…`, the learning curves of every reproduction) summed here and logged once at the
+        epoch's end. Handing every key to Lightning on every step cost ~6 ms a step in its result
+        bookkeeping, a quarter of a small network's step."""
+        sums = self._train_sums
+        for key, value in logs.items():
+            value = value.detach()
+            sums[key] = sums[key] + value * batch_size if key in sums else value * batch_size
+        self._train_count += batch_size
+        if self._trainer is None or (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            if self._trainer is not None and self.trainer.optimizers:
+                logs["train/head_lr"] = logs["train/loss"].new_tensor(self._group_lr("head"))
+            self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_count:
+            means = {key.replace("train/", "train_epoch/"): total / self._train_count for key, total in self._train_sums.items()}
+            self.log_dict(means, on_step=False, on_epoch=True)
+        self._train_sums, self._train_count = {}, 0
 
     # ------------------------------------------------------------ evaluation
     def _target_batches(self):

@@ -296,6 +296,113 @@ print(json.dumps({"images_per_s": steps * run.data.batch_size / seconds, "steady
 """
 
 
+DA_STEP_CHILD = """
+import json, sys, time
+import torch
+from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint
+from tlbench.composition import compose_config as compose
+from tlbench.config import validate
+from tlbench.data.datamodule import DomainDataModule
+from tlbench.mlflow_logger import MlflowMetricLogger
+from tlbench.tracking import recorded_run
+from tlbench.assembly import build_module
+from tlbench.module import TransferModule
+from tlbench.plan import plan_run
+from tlbench.train import build_trainer
+import torch.nn.functional as F
+work, steps, arm, method = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+# the quickstart's DANN-paper digit recipe: one joint batch of 64 source + 64 target images at 20 px
+run = validate(compose(["experiment=da_digits", f"adapt={method}", "trainer.max_epochs=1", f"trainer.steps_per_epoch={steps}",
+                        "trainer.limit_val_batches=1", f"tracking.uri=sqlite:///{work}/loop.db"]))
+run.output_dir, run.checkpoint_dir = work + "/out", work + "/ckpt"
+torch.manual_seed(0)
+plan = plan_run(run)
+module, datamodule, _ = build_module(plan, DomainDataModule(run.data, run.seed, steps_per_epoch=steps), TransferModule)
+step_starts = []
+if arm == "lightning":
+    class StepClock(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            step_starts.append(time.perf_counter())
+
+    with recorded_run(plan.store, "loop", {}) as recorder:
+        checkpoint = ModelCheckpoint(dirpath=run.checkpoint_dir, monitor="val/source_acc", mode="max", save_last=True)
+        trainer = build_trainer(plan, MlflowMetricLogger(recorder), checkpoint, [StepClock()])
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        seconds = time.perf_counter() - started
+else:  # the same forward, losses and SGD update, written as a plain loop over the same loader
+    module.train()
+    optimizer = torch.optim.SGD(module.parameters(), lr=run.optim.lr, momentum=0.9, weight_decay=run.optim.weight_decay)  # the recipe's SGD
+    loader = datamodule.train_dataloader()
+    started = time.perf_counter()
+    for index, batch in enumerate(loader):
+        batch = batch[0] if isinstance(batch, tuple) else batch
+        if index == steps:
+            break
+        step_starts.append(time.perf_counter())
+        images_s, labels_s = batch["source"][:2]
+        images_t = batch.get("target")
+        inputs = torch.cat([module.preprocess(images_s), module.preprocess(images_t)]) if images_t is not None else module.preprocess(images_s)
+        features = module.features(inputs)
+        features_s, features_t = features.split([len(images_s), len(features) - len(images_s)])
+        logits_s, logits_t = module.head(features_s), module.head(features_t)
+        loss = F.cross_entropy(logits_s, labels_s) + module.adapter.loss(features_s, features_t, logits_s, logits_t, labels_s, index / steps, step=index).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - started
+warm = min(10, len(step_starts) // 3)
+steady = (len(step_starts) - 1 - warm) / (step_starts[-1] - step_starts[warm])
+print(json.dumps({"steps_per_s": steps / seconds, "steady_steps_per_s": steady}))
+"""
+
+
+def section_da_step(work: Path, pairs: int, steps: int, lines: list[str]) -> None:
+    """A DA step under tlbench's Trainer against the same step as a plain loop, per method."""
+
+    def arm(name: str, method: str):
+        def run(index: int) -> dict:
+            out = subprocess.run(
+                [PYTHON, "-c", DA_STEP_CHILD, str(work / f"da_{method}_{name}_{index}"), str(steps), name, method],
+                env=environment(work, "da_step"),
+                cwd=work,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        return run
+
+    rows = []
+    for method in ("source_only", "dann_paper_digits", "cdan"):
+        results = interleaved(pairs, {"lightning": arm("lightning", method), "plain": arm("plain", method)})
+
+        def median(which: str, key: str) -> float:
+            return statistics.median(r[key] for r in results[which])
+
+        rows.append(
+            f"| {method} | {median('plain', 'steady_steps_per_s'):.1f} | {median('lightning', 'steady_steps_per_s'):.1f} | "
+            f"**{median('lightning', 'steady_steps_per_s') / median('plain', 'steady_steps_per_s'):.2f}×** | "
+            f"**{median('lightning', 'steps_per_s') / median('plain', 'steps_per_s'):.2f}×** |"
+        )
+    lines += [
+        "## 6. A DA step under tlbench vs the same step in a plain loop",
+        "",
+        "The quickstart's recipe (`experiment=da_digits`: the DANN paper's digit network, one joint batch of 64 source + 64",
+        f"target images at 20 px, SGD), {steps} steps, one intra-op thread. The plain loop runs the same forward, losses and",
+        "optimizer on the same loader; the tlbench side is `train.build_trainer` with the MLflow logger, checkpointing and",
+        "one validation batch per loader. Steady: steps/s from step 10 to the last; whole: steps over the wall time of `fit`",
+        f"(set-up, validation and checkpoint included). Medians of {pairs} interleaved pairs.",
+        "",
+        "| method | plain loop, steps/s | tlbench, steps/s | steady ratio | whole-run ratio |",
+        "|---|--:|--:|--:|--:|",
+        *rows,
+        "",
+    ]
+
+
 def section_loop(work: Path, pairs: int, steps: int, lines: list[str]) -> None:
     def arm(name: str):
         def run(index: int) -> dict:
@@ -385,11 +492,16 @@ def section_threads(work: Path, pairs: int, epochs: int, lines: list[str]) -> No
     ]
 
 
+SECTIONS = ("grid", "help", "loop", "da_step", "threads")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=3, help="interleaved repeats of every comparison")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script works")
+    parser.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (printed only; results/perf.md is written by a full run)")
     args = parser.parse_args()
+    chosen = args.sections.split(",") if args.sections else list(SECTIONS)
     import torch
 
     quick = args.quick
@@ -405,16 +517,22 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="tlbench-perf-") as folder:
         work = Path(folder)
-        probe = section_probe_grid(work, args.pairs, 2 if quick else 10, lines)
-        tiny_lines: list[str] = []
-        tiny = section_peer(work, args.pairs, 6 if quick else 50, 5 if quick else 20, tiny_lines)
-        section_overhead(probe, tiny, lines)
-        lines += tiny_lines
-        section_help(work, 3 if quick else 5, lines)
-        section_loop(work, args.pairs, 10 if quick else 60, lines)
-        section_threads(work, args.pairs, 2 if quick else 20, lines)
+        if "grid" in chosen:
+            probe = section_probe_grid(work, args.pairs, 2 if quick else 10, lines)
+            tiny_lines: list[str] = []
+            tiny = section_peer(work, args.pairs, 6 if quick else 50, 5 if quick else 20, tiny_lines)
+            section_overhead(probe, tiny, lines)
+            lines += tiny_lines
+        if "help" in chosen:
+            section_help(work, 3 if quick else 5, lines)
+        if "loop" in chosen:
+            section_loop(work, args.pairs, 10 if quick else 60, lines)
+        if "da_step" in chosen:
+            section_da_step(work, args.pairs, 12 if quick else 250, lines)
+        if "threads" in chosen:
+            section_threads(work, args.pairs, 2 if quick else 20, lines)
     print("\n".join(lines))
-    if not quick:  # a quick check only prints
+    if not quick and not args.sections:  # a quick check or a subset only prints
         (ROOT / "results" / "perf.md").write_text("\n".join(lines))
 
 
