@@ -17,6 +17,7 @@ import os
 import pickle
 import signal
 import socket
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -569,6 +570,98 @@ def _ddp_two_processes(tmp: Path) -> Outcome:
     if sum(counts.values()) != 1:  # one run per rank was the bug
         outcome.exit_code = outcome.exit_code or 1
     return outcome
+
+
+# ----------------------------------------------------------------------------- round three (issue 30)
+def _finished_run_id(db: Path) -> Optional[str]:
+    connection = sqlite3.connect(db)
+    row = connection.execute("select run_uuid from runs where status = 'FINISHED' order by start_time desc limit 1").fetchone()
+    connection.close()
+    return row[0] if row else None
+
+
+@case("round three", "divergence: optim.lr=1e6, one epoch (a non-finite loss ends the run FAILED)")
+def _divergence(tmp: Path) -> Outcome:
+    outcome = tlbench(tmp, *TINY, f"tracking.uri={store(tmp)}", "optim.lr=1e6", "optim.name=sgd")
+    counts = runs_by_status(tmp / "mlflow.db")
+    outcome.note = f"runs: {counts}"
+    if counts.get("FINISHED"):
+        outcome.lost = counts["FINISHED"]  # a diverged run recorded as a success is a result lost to noise
+    return with_store_counts(outcome, tmp / "mlflow.db", expected_runs=1)
+
+
+@case("round three", "TLBENCH_CACHE is a file")
+def _cache_is_a_file(tmp: Path) -> Outcome:
+    (tmp / "cachefile").write_text("not a folder")
+    return with_store_counts(tlbench(tmp, *TINY, f"tracking.uri={store(tmp)}", env={"TLBENCH_CACHE": str(tmp / "cachefile")}), tmp / "mlflow.db")
+
+
+@case("round three", "tracking.uri=postgresql:// at a closed port, tracking.timeout_s=5")
+def _postgres_closed_port(tmp: Path) -> Outcome:
+    return tlbench(tmp, *TINY, "tracking.uri=postgresql://user:secret@127.0.0.1:9/db", "tracking.timeout_s=5")
+
+
+@case("round three", "data=folder with one class")
+def _one_class(tmp: Path) -> Outcome:
+    source = _write_folder(tmp / "src")
+    shutil.rmtree(source / "b")
+    return _folder_run(tmp, source, _write_folder(tmp / "tgt"))
+
+
+@case("round three", "checkpoint_dir under an unwritable system folder")
+def _unwritable_checkpoints(tmp: Path) -> Outcome:
+    return with_store_counts(tlbench(tmp, *TINY, f"tracking.uri={store(tmp)}", "checkpoint_dir=/proc/tlbench/ckpt"), tmp / "mlflow.db")
+
+
+@case("round three", "four identical sweeps -m seed=0,1 skip_done=true started together")
+def _identical_sweeps(tmp: Path) -> Outcome:
+    started = time.monotonic()
+    args = ["-m", *TINY, f"tracking.uri={store(tmp)}", "seed=0,1", "tracking.skip_done=true"]
+    processes = [Process(args, tmp).start() for _ in range(4)]
+    codes = [p.finish()[0] for p in processes]
+    counts = runs_by_status(tmp / "mlflow.db")
+    connection = sqlite3.connect(tmp / "mlflow.db")
+    trained = connection.execute(
+        "select count(*) from runs where status = 'FINISHED' and lifecycle_stage = 'active' and run_uuid not in "
+        "(select run_uuid from tags where key = 'tlbench.parent')"
+    ).fetchone()[0]
+    connection.close()
+    outcome = Outcome(exit_code=max(codes), seconds=time.monotonic() - started, expect="works", lines=max(len(p.text_lines()) for p in processes))
+    outcome = with_store_counts(outcome, tmp / "mlflow.db", expected_runs=2)
+    outcome.note = f"exit codes {codes}; {trained} job run(s) trained for 2 configurations; runs by status: {counts}"
+    if trained != 2:
+        outcome.exit_code = outcome.exit_code or 1
+    return outcome
+
+
+@case("round three", "SHOT from a source model trained on the target's labels")
+def _leaky_source_model(tmp: Path) -> Outcome:
+    first = tlbench(tmp, *TINY, f"tracking.uri={store(tmp)}", "data.source=sklearn_digits", expect="works")
+    run_id = _finished_run_id(tmp / "mlflow.db")
+    if first.exit_code != 0 or run_id is None:
+        return Outcome(exit_code=first.exit_code, note="setup run failed", last_line=first.last_line)
+    outcome = tlbench(tmp, *TINY, f"tracking.uri={store(tmp)}", "adapt=shot", f"adapt.source_model=runs:/{run_id}")
+    return with_store_counts(outcome, tmp / "mlflow.db", expected_runs=1)
+
+
+@case("round three", "cached linear probe re-scored after its backbone weights file was replaced")
+def _replaced_weights(tmp: Path) -> Outcome:
+    import torch
+
+    weights = tmp / "backbone.pt"
+    code = (
+        "import sys, torch\nfrom tlbench.backbones import BACKBONES\n"
+        "torch.save(BACKBONES.build({'name': 'small_cnn', 'family': 'small_cnn'}).state_dict(), sys.argv[1])\n"
+    )
+    subprocess.run([PYTHON, "-c", code, str(weights)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = tlbench(tmp, *TINY, f"tracking.uri={store(tmp)}", "freeze=linear_probe", f"backbone.weights={weights}", expect="works")
+    run_id = _finished_run_id(tmp / "mlflow.db")
+    if first.exit_code != 0 or run_id is None:
+        return Outcome(exit_code=first.exit_code, note="setup run failed", last_line=first.last_line)
+    state = torch.load(weights)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    outcome = tlbench(tmp, "eval", run_id, "--uri", store(tmp))
+    return with_store_counts(outcome, tmp / "mlflow.db", expected_runs=1)
 
 
 # ----------------------------------------------------------------------------- security
