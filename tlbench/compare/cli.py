@@ -2,6 +2,7 @@
 
     tlbench compare fair_da_digits --workers 2          # tune every arm, evaluate, bound, sensitivity, report
     tlbench compare fair_da_digits --stages tune,eval --arms source_only,dann
+    tlbench compare fair_dg_rotated_fashion --tasks 75    # a comparison with tasks: one of them
     tlbench compare --list
 
 Running the same command again resumes: finished trials and runs are kept. The output folder
@@ -29,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stages",
         default="tune,eval,upper_bound,sensitivity,report",
-        help="comma-separated subset of tune,eval,upper_bound,sensitivity,report (default: all, in that order)",
+        help="comma-separated subset of tune,eval,upper_bound,sensitivity,report (default: all, in that order); "
+        "summary alone rebuilds a comparison's summary.md from its tasks' tables",
     )
     p.add_argument("--arms", help="comma-separated arms for tune/eval (default: all)")
     p.add_argument("--tasks", help="comma-separated tasks of a comparison with tasks (default: all); each runs in <out>/<task>")
@@ -59,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         for task, task_spec, where in task_runs(spec, out, args.tasks.split(",") if args.tasks else None):
             if task:
                 print(f"[tlbench compare] {spec.name}: task {task}", flush=True)
-            run(task_spec, where, [s for s in stages if s != "report"], arms, args.workers)
+            run(task_spec, where, [s for s in stages if s not in ("report", "summary")], arms, args.workers)
             if "report" in stages:
                 from .records import write_records
 
                 for path in write_records(task_spec, where):
                     print(f"[tlbench compare] wrote {path}")
-        if "report" in stages and spec.tasks:
+        if spec.tasks and ("report" in stages or "summary" in stages):
             from ..report.fair import layout_of, write_task_summary
 
             for path in write_task_summary(out, list(spec.tasks), layout_of(spec), spec.title):
