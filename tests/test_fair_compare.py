@@ -258,3 +258,16 @@ def test_report_from_refuses_a_file_that_is_not_an_export(tmp_path, capsys):
     (tmp_path / "runs.csv").write_text(layout)
     assert report_main(["--from", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "layout kind 'poster'" in capsys.readouterr().err
+
+
+SUMMARIES = sorted((ROOT / "results").glob("*/summary.md"))
+
+
+@pytest.mark.parametrize("summary", SUMMARIES, ids=[p.parent.name for p in SUMMARIES])
+def test_committed_task_summaries_rebuild_byte_for_byte_from_their_tasks_tables(summary, tmp_path):
+    from tlbench.report.fair import layout_of, write_task_summary
+
+    spec = load_spec(summary.parent.name)
+    write_task_summary(summary.parent, list(spec.tasks), layout_of(spec), spec.title, into=tmp_path)
+    for name in ("summary.md", "summary.csv"):
+        assert (tmp_path / name).read_bytes() == (summary.parent / name).read_bytes(), name

@@ -386,8 +386,10 @@ def task_summary(out: Path, tasks: list[str], stem: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_task_summary(out: Path, tasks: list[str], layout: dict[str, Any], title: str) -> list[Path]:
-    """summary.md/.csv of a comparison with tasks, from each task's committed tables (so it rebuilds with them)."""
+def write_task_summary(out: Path, tasks: list[str], layout: dict[str, Any], title: str, into: Path | None = None) -> list[Path]:
+    """summary.md/.csv of a comparison with tasks, from each task's committed tables in `out` (so it rebuilds
+    with them), written to `into` (default: `out`)."""
+    into = into or out
     parts = [f"# {title}", ""]
     frames = []
     for stem, rule in (("table", layout["rule"]), ("oracle", "oracle")):
@@ -412,6 +414,6 @@ def write_task_summary(out: Path, tasks: list[str], layout: dict[str, Any], titl
             ]
             parts.append(f"| {row['arm']} | " + " | ".join(shown) + f" | {'–' if pd.isna(row['avg']) else format(row['avg'], '.2f')} |")
         parts.append("")
-    (out / "summary.md").write_text("\n".join(parts))
-    pd.concat(frames).round(4).to_csv(out / "summary.csv", index=False, lineterminator="\n")
-    return [out / "summary.md", out / "summary.csv"]
+    (into / "summary.md").write_text("\n".join(parts))
+    pd.concat(frames).round(4).to_csv(into / "summary.csv", index=False, lineterminator="\n")
+    return [into / "summary.md", into / "summary.csv"]
