@@ -189,10 +189,22 @@ def close_sweep_run(uri: str, parent_id: str, summary: str, runs: Any, expected:
 
         client.log_figure(parent_id, plot, "sweep_accuracy.png")
         plt.close(plot)
-    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    if _live_children(client, parent_id):  # identical sweeps started together share this parent: the last one closes it
+        print(f"[tlbench] sweep: parent run {parent_id} stays open while another process's jobs of it run", flush=True)
+    else:
+        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
     os.environ.pop(ENV_PARENT, None)
     _launched = None
     return failed
+
+
+def _live_children(client, parent: str) -> int:
+    """How many of the parent's child runs are RUNNING in a process that is still alive (or on another host)."""
+    from .processes import PROCESS_TAG, process_state
+
+    experiment = client.get_run(parent).info.experiment_id
+    running = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
+    return sum(process_state(r.data.tags.get(PROCESS_TAG, "")) != "gone" for r in running)
 
 
 def failure_lines(runs: Any, expected: int | None) -> list[str]:
