@@ -169,3 +169,22 @@ def test_runs_and_sweep_parents_left_running_by_a_dead_process_are_closed_by_the
     assert client.get_run(job).info.status == "KILLED" and client.get_run(parent).info.status == "KILLED"
     assert "ended without closing" in client.get_run(parent).data.tags["failure_reason"]
     assert client.get_run(alive).info.status == "RUNNING"
+
+
+def test_a_shared_sweep_parent_is_closed_by_the_last_sweep_to_end(tmp_path):
+    """Identical sweeps started in the same second share a sweep folder and parent: the first to end leaves
+    the parent open while a live process still runs one of its jobs; the last one closes it."""
+    from tlbench import sweep_run
+    from tlbench.processes import PROCESS_TAG, this_process
+    from tlbench.tracking import client_for, experiment_id
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = client_for(uri)
+    experiment = experiment_id(client, "sweeps")
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    child = client.create_run(experiment, tags={"mlflow.parentRunId": parent, PROCESS_TAG: this_process()}).info.run_id
+    sweep_run.close_sweep_run(uri, parent, "summary", None, expected=1)
+    assert client.get_run(parent).info.status == "RUNNING"  # this process still runs the child
+    client.set_terminated(child, "FINISHED")
+    assert sweep_run.close_sweep_run(uri, parent, "summary", None, expected=1) == 0
+    assert client.get_run(parent).info.status == "FINISHED"
