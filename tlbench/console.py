@@ -18,6 +18,8 @@ def quiet_libraries(import_libraries: bool = True) -> None:
         import pytorch_lightning  # noqa: F401
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact copy otherwise
+    # against a server MLflow prints two emoji links per closed run; tlbench prints its own summary and UI hint
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
