@@ -545,3 +545,19 @@ def test_a_damaged_blended_image_cache_is_rebuilt_with_one_line(tmp_path, monkey
             again = blended_domain("tiny_m", ["a", "b"], arrays, photos, 0, True)
         assert again.fingerprint == first.fingerprint
         assert len([r for r in caplog.records if "rebuilding the cached blend" in r.getMessage()]) == 1, damage
+
+
+def test_a_long_first_build_reports_its_progress_with_the_time_left(caplog):
+    import logging
+
+    import numpy as np
+
+    from tlbench.data.fashion import blend_with_photos, progress_reporter
+
+    gray = np.zeros((20, 8, 8), dtype=np.uint8)
+    photo = np.full((16, 16, 3), 100, dtype=np.uint8)
+    with caplog.at_level(logging.INFO, logger="tlbench.data.fashion"):
+        blended = blend_with_photos(gray, [photo], seed=0, chunk=5, progress=progress_reporter("fashion_m", every_s=0.0))
+    lines = [r.getMessage() for r in caplog.records if "fashion_m" in r.getMessage()]
+    assert blended.shape == (20, 3, 8, 8) and (blended == 100).all()
+    assert len(lines) == 4 and lines[0].startswith("fashion_m: 5/20 images (25%), about") and lines[-1].startswith("fashion_m: 20/20 images (100%)")

@@ -79,10 +79,11 @@ def fashion(argument: str, cfg, seed: int) -> DomainSplits:
 # ------------------------------------------------------------------ MNIST-M-style blending
 
 
-def blend_with_photos(gray: np.ndarray, photos: list[np.ndarray], seed: int, chunk: int = 8192) -> np.ndarray:
+def blend_with_photos(gray: np.ndarray, photos: list[np.ndarray], seed: int, chunk: int = 8192, progress=None) -> np.ndarray:
     """N×H×W uint8 grey images → N×3×H×W uint8: |random H×W patch of a random photo − image| per channel.
 
-    Vectorised per chunk (one fancy-indexing gather of all patches); deterministic for (inputs, seed)."""
+    Vectorised per chunk (one fancy-indexing gather of all patches); deterministic for (inputs, seed).
+    `progress(done, total)` is called after each chunk."""
     n, height, width = gray.shape
     usable = [p for p in photos if p.shape[0] >= height and p.shape[1] >= width]
     if not usable:
@@ -101,7 +102,27 @@ def blend_with_photos(gray: np.ndarray, photos: list[np.ndarray], seed: int, chu
             patches[members] = photo[top + rows, left + cols]
         diff = np.abs(patches.astype(np.int16) - gray[start:stop, :, :, None].astype(np.int16))
         out[start:stop] = diff.astype(np.uint8).transpose(0, 3, 1, 2)
+        if progress is not None:
+            progress(stop, n)
     return out
+
+
+def progress_reporter(what: str, every_s: float = 10.0):
+    """A `progress(done, total)` that logs one line with an estimate of the time left, at most every
+    `every_s` seconds: a first build of a data set takes minutes and must not look like a hang."""
+    import time
+
+    started, last = time.monotonic(), [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        left = (now - started) / done * (total - done) if done else float("nan")
+        log.info("%s: %d/%d images (%.0f%%), about %.0f s left", what, done, total, 100 * done / total, left)
+
+    return report
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -159,7 +180,8 @@ def blended_domain(name: str, class_names: list[str], arrays: Arrays, photo_path
         if colour is None:
             log.warning("%s: rebuilding the cached blend %s: %s (a few minutes)", name, path.name, problem)
     if colour is None:
-        colour = blend_with_photos(gray, [_read_rgb(p) for p in photo_paths], generation_seed)
+        log.info("%s: building the blended images once (cached in %s afterwards)", name, path.parent)
+        colour = blend_with_photos(gray, [_read_rgb(p) for p in photo_paths], generation_seed, progress=progress_reporter(name))
         save_array_with_digest(path, colour)
     n_train = len(train_x)
     return official_splits(name, class_names, colour[:n_train], train_y, colour[n_train:], test_y, hflip_ok=hflip_ok)
