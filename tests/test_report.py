@@ -321,3 +321,32 @@ def test_cli_missing_experiment_exits_2_with_one_line(store, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tlbench report: error: experiment 'nope' not found"), result.stderr
     assert result.stdout == ""
+
+
+def test_a_metric_measured_once_per_run_is_tabulated_per_cell_and_rebuilds_from_the_export(tmp_path):
+    """`--metric analysis/a_distance`: the proxy A-distance each run logged, as mean ± std (n) per cell,
+    written beside the tables and rebuilt from the export like them."""
+    from tlbench.report.cli import main as report_main
+    from tlbench.tracking import client_for, experiment_id
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = client_for(uri)
+    experiment = experiment_id(client, "exp")
+    for method, seed, distance in [("dann", 0, 0.4), ("dann", 1, 0.6), ("source_only", 0, 1.5), ("source_only", 1, 1.7)]:
+        run = client.create_run(experiment).info.run_id
+        for key, value in {"adapt.name": method, "seed": seed, "data.name": "digits"}.items():
+            client.log_param(run, key, value)
+        for step, (val, test) in enumerate([(0.5, 0.4), (0.7, 0.6)]):
+            client.log_metric(run, "val/source_acc", val, step=step)
+            client.log_metric(run, "eval/target_test_acc", test, step=step)
+        if not (method == "dann" and seed == 1):  # one run without the analysis: counted, not averaged
+            client.log_metric(run, "analysis/a_distance", distance, step=2)
+        client.set_terminated(run, "FINISHED")
+    out = tmp_path / "out"
+    assert report_main(["--uri", uri, "--experiment", "exp", "--metric", "analysis/a_distance", "--out", str(out)]) == 0
+    text = (out / "analysis_a_distance.md").read_text()
+    assert "0.400 ± 0.000 (1)" in text  # dann: its one run with the analysis
+    assert "1.600 ± 0.141 (2)" in text and "1 run(s) did not record it" in text
+    rebuilt = tmp_path / "rebuilt"
+    assert report_main(["--from", str(out / "runs.csv"), "--out", str(rebuilt)]) == 0
+    assert (rebuilt / "analysis_a_distance.md").read_bytes() == (out / "analysis_a_distance.md").read_bytes()

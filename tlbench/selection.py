@@ -22,6 +22,8 @@ from typing import Any
 #: epoch also evaluates the target TEST split (`eval/target_test`), which no rule selects on.
 VAL_SPLITS = ("val/source", "val/target", "eval/target_test")
 TEST_SPLITS = ("test/source", "test/target")
+#: Metrics measured once per run (tracking.analysis) that exports keep and `tlbench report --metric` tabulates.
+RUN_METRICS = ("analysis/a_distance",)
 #: The held-out source domain of a leave-one-domain-out run (data.holdout), evaluated after VAL_SPLITS.
 HOLDOUT_SPLIT = "val/holdout"
 #: Target test accuracy, logged once per epoch: the number a rule's chosen epoch reports.

@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"seconds to wait for a remote tracking server per request (default: {DEFAULT_TIMEOUT_S})",
     )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also tabulate a metric measured once per run, e.g. analysis/a_distance (tracking.analysis=true); repeatable",
+    )
     parser.add_argument("--budget-lines", default="freeze.name", help="key(s) for the lines of the label-budget plot (default: freeze.name)")
     return parser
 
@@ -70,10 +77,11 @@ def report_from_export(args: argparse.Namespace) -> int:
     kind = source.layout.get("kind")
     if kind == "paper":  # the tables `tlbench report --out` wrote, with the options recorded in the layout
         layout = source.layout
-        options = argparse.Namespace(**{**vars(args), **{k: layout[k] for k in ("rows", "cols", "rule", "oracle", "budget_lines")}})
+        recorded = {k: layout[k] for k in ("rows", "cols", "rule", "oracle", "budget_lines")}
+        options = argparse.Namespace(**{**vars(args), **recorded, "metric": layout.get("metric", [])})
         from .collection import collect_runs
 
-        frame = collect_runs(source, rules=[layout["rule"]] + (["oracle"] if layout["oracle"] else []))
+        frame = collect_runs(source, rules=[layout["rule"]] + (["oracle"] if layout["oracle"] else []), run_metrics=options.metric)
         written = write_paper_tables(frame, options, layout.get("reference"), Path(args.out))
     elif kind == "comparison":
         from .fair import write_comparison
@@ -88,16 +96,20 @@ def report_from_export(args: argparse.Namespace) -> int:
 def paper_layout(args: argparse.Namespace, reference) -> dict:
     """What `--from` needs to rebuild a report's tables: its options and the published numbers it showed."""
     options = {"rows": args.rows, "cols": args.cols, "rule": args.rule, "oracle": bool(args.oracle), "budget_lines": args.budget_lines}
+    if args.metric:  # older layouts have no key: their tables rebuild as before
+        options["metric"] = list(args.metric)
     return {"kind": "paper", **options, "reference": reference}
 
 
 def write_paper_tables(frame, args: argparse.Namespace, reference, out: Path | None) -> list[Path]:
     """Print the report's tables (and write them, with the plots, to `out`)."""
-    from .tables import paper_table
+    from .tables import paper_table, run_metric_table
 
     tables = {"table": paper_table(frame, args.rows, args.cols, args.rule, reference)}
     if args.oracle:
         tables["oracle"] = paper_table(frame, args.rows, args.cols, "oracle")
+    for metric in getattr(args, "metric", None) or []:
+        tables[metric.replace("/", "_")] = run_metric_table(frame, metric, args.rows, args.cols, args.rule)
     print("\n".join(table.to_markdown() for table in tables.values()), end="")
     if not out:
         return []
@@ -123,7 +135,7 @@ def report(args: argparse.Namespace) -> int:
 
         filter_string = tuple(" and ".join(f for f in (one, args.filter) if f) for one in sweep_filter(uri, args.experiment, args.sweep))
     try:
-        frame = collect(args.uri, args.experiment, filter_string, rules=rules)
+        frame = collect(args.uri, args.experiment, filter_string, rules=rules, run_metrics=args.metric)
     except Exception as exc:
         error = server_error(exc, uri, "reading runs")
         if error is None:

@@ -85,12 +85,15 @@ def collect(
     filter_string: str | tuple[str, ...] = "",
     rules: Iterable[str] = DEFAULT_RULES,
     statuses: Iterable[str] = ("FINISHED",),
+    run_metrics: Iterable[str] = (),
 ) -> pd.DataFrame:
     """`collect_runs` of the runs of `experiment` in the MLflow store at `uri` (optionally filtered)."""
-    return collect_runs(StoreSource(uri, experiment, filter_string), rules, statuses)
+    return collect_runs(StoreSource(uri, experiment, filter_string), rules, statuses, run_metrics)
 
 
-def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterable[str] = ("FINISHED",)) -> pd.DataFrame:
+def collect_runs(
+    source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterable[str] = ("FINISHED",), run_metrics: Iterable[str] = ()
+) -> pd.DataFrame:
     """One row per (run, rule) of the runs in `source` (a store or an export, see `sources`): config
     columns (flattened keys, e.g. `adapt.name`), `target_acc` (target test accuracy at the rule's epoch),
     `source_acc` (source val accuracy there), `selected_step/epoch`.
@@ -98,6 +101,8 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     `attrs`: `config_keys` (params that tell configurations apart), `excluded` {status: count},
     `excluded_runs` [(name, status, failure_reason)], `duplicates` (older repeats dropped),
     `missing` [(run_name, rule)] where a run lacks the rule's metric (its accuracies are NaN).
+    `run_metrics`: metrics measured once per run (e.g. analysis/a_distance), each a column `run:<name>`
+    holding the run's last recorded value (NaN without one).
     """
     from ..tracking import NON_SEMANTIC_KEYS
 
@@ -150,6 +155,9 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
         if run["_holdout"]:  # held-out runs count only as a group (below)
             continue
         base = _columns(run, history, params + compare_tags)
+        for metric in run_metrics:
+            points = source.history(run["run_id"], metric)
+            base[f"run:{metric}"] = float(sorted(points)[-1][1]) if points else float("nan")
         for rule in rule_objects:
             if rule.name == LEAVE_ONE_OUT:  # a run on every source has no held-out domain
                 continue
@@ -159,7 +167,7 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
             rows.append({**base, **_result(rule.name, rule.uses_target_labels, choice)})
     if LEAVE_ONE_OUT in [r.name for r in rule_objects]:
         rows += _leave_one_out_rows(runs[runs["_holdout"] != ""], histories, params + compare_tags)
-    return _frame(rows, params + compare_tags, attrs)
+    return _frame(rows, params + compare_tags + [f"run:{m}" for m in run_metrics], attrs)
 
 
 def _columns(run: pd.Series, history: pd.DataFrame, columns: list[str]) -> dict:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from ..selection import HISTORY_METRICS
+from ..selection import HISTORY_METRICS, RUN_METRICS
 from .errors import ReportError
 
 #: First characters of an export's first line; the JSON layout follows.
@@ -61,7 +61,7 @@ def check_experiment(client, uri: str, experiment: str) -> None:
 
 def exported_metrics() -> tuple[str, ...]:
     """Every per-epoch metric the report reads: selection rules' histories and the learning curves."""
-    return tuple(sorted(set(HISTORY_METRICS) | {m for m, _ in CURVES}))
+    return tuple(sorted(set(HISTORY_METRICS) | {m for m, _ in CURVES} | set(RUN_METRICS)))
 
 
 class RunSource(Protocol):

@@ -381,3 +381,46 @@ def paper_table(
     if unmatched:
         notes.append(f"Reference numbers without runs of ours: {', '.join(unmatched)}.")
     return PaperTable(rule_obj, row_keys, col_keys, cells, row_order, col_order, ref, ref_label, notes)
+
+
+@dataclass
+class RunMetricTable:
+    """A run-level metric (its last value per run) as rows × columns: mean ± std over seeds and n."""
+
+    metric: str
+    rule: str
+    cells: pd.DataFrame
+    notes: list[str]
+
+    def caption(self) -> str:
+        return (
+            f"**`{self.metric}`**, measured once per run on the model chosen by rule '{self.rule}'; mean ± std over seeds (n)."
+            + "".join(f" {n}" for n in self.notes)
+        )
+
+    def to_markdown(self) -> str:
+        grid = self.cells.pivot(index="row", columns="col", values="text").fillna("–")
+        return f"{self.caption()}\n\n{grid.to_markdown()}\n"
+
+    def write(self, out: Path, stem: str) -> list[Path]:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.md").write_text(self.to_markdown())
+        self.cells.drop(columns="text").to_csv(out / f"{stem}.csv", index=False, lineterminator="\n")
+        return [out / f"{stem}.md", out / f"{stem}.csv"]
+
+
+def run_metric_table(frame: pd.DataFrame, metric: str, rows: str | Iterable[str], cols: str | Iterable[str], rule: str = DEFAULT_RULE) -> RunMetricTable:
+    """`metric` (a `run:<metric>` column of `collect`'s frame) per cell of the rows × columns layout."""
+    column = f"run:{metric}"
+    if column not in frame.columns:
+        raise ReportError(f"--metric {metric}: not collected; pass it to collect(run_metrics=...)")
+    row_keys, col_keys = parse_keys(rows), parse_keys(cols)
+    runs = rule_runs(frame, rule)
+    runs = runs.assign(row=labels(runs.assign(**{f"label:{k}": as_text(runs[k]) for k in row_keys}), row_keys))
+    runs = runs.assign(col=labels(runs.assign(**{f"label:{k}": as_text(runs[k]) for k in col_keys}), col_keys))
+    measured = runs[runs[column].notna()]
+    missing = len(runs) - len(measured)
+    cells = measured.groupby(["row", "col"])[column].agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    cells["text"] = [f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f} ({n})" for m, s, n in zip(cells["mean"], cells["std"], cells["n"])]
+    notes = [f"{missing} run(s) did not record it (tracking.analysis=false)."] if missing else []
+    return RunMetricTable(metric, rule, cells.round({"mean": 6, "std": 6}), notes)
