@@ -1,14 +1,18 @@
 """Real servers for scale-out tests: a throwaway PostgreSQL cluster (Debian's binaries, initdb + pg_ctl in
 a temp dir, 127.0.0.1 only) and an `mlflow server` on it with proxied artifacts in a local folder.
 
-docs/scale-out.md shows the same commands a user runs. PostgreSQL refuses to run as root, so as root the
-cluster runs as the `postgres` system user that Debian's package creates.
+The commands are read from docs/scale-out.md (section 2) and run as written there, with the substitutions
+that doc states: a temporary folder for `pgdata` and `pg.log`, free ports for 5432 and 5000, a temporary
+folder for `/srv/mlflow-artifacts`, and `-k <folder> -c fsync=off -c max_connections=200` added to pg_ctl's
+`-o`. PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` system user that
+Debian's package creates (the doc's `runuser -u postgres --` prefix).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -19,6 +23,34 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
+#: What the tests put in place of the doc's example values (docs/scale-out.md says so).
+PG_PORT, SERVER_PORT, PGDATA, PGLOG, ARTIFACTS = "5432", "5000", "pgdata", "pg.log", "/srv/mlflow-artifacts"
+TEST_ONLY_PG_OPTIONS = "-k {folder} -c fsync=off -c max_connections=200"
+
+
+def doc_commands() -> dict[str, list[str]]:
+    """The commands of docs/scale-out.md section 2, by program (`initdb`, `pg_ctl`, `createdb`, `mlflow`),
+    continuation lines joined, comments and exports left out."""
+    block = DOC.read_text().split("## 2.", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands: dict[str, list[str]] = {}
+    for line in block.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if words and words[0] in ("initdb", "pg_ctl", "createdb", "mlflow"):
+            commands[words[0]] = words
+    return commands
+
+
+def substituted(words: list[str], values: dict[str, str]) -> list[str]:
+    """`words` with each example value replaced wherever it occurs (ports inside URLs too)."""
+    out = []
+    for word in words:
+        for old, new in values.items():
+            word = word.replace(old, new)
+        out.append(word)
+    return out
 
 
 def free_port() -> int:
@@ -56,9 +88,9 @@ class PostgresCluster:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
-        subprocess.run(
-            [str(postgres_bin() / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name], check=True, capture_output=True, timeout=60
-        )
+        """The doc's `createdb` with this cluster's port and `name` for the doc's database."""
+        words = substituted(doc_commands()["createdb"], {PG_PORT: str(self.port)})
+        subprocess.run([str(postgres_bin() / "createdb"), *words[1:-1], name], check=True, capture_output=True, timeout=60)
         return self.url(name)
 
     def stop(self) -> None:
@@ -76,17 +108,14 @@ def start_postgres() -> PostgresCluster:
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
     cluster = PostgresCluster(folder, free_port())
-    data = folder / "data"
-    subprocess.run(
-        _as_db_user([str(binaries / "initdb"), "-D", str(data), "-U", cluster.user, "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True, timeout=120
-    )
-    options = f"-h 127.0.0.1 -p {cluster.port} -k {folder} -c fsync=off -c max_connections=200"
-    subprocess.run(
-        _as_db_user([str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    values = {PGDATA: str(folder / "data"), PGLOG: str(folder / "log"), PG_PORT: str(cluster.port)}
+    commands = doc_commands()
+    initdb = substituted(commands["initdb"], values)
+    subprocess.run(_as_db_user([str(binaries / "initdb"), *initdb[1:]]), check=True, capture_output=True, timeout=120)
+    pg_ctl = substituted(commands["pg_ctl"], values)
+    options = pg_ctl.index("-o") + 1
+    pg_ctl[options] += " " + TEST_ONLY_PG_OPTIONS.format(folder=folder)
+    subprocess.run(_as_db_user([str(binaries / "pg_ctl"), *pg_ctl[1:]]), check=True, capture_output=True, timeout=120)
     return cluster
 
 
@@ -114,26 +143,12 @@ class MlflowServer:
                 continue
 
 
-def start_mlflow_server(backend_store_uri: str, artifacts: Path, log: Path, timeout_s: float = 120) -> MlflowServer:
-    """`mlflow server` with proxied artifacts (clients upload through the server into `artifacts`)."""
+def start_mlflow_server(cluster: PostgresCluster, artifacts: Path, log: Path, timeout_s: float = 120) -> MlflowServer:
+    """The doc's `mlflow server` with proxied artifacts (clients upload through the server into
+    `artifacts`), on the doc's database of `cluster`, which must exist (cluster.create_database)."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--artifacts-destination",
-        str(artifacts),
-        "--serve-artifacts",
-    ]
+    words = substituted(doc_commands()["mlflow"], {PG_PORT: str(cluster.port), SERVER_PORT: str(port), ARTIFACTS: str(artifacts)})
+    command = [sys.executable, "-m", *words]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     server = MlflowServer(process, port, artifacts)
     deadline = time.time() + timeout_s

@@ -30,7 +30,8 @@ def postgres():
 @pytest.fixture(scope="module")
 def server(postgres, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow_server")
-    started = start_mlflow_server(postgres.create_database("mlflow"), folder / "artifacts", folder / "server.log")
+    postgres.create_database("mlflow")  # the doc's database name
+    started = start_mlflow_server(postgres, folder / "artifacts", folder / "server.log")
     yield started
     started.stop()
 
