@@ -24,7 +24,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-
 DOC = Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
 #: What the tests put in place of the doc's example values (docs/scale-out.md says so).
 PG_PORT, SERVER_PORT, PGDATA, PGLOG, ARTIFACTS = "5432", "5000", "pgdata", "pg.log", "/srv/mlflow-artifacts"

@@ -185,7 +185,13 @@ def test_fields_added_later_leave_config_hashes_unchanged_at_their_neutral_value
     from tlbench.tracking import config_hash
 
     run = validate(compose([]))
-    for changed in (["+trainer.options.benchmark=true"], ["data.val_labels_per_class=5"], ["data.target_eval=whole"], ["data.sources=[a,b]"], ["data.sources=[a,b,c]", "data.target=c", "data.holdout=a"]):
+    for changed in (
+        ["+trainer.options.benchmark=true"],
+        ["data.val_labels_per_class=5"],
+        ["data.target_eval=whole"],
+        ["data.sources=[a,b]"],
+        ["data.sources=[a,b,c]", "data.target=c", "data.holdout=a"],
+    ):
         assert config_hash(run) != config_hash(validate(compose(changed))), changed
     plain = dataclasses.asdict(run)
     plain["trainer"].pop("options")  # what a run recorded before the fields existed

@@ -80,7 +80,8 @@ def test_joint_and_separate_batches_normalise_differently_for_every_method(tmp_p
     for composition in ("joint", "separate"):
         torch.manual_seed(1)
         module = _module(tmp_path, mlflow_uri, f"adapt={adapt}", f"batch_composition={composition}")
-        features_s, _, features_t, _, _ = module._forward_domains(images_s, images_t)
+        out_step = module._forward_domains(images_s, images_t)
+        features_s, features_t = out_step.features_s, out_step.features_t
         assert features_t is not None and features_t.shape == features_s.shape  # source_only forwards the target too
         out[composition] = features_s.detach()
     # The same source images get different features: in a joint batch BN pools both domains' statistics.
@@ -93,7 +94,8 @@ def test_source_composition_never_forwards_the_target_and_changes_bn_only_with_s
     for images_t in (None, torch.rand(8, 1, 8, 8) + 5):
         torch.manual_seed(1)
         module = _module(tmp_path, mlflow_uri, "adapt=source_only", "batch_composition=source")
-        _, _, features_t, logits_t, _ = module._forward_domains(images_s, images_t)
+        step = module._forward_domains(images_s, images_t)
+        features_t, logits_t = step.features_t, step.logits_t
         assert features_t is None and logits_t is None
         stats.append(next(m for m in module.backbone.modules() if isinstance(m, nn.BatchNorm2d)).running_mean.clone())
     assert torch.equal(*stats)  # the target batch never reached BatchNorm
@@ -134,7 +136,8 @@ def test_bottleneck_feeds_the_adaptation_loss_and_the_classifier(tmp_path, mlflo
     module = _module(tmp_path, mlflow_uri, "adapt=dann", "head.bottleneck=16")
     assert module.head.in_features == 16
     assert module.adapter.discriminator.net[0].in_features == 16
-    features_s, logits_s, features_t, _, _ = module._forward_domains(torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8))
+    step = module._forward_domains(torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8))
+    features_s, logits_s, features_t = step.features_s, step.logits_s, step.features_t
     assert features_s.shape == (4, 16) and features_t.shape == (4, 16) and logits_s.shape == (4, 10)
 
 

@@ -51,7 +51,9 @@ except ClaimedElsewhere as claimed:
 
 def _start_together(tmp_path, script: str, uri: str, names: list[str]) -> list[subprocess.Popen]:
     go = tmp_path / "go"
-    processes = [subprocess.Popen([sys.executable, "-c", script, uri, str(go), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, uri, str(go), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names
+    ]
     deadline = time.time() + 60
     while not all((tmp_path / f"go.{name}").exists() for name in names) and time.time() < deadline:
         time.sleep(0.05)

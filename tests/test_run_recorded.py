@@ -362,11 +362,23 @@ def test_a_cached_probe_is_restored_only_with_the_weights_file_it_was_trained_on
 def test_epoch_means_of_training_losses_are_the_means_of_their_steps(tmp_path, mlflow_uri):
     """Training values are summed in the module and logged once per epoch (train_epoch/…), and per step
     only on the steps the logger writes: with every step written, each epoch's mean is their mean."""
-    result = train(tiny_run(tmp_path, mlflow_uri, ["adapt=dann", "trainer.max_epochs=2", "trainer.limit_train_batches=1.0", "trainer.steps_per_epoch=4", "trainer.log_every_n_steps=1"]))
+    result = train(
+        tiny_run(
+            tmp_path,
+            mlflow_uri,
+            ["adapt=dann", "trainer.max_epochs=2", "trainer.limit_train_batches=1.0", "trainer.steps_per_epoch=4", "trainer.log_every_n_steps=1"],
+        )
+    )
     client = MlflowClient(mlflow_uri)
     steps = [m.value for m in sorted(client.get_metric_history(result["run_id"], "train/loss"), key=lambda m: m.step)]
     epochs = [m.value for m in sorted(client.get_metric_history(result["run_id"], "train_epoch/loss"), key=lambda m: m.step)]
     assert len(steps) == 8 and len(epochs) == 2
     assert epochs == pytest.approx([sum(steps[:4]) / 4, sum(steps[4:]) / 4], rel=1e-5)
-    sparse = train(tiny_run(tmp_path / "b", mlflow_uri, ["adapt=dann", "trainer.max_epochs=1", "trainer.limit_train_batches=1.0", "trainer.steps_per_epoch=4", "trainer.log_every_n_steps=2"]))
+    sparse = train(
+        tiny_run(
+            tmp_path / "b",
+            mlflow_uri,
+            ["adapt=dann", "trainer.max_epochs=1", "trainer.limit_train_batches=1.0", "trainer.steps_per_epoch=4", "trainer.log_every_n_steps=2"],
+        )
+    )
     assert [m.step for m in client.get_metric_history(sparse["run_id"], "train/loss")] == [1, 3]

@@ -243,6 +243,8 @@ def _rules() -> dict[str, Rule]:
         "adapt.rounds": within(0, 100),
         "adapt.anneal_steps": at_least(0),
         "adapt.eta": above(0),
+        "adapt.alpha": above(0),  # Mixup's Beta(α, α)
+        "adapt.inner_lr": above(0),  # MLDG's virtual step
         "adapt.epsilon": above(0),
     }
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from .adapt.base import Needs, needs_of
-from .backbones.weights import RUNS_PREFIX, resolve_checkpoint, weights_file_digest
+from .backbones.weights import RUNS_PREFIX, WEIGHTS_DIGEST_TAG, resolve_checkpoint, weights_file_digest
 from .config import RunConfig
 from .errors import ConfigError
 from .selection import SELECTION_METRICS
@@ -101,10 +101,6 @@ def plan_run(run: RunConfig, store: Store | None = None) -> RunPlan:
         trainer_arguments=trainer_arguments(run.trainer),
         tags=tags,
     )
-
-
-#: The sha256 of a local backbone weights file, tagged on the run (restore refuses a replaced file).
-WEIGHTS_DIGEST_TAG = "backbone_weights_sha256"
 
 
 def local_backbone(backbone, store: Store):

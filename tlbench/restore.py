@@ -42,7 +42,7 @@ def load_run(
     best = sorted(folder.glob("best-*.ckpt"))  # the run keeps one: save_top_k=1
     if not best:
         raise TlbenchError(f"load_run: no selected checkpoint of run {run_id} in {folder}; pass checkpoint_dir= (the run's was '{run.checkpoint_dir}')")
-    from .plan import WEIGHTS_DIGEST_TAG
+    from .backbones.weights import WEIGHTS_DIGEST_TAG
 
     return module_from_checkpoint(
         best[-1],

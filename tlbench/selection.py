@@ -24,6 +24,8 @@ VAL_SPLITS = ("val/source", "val/target", "eval/target_test")
 TEST_SPLITS = ("test/source", "test/target")
 #: Metrics measured once per run (tracking.analysis) that exports keep and `tlbench report --metric` tabulates.
 RUN_METRICS = ("analysis/a_distance",)
+#: The rule whose result is a group of runs, not one: DomainBed's leave-one-domain-out selection.
+LEAVE_ONE_OUT = "leave_one_out"
 #: The held-out source domain of a leave-one-domain-out run (data.holdout), evaluated after VAL_SPLITS.
 HOLDOUT_SPLIT = "val/holdout"
 #: Target test accuracy, logged once per epoch: the number a rule's chosen epoch reports.
@@ -93,7 +95,7 @@ RULES: dict[str, Rule] = {
         Rule("devn", "val/devn", "min", False, "min DEV with max-normalised importance weights (label-free)", reads_source=True),
         Rule("classami", "val/target_classami", "max", False, "max AMI between target-val predictions and k-means clusters of target features (label-free)"),
         Rule(
-            "leave_one_out",
+            LEAVE_ONE_OUT,
             "val/holdout_acc",
             "max",
             False,

@@ -308,7 +308,9 @@ def check_database_server(uri: str, timeout_s: float) -> None:
         with engine.connect():
             pass
     except ImportError as exc:
-        raise TrackingError(f"tracking.uri={masked(uri)}: its database driver is not installed ({exc}); for PostgreSQL: pip install 'psycopg[binary]'") from None
+        raise TrackingError(
+            f"tracking.uri={masked(uri)}: its database driver is not installed ({exc}); for PostgreSQL: pip install 'psycopg[binary]'"
+        ) from None
     except Exception as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise TrackingError(
@@ -518,9 +520,7 @@ def running_claim(client, experiment_id: str, digest: str, mine: str | None = No
 
 
 @contextmanager
-def recorded_run(
-    store: Store, run_name: str, tags: dict[str, Any], resume_run_id: str | None = None, claim: bool = False
-) -> Iterator[RunRecorder]:
+def recorded_run(store: Store, run_name: str, tags: dict[str, Any], resume_run_id: str | None = None, claim: bool = False) -> Iterator[RunRecorder]:
     """Create (or, with `resume_run_id`, reopen) an MLflow run and always close it: FINISHED on success,
     KILLED on interrupt (SIGINT/SIGTERM), FAILED with a `failure_reason` tag on any error (re-raised).
     The run is tagged with its process; earlier runs of the config left RUNNING by a dead process are

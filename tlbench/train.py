@@ -126,7 +126,11 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         "threads": threads,
         **(extra_tags or {}),
     }
-    with sigterm_as_interrupt(), intra_op_threads(threads), recorded_run(plan.store, plan.run_name, tags, resume_run_id, claim=run.tracking.skip_done) as recorder:
+    with (
+        sigterm_as_interrupt(),
+        intra_op_threads(threads),
+        recorded_run(plan.store, plan.run_name, tags, resume_run_id, claim=run.tracking.skip_done) as recorder,
+    ):
         if not resume_run_id:
             plain = to_plain_dict(run)
             recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import shutil
 import signal
 import socket
-import shutil
 import sqlite3
 import subprocess
 import sys

@@ -166,6 +166,10 @@ def read_state_dict(path: str | Path, source: Optional[str] = None) -> dict[str,
     return dict(data)
 
 
+#: The sha256 of a local backbone weights file, tagged on the run (restore refuses a replaced file).
+WEIGHTS_DIGEST_TAG = "backbone_weights_sha256"
+
+
 def weights_file_digest(weights: str) -> str | None:
     """sha256 of a local weights file (None for a named source such as `imagenet`, `none` or `runs:/…`,
     whose content cannot change under the same name): recorded with a run, so that a restore which

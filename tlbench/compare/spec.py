@@ -35,7 +35,21 @@ from typing import Any, Optional
 from ..errors import ConfigError
 from ..search.space import PRUNERS, SAMPLERS, Param, space_from_dict
 
-ALLOWED_KEYS = {"title", "experiment", "overrides", "rule", "tuning", "eval_seeds", "shared", "baseline", "arms", "upper_bound", "sensitivity", "notes", "tasks"}
+ALLOWED_KEYS = {
+    "title",
+    "experiment",
+    "overrides",
+    "rule",
+    "tuning",
+    "eval_seeds",
+    "shared",
+    "baseline",
+    "arms",
+    "upper_bound",
+    "sensitivity",
+    "notes",
+    "tasks",
+}
 
 
 @dataclass(frozen=True)

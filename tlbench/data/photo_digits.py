@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from . import register_domain
 from .base import DomainSplits
 from .digits import SOURCE_SPLIT, _splits, cached_synthetic_digits, to_uint8
-from .fashion import _read_rgb, bundled_photo_paths, blend_with_photos
+from .fashion import _read_rgb, blend_with_photos, bundled_photo_paths
 
 SIZE = 28
 

@@ -14,8 +14,8 @@ from typing import Iterable
 
 import pandas as pd
 
+from ..selection import LEAVE_ONE_OUT, TEST_METRIC, Choice
 from .errors import ReportError
-from ..selection import TEST_METRIC, Choice
 from .selection import HISTORY_METRICS, epoch_table, get_rule
 from .sources import StoreSource, check_experiment, existing_store_client
 
@@ -23,9 +23,7 @@ DEFAULT_RULES = ("source_val", "oracle", "target_entropy")
 #: Params that do not make another configuration: the seed (aggregated over), the run's own checkpoint
 #: rule (the per-epoch histories do not depend on it; rules are re-applied here) and data summaries.
 NOT_CONFIG = ("seed", "selection", "data_summary", "data.holdout")
-#: The rule whose result is a group of runs, not one: the runs of one configuration and seed that each
-#: held out one source domain (data.holdout).
-LEAVE_ONE_OUT = "leave_one_out"
+
 #: Keys in which a transfer run may differ from its from-scratch baseline.
 BASELINE_FREE = ("freeze", "backbone.weights")
 SCRATCH = "scratch"
@@ -91,9 +89,7 @@ def collect(
     return collect_runs(StoreSource(uri, experiment, filter_string), rules, statuses, run_metrics)
 
 
-def collect_runs(
-    source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterable[str] = ("FINISHED",), run_metrics: Iterable[str] = ()
-) -> pd.DataFrame:
+def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterable[str] = ("FINISHED",), run_metrics: Iterable[str] = ()) -> pd.DataFrame:
     """One row per (run, rule) of the runs in `source` (a store or an export, see `sources`): config
     columns (flattened keys, e.g. `adapt.name`), `target_acc` (target test accuracy at the rule's epoch),
     `source_acc` (source val accuracy there), `selected_step/epoch`.
@@ -216,7 +212,9 @@ def leave_one_out_choice(histories: list[pd.DataFrame]) -> Choice | None:
     position = int(mean.index[mean == mean.max()][0])
     at = [h.iloc[position] for h in histories]
     source = [row.get("val/source_acc", float("nan")) for row in at]
-    return Choice(LEAVE_ONE_OUT, int(histories[0].index[position]), position, float(pd.Series([r[TEST_METRIC] for r in at]).mean()), float(pd.Series(source).mean()))
+    return Choice(
+        LEAVE_ONE_OUT, int(histories[0].index[position]), position, float(pd.Series([r[TEST_METRIC] for r in at]).mean()), float(pd.Series(source).mean())
+    )
 
 
 def _leave_one_out_rows(runs: pd.DataFrame, histories: dict, columns: list[str]) -> list[dict]:

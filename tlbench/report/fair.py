@@ -409,9 +409,7 @@ def write_task_summary(out: Path, tasks: list[str], layout: dict[str, Any], titl
         ]
         for _, row in summary.iterrows():
             marks = {t: ("▲" if str(row[f"{t}_verdict"]).startswith("better") else "▼" if str(row[f"{t}_verdict"]).startswith("worse") else "") for t in tasks}
-            shown = [
-                "–" if pd.isna(row[f"{t}_mean"]) else f"{row[f'{t}_mean']:.2f} ± {row[f'{t}_ci95']:.2f}{marks[t]}" for t in tasks
-            ]
+            shown = ["–" if pd.isna(row[f"{t}_mean"]) else f"{row[f'{t}_mean']:.2f} ± {row[f'{t}_ci95']:.2f}{marks[t]}" for t in tasks]
             parts.append(f"| {row['arm']} | " + " | ".join(shown) + f" | {'–' if pd.isna(row['avg']) else format(row['avg'], '.2f')} |")
         parts.append("")
     (into / "summary.md").write_text("\n".join(parts))

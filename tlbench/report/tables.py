@@ -393,9 +393,8 @@ class RunMetricTable:
     notes: list[str]
 
     def caption(self) -> str:
-        return (
-            f"**`{self.metric}`**, measured once per run on the model chosen by rule '{self.rule}'; mean ± std over seeds (n)."
-            + "".join(f" {n}" for n in self.notes)
+        return f"**`{self.metric}`**, measured once per run on the model chosen by rule '{self.rule}'; mean ± std over seeds (n)." + "".join(
+            f" {n}" for n in self.notes
         )
 
     def to_markdown(self) -> str:

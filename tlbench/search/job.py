@@ -105,5 +105,3 @@ def absolute_storage(url: str) -> str:
     if url.startswith(prefix) and not url[len(prefix) :].startswith("/") and url[len(prefix) :] not in ("", ":memory:"):
         return prefix + str(Path(url[len(prefix) :]).resolve())
     return url
-
-
