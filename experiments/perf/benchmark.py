@@ -376,6 +376,7 @@ def section_da_step(work: Path, pairs: int, steps: int, lines: list[str]) -> Non
         return run
 
     rows = []
+    load = os.getloadavg()[0]
     for method in ("source_only", "dann_paper_digits", "cdan"):
         results = interleaved(pairs, {"lightning": arm("lightning", method), "plain": arm("plain", method)})
 
@@ -394,7 +395,7 @@ def section_da_step(work: Path, pairs: int, steps: int, lines: list[str]) -> Non
         f"target images at 20 px, SGD), {steps} steps, one intra-op thread. The plain loop runs the same forward, losses and",
         "optimizer on the same loader; the tlbench side is `train.build_trainer` with the MLflow logger, checkpointing and",
         "one validation batch per loader. Steady: steps/s from step 10 to the last; whole: steps over the wall time of `fit`",
-        f"(set-up, validation and checkpoint included). Medians of {pairs} interleaved pairs.",
+        f"(set-up, validation and checkpoint included). Medians of {pairs} interleaved pairs; 1-minute load average {load:.1f} at the start.",
         "",
         "| method | plain loop, steps/s | tlbench, steps/s | steady ratio | whole-run ratio |",
         "|---|--:|--:|--:|--:|",
@@ -499,7 +500,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=3, help="interleaved repeats of every comparison")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script works")
-    parser.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (printed only; results/perf.md is written by a full run)")
+    parser.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (printed, or written to --out; results/perf.md is a full run's)")
+    parser.add_argument("--out", help="with --sections: write the sections here too")
     args = parser.parse_args()
     chosen = args.sections.split(",") if args.sections else list(SECTIONS)
     import torch
@@ -508,7 +510,8 @@ def main() -> None:
     lines = [
         "# Performance, end to end",
         "",
-        f"Command: `.venv/bin/python experiments/perf/benchmark.py --pairs {args.pairs}{' --quick' if quick else ''}` "
+        f"Command: `.venv/bin/python experiments/perf/benchmark.py --pairs {args.pairs}{' --quick' if quick else ''}"
+        f"{f' --sections {args.sections}' if args.sections else ''}{f' --out {args.out}' if args.out else ''}` "
         f"(this file was written by it, {time.strftime('%Y-%m-%d')}).  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}. Every comparison runs its arms interleaved "
@@ -532,6 +535,8 @@ def main() -> None:
         if "threads" in chosen:
             section_threads(work, args.pairs, 2 if quick else 20, lines)
     print("\n".join(lines))
+    if args.sections and args.out and not quick:
+        (ROOT / args.out).write_text("\n".join(lines))
     if not quick and not args.sections:  # a quick check or a subset only prints
         (ROOT / "results" / "perf.md").write_text("\n".join(lines))
 
