@@ -382,3 +382,12 @@ def test_epoch_means_of_training_losses_are_the_means_of_their_steps(tmp_path, m
         )
     )
     assert [m.step for m in client.get_metric_history(sparse["run_id"], "train/loss")] == [1, 3]
+
+
+@pytest.mark.slow  # trains
+def test_a_runs_description_states_its_result_and_the_rule_that_chose_it(tmp_path, mlflow_uri):
+    """The MLflow description (mlflow.note.content) answers "which run won" without opening its metrics."""
+    result = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2"]))
+    note = MlflowClient(mlflow_uri).get_run(result["run_id"]).data.tags["mlflow.note.content"]
+    assert f"target test accuracy {100 * result['test/target_acc']:.2f} %" in note
+    assert f"epoch {int(result['selected_epoch']) + 1} of 2, chosen by rule source_val" in note
