@@ -92,3 +92,22 @@ def test_predict_accepts_what_the_docs_say_and_refuses_the_rest_in_one_line():
         with pytest.raises(DataError, match=message) as caught:
             tlbench.predict(module, images)
         assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+
+
+@pytest.mark.slow  # a process that trains
+def test_record_from_python_is_as_quiet_as_the_command(tmp_path):
+    """The API keeps Lightning's INFO lines (GPU available, trainer settings, tips) out, as the CLI does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tlbench\n"
+        "run = tlbench.compose(['backbone=small_cnn', 'data.synthetic_size=300', 'trainer.max_epochs=1', 'trainer.limit_train_batches=2',"
+        f" 'trainer.enable_progress_bar=false', 'tracking.uri=sqlite:///{tmp_path}/m.db'])\n"
+        "print('acc', tlbench.record(run)['test/target_acc'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "acc " in result.stdout
+    chatter = [line for line in (result.stdout + result.stderr).splitlines() if "GPU available" in line or "TPU available" in line or "LitLogger" in line]
+    assert not chatter, chatter

@@ -80,9 +80,12 @@ def fit(module: "TransferModule", datamodule: "DomainDataModule", trainer: "pl.T
 
 def record(run: RunConfig) -> dict[str, Any]:
     """Train and test `run` exactly as the `tlbench` command does, recorded in MLflow; returns the final
-    metrics and `run_id`. (Not `tlbench.train`: that name is the module tlbench/train.py.)"""
+    metrics and `run_id`, and as quietly: Lightning's and MLflow's INFO chatter is kept to warnings, as
+    the command keeps it. (Not `tlbench.train`: that name is the module tlbench/train.py.)"""
+    from .console import quiet_libraries
     from .train import train as train_recorded
 
+    quiet_libraries()
     return train_recorded(run)
 
 
