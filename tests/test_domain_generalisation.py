@@ -89,8 +89,10 @@ def test_single_source_configs_hash_as_before():
     ],
 )
 def test_bad_source_lists_are_one_line(overrides, message):
-    run = validate(compose(["backbone=small_cnn", "data.synthetic_size=300", *overrides]))
+    """A list with nothing left or a domain twice is refused by validation, before any data is built; a
+    class mismatch when the domains are built."""
     with pytest.raises(ConfigError, match=message):
+        run = validate(compose(["backbone=small_cnn", "data.synthetic_size=300", *overrides]))
         DomainDataModule(run.data, run.seed)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from .adapt import ADAPTERS
 from .adapt.base import Needs, needs_of
 from .backbones import BACKBONES
-from .config import RunConfig, to_plain_dict
+from .config import RunConfig, to_plain_dict, training_sources
 from .data.datamodule import DomainDataModule
 from .errors import ConfigError
 from .feature_cache import CachedBackbone, backbone_digest, featurize_domain, streamed, why_not_cacheable
@@ -86,8 +86,6 @@ def source_domain_count(run: RunConfig) -> int:
     """How many source domains the run's labelled data pools (1 without data.sources)."""
     if not run.data.sources:
         return 1
-    from .data.multi_source import training_sources
-
     return len(training_sources(run.data))
 
 

@@ -218,6 +218,37 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     return run
 
 
+def source_names(sources: list[str], target: str) -> list[str]:
+    """The source domains of a run: the list without the target (leave-one-domain-out sweeps pass every
+    domain and vary the target), each once; at least one must remain."""
+    kept = [s for s in sources if s != target]
+    if len(set(kept)) != len(kept):
+        raise ConfigError(f"data.sources: a domain is listed twice in {sources}")
+    if not kept:
+        raise ConfigError(f"data.sources: no source domain left once the target '{target}' is taken out; list at least one other domain")
+    return kept
+
+
+def held_out_sources(sources: list[str] | None, target: str, holdout: str) -> list[str]:
+    """The training sources of a leave-one-domain-out run: the sources without the target and without
+    `holdout`, which must be one of them; at least one must remain to train on."""
+    if not sources:
+        raise ConfigError(f"data.holdout={holdout}: a held-out domain needs several sources (data.sources)")
+    kept = source_names(sources, target)
+    if holdout not in kept:
+        why = "it is the target" if holdout == target else "it is not one of data.sources"
+        raise ConfigError(f"data.holdout={holdout}: {why}; hold out one of the training sources: {', '.join(kept)}")
+    if len(kept) < 2:
+        raise ConfigError(f"data.holdout={holdout}: no source domain left to train on once it is held out")
+    return [s for s in kept if s != holdout]
+
+
+def training_sources(data: "DataConfig") -> list[str]:
+    """The source domains a run with several (data.sources) trains on: without its target and without
+    its held-out domain (data.holdout)."""
+    return source_names(data.sources, data.target) if data.holdout is None else held_out_sources(data.sources, data.target, data.holdout)
+
+
 def _check_values(run: RunConfig) -> None:
     """Every field against its rule in config_rules (ranges, choices, finite floats), then the rules
     that involve more than one field."""
@@ -228,10 +259,8 @@ def _check_values(run: RunConfig) -> None:
     check_values(run)
     if run.data.labels_per_class is not None and run.data.label_fraction is not None:
         raise ConfigError("data: set at most one of labels_per_class and label_fraction")
-    if run.data.holdout is not None:
-        from .data.multi_source import held_out_sources
-
-        held_out_sources(run.data.sources, run.data.target, run.data.holdout)
+    if run.data.sources or run.data.holdout is not None:
+        training_sources(run.data)  # the sources left to train on: a bad list is an error now, not at build
     if run.data.target_eval == "whole" and run.data.target == run.data.source and not run.data.sources:  # with several sources the target is never one of them
         raise ConfigError(
             "data.target_eval=whole: the target is the source domain here, so its whole domain includes "

@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__
 from .adapt.base import Needs, needs_of
 from .backbones.weights import RUNS_PREFIX, WEIGHTS_DIGEST_TAG, resolve_checkpoint, weights_file_digest
-from .config import RunConfig
+from .config import RunConfig, training_sources
 from .errors import ConfigError
 from .selection import SELECTION_METRICS
 from .tracking import Store, config_hash, git_commit
@@ -74,8 +74,6 @@ def plan_run(run: RunConfig, store: Store | None = None) -> RunPlan:
 
         source_run = source_run_id(run, store)
     monitor, mode = SELECTION_METRICS[run.selection]
-    from .data.multi_source import training_sources
-
     tags = {
         "config_hash": digest,
         "git_commit": git_commit(),

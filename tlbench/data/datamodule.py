@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from ..config import DataConfig
+from ..config import DataConfig, training_sources
 from ..selection import HOLDOUT_SPLIT, TEST_SPLITS, VAL_SPLITS
 from . import build_domain
 from .base import DomainSplits, InMemoryExamples
@@ -111,7 +111,7 @@ class DomainDataModule(pl.LightningDataModule):
         #: The held-out source domain, every image (leave-one-domain-out runs); else None.
         self.holdout = None
         if source is None and cfg.sources:
-            from .multi_source import pooled_domain, training_sources
+            from .multi_source import pooled_domain
 
             self.source_domains = [build_domain(name, cfg, seed) for name in training_sources(cfg)]
             source = pooled_domain(self.source_domains)
