@@ -30,16 +30,24 @@ PG_PORT, SERVER_PORT, PGDATA, PGLOG, ARTIFACTS = "5432", "5000", "pgdata", "pg.l
 TEST_ONLY_PG_OPTIONS = "-k {folder} -c fsync=off -c max_connections=200"
 
 
-def doc_commands() -> dict[str, list[str]]:
-    """The commands of docs/scale-out.md section 2, by program (`initdb`, `pg_ctl`, `createdb`, `mlflow`),
-    continuation lines joined, comments and exports left out."""
-    block = DOC.read_text().split("## 2.", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+def doc_commands(section: str = "2") -> dict[str, list[str]]:
+    """The commands of a section of docs/scale-out.md (its first bash block), by program (`initdb`,
+    `pg_ctl`, `createdb`, `mlflow`; `tlbench` for the first tlbench command), continuation lines joined,
+    comments and exports left out."""
+    block = DOC.read_text().split(f"## {section}.", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands: dict[str, list[str]] = {}
     for line in block.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
-        if words and words[0] in ("initdb", "pg_ctl", "createdb", "mlflow"):
-            commands[words[0]] = words
+        if words and words[0] in ("initdb", "pg_ctl", "createdb", "mlflow", "tlbench"):
+            commands.setdefault(words[0], words)
     return commands
+
+
+def with_option(words: list[str], option: str, value: str) -> list[str]:
+    """`words` with the value after `option` replaced."""
+    out = list(words)
+    out[out.index(option) + 1] = value
+    return out
 
 
 def substituted(words: list[str], values: dict[str, str]) -> list[str]:

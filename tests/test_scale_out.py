@@ -13,11 +13,13 @@ import optuna
 import pytest
 from helpers import TINY
 from mlflow.tracking import MlflowClient
-from servers import start_mlflow_server, start_postgres, why_no_postgres
+from servers import PG_PORT, doc_commands, start_mlflow_server, start_postgres, substituted, why_no_postgres, with_option
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_no_postgres() is not None, reason=why_no_postgres() or "")]
 
 FAST = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.synthetic_size=200"]
+#: What the tests add to the doc's search command, as the doc says: sampling that cannot repeat a point by chance.
+TEST_ONLY_SEARCH_OPTIONS = ["tracking.experiment=search_pg", "--sampler", "random", "--pruner", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -84,30 +86,19 @@ def test_joblib_sweep_records_on_the_tracking_server_with_artifacts_on_the_serve
 
 def test_two_search_processes_share_a_postgres_study_and_record_on_the_server(postgres, server, tmp_path):
     storage = postgres.create_database("optuna")
-    command = [
-        "search",
-        *FAST,
-        "tracking.experiment=search_pg",
-        "--n-trials",
-        "4",
-        "--sampler",
-        "random",
-        "--pruner",
-        "none",
-        "--storage",
-        storage,
-        "--study-name",
-        "shared",
-        "--out-dir",
-        str(tmp_path / "out"),
-    ]
+    # the doc's command (docs/scale-out.md section 3) with the substitutions it states
+    doc = substituted(doc_commands("3")["tlbench"], {PG_PORT: str(postgres.port)})
+    assert doc[doc.index("--storage") + 1] == storage
+    study_name = doc[doc.index("--study-name") + 1]
+    recipe = [o for o in FAST if o.split("=")[0] not in {w.split("=")[0] for w in doc if "=" in w}]  # the doc's own overrides stay
+    command = [*with_option(with_option(doc[1:], "--n-trials", "4"), "--workers", "1"), *recipe, *TEST_ONLY_SEARCH_OPTIONS, "--out-dir", str(tmp_path / "out")]
     first = _tlbench(command, tmp_path, server.uri)
     time.sleep(1.0)  # the second joins a study the first is still setting up
     second = _tlbench(command, tmp_path, server.uri)
     outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], [o[-2000:] for o in outputs]
 
-    study = optuna.load_study(study_name="shared", storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(study.trials) == len(trials) == 4
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4, "the processes repeated each other's points"
