@@ -357,3 +357,20 @@ def test_digits3_pools_grey_8px_and_colour_28px_digits_into_one_stackable_source
         conform([torch.zeros(2, 5), torch.zeros(2, 6)])
     with pytest.raises(ConfigError, match="2-channel"):
         conform([torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4)])
+
+
+def test_domainbeds_rotated_and_colored_mnist_build_from_mnist_files_when_present(tmp_path):
+    from test_data_formats import write_idx_set
+
+    from tlbench.errors import DataError
+
+    with pytest.raises(DataError) as missing:
+        build_domain("rotated_mnist:15", DataConfig(root=str(tmp_path), synthetic_size=100), 0)
+    assert "\n" not in str(missing.value) and "mnist" in str(missing.value).lower()
+    write_idx_set(tmp_path / "mnist", n_train=240, n_test=60)
+    data = DataConfig(root=str(tmp_path), synthetic_size=100)
+    rotated, colored_domain = build_domain("rotated_mnist:15", data, 0), build_domain("colored_mnist:0.9", data, 0)
+    assert rotated.name == "rotated_mnist:15" and rotated.class_names == [str(d) for d in range(10)]
+    assert len(rotated.train) + len(rotated.val) + len(rotated.test) == 50  # 300 images dealt to six domains
+    assert colored_domain.train.images.shape[1] == 3 and colored_domain.class_names == ["digits 0-4", "digits 5-9"]
+    assert not colored_domain.hflip_ok  # a mirrored digit is another symbol

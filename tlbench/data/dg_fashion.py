@@ -12,6 +12,10 @@ into the red (colour 0) or green (colour 1) channel. In the first two domains co
 label better than the shape (90 % and 80 % vs 75 %); in the third the correlation reverses: the case
 where empirical risk minimisation latches onto the spurious cue.
 
+`rotated_mnist:<angle>` and `colored_mnist:<e>` are DomainBed's own RotatedMNIST and ColoredMNIST, built
+the same way from MNIST when its files are present (`<data root>/mnist/`; the same one-line error as the
+`mnist` domain otherwise).
+
 Each domain is split 70/10/20 into train/val/test (stratified, split seed 0). `data.synthetic_size`
 caps the images per domain (DomainBed uses all: 11,666 for RotatedMNIST, 23,333 for ColoredMNIST), so
 tests and CPU studies stay small. The generators draw only from their own seeded random generators.
@@ -30,6 +34,7 @@ from ..paths import data_root
 from . import register_domain
 from .base import DomainSplits, TensorImages, fingerprint_tensors, stratified_split
 from .fashion import FASHION_CLASSES, fashion_arrays
+from .torchvision_sets import DIGITS, mnist_arrays
 
 ROTATIONS = (0, 15, 30, 45, 60, 75)
 COLOR_FLIPS = (0.1, 0.2, 0.9)
@@ -38,15 +43,22 @@ LABEL_NOISE = 0.25
 SPLIT = (0.7, 0.1, 0.2)
 
 
-def _all_fashion(cfg) -> tuple[np.ndarray, np.ndarray]:
-    return _all_fashion_in(str(data_root(cfg.root)))
+#: Base data set → (its arrays' reader, class names, the two halves the coloured label splits it into).
+BASES = {
+    "fashion": (fashion_arrays, list(FASHION_CLASSES), ["tops (classes 0-4)", "others (classes 5-9)"]),
+    "mnist": (mnist_arrays, list(DIGITS), ["digits 0-4", "digits 5-9"]),
+}
 
 
-@functools.lru_cache(maxsize=1)
-def _all_fashion_in(root: str) -> tuple[np.ndarray, np.ndarray]:
+def _all_images(base: str, cfg) -> tuple[np.ndarray, np.ndarray]:
+    return _all_images_in(base, str(data_root(cfg.root)))
+
+
+@functools.lru_cache(maxsize=2)
+def _all_images_in(base: str, root: str) -> tuple[np.ndarray, np.ndarray]:
     """All 70,000 images and labels, read once per process: a leave-one-domain-out run builds six domains
     from them (decompressing the files took 0.5 s each time)."""
-    train_x, train_y, test_x, test_y = fashion_arrays(SimpleNamespace(root=root))
+    train_x, train_y, test_x, test_y = BASES[base][0](SimpleNamespace(root=root))
     images, labels = np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y]).astype(np.int64)
     images.flags.writeable = labels.flags.writeable = False  # shared by every domain built from them
     return images, labels
@@ -88,11 +100,21 @@ def _argument(family: str, argument: str, allowed: tuple) -> float:
     return value
 
 
+def rotated_domain(base: str, argument: str, cfg) -> DomainSplits:
+    family = f"rotated_{base}"
+    degrees = _argument(family, argument, ROTATIONS)
+    images, labels = _dealt(*_all_images(base, cfg), ROTATIONS.index(int(degrees)), len(ROTATIONS), cfg.synthetic_size)
+    return _splits(f"{family}:{degrees:g}", rotate(images, degrees), torch.from_numpy(labels), BASES[base][1], hflip_ok=False)
+
+
 @register_domain("rotated_fashion")
 def rotated_fashion(argument: str, cfg, seed: int) -> DomainSplits:
-    degrees = _argument("rotated_fashion", argument, ROTATIONS)
-    images, labels = _dealt(*_all_fashion(cfg), ROTATIONS.index(int(degrees)), len(ROTATIONS), cfg.synthetic_size)
-    return _splits(f"rotated_fashion:{degrees:g}", rotate(images, degrees), torch.from_numpy(labels), list(FASHION_CLASSES), hflip_ok=False)
+    return rotated_domain("fashion", argument, cfg)
+
+
+@register_domain("rotated_mnist")
+def rotated_mnist(argument: str, cfg, seed: int) -> DomainSplits:
+    return rotated_domain("mnist", argument, cfg)
 
 
 def colored(images: np.ndarray, classes: np.ndarray, flip: float, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,10 +127,20 @@ def colored(images: np.ndarray, classes: np.ndarray, flip: float, generator: np.
     return torch.from_numpy(out), torch.from_numpy(labels.astype(np.int64))
 
 
+def colored_domain(base: str, argument: str, cfg) -> DomainSplits:
+    family = f"colored_{base}"
+    flip = _argument(family, argument, COLOR_FLIPS)
+    index = COLOR_FLIPS.index(flip)
+    images, classes = _dealt(*_all_images(base, cfg), index, len(COLOR_FLIPS), cfg.synthetic_size)
+    coloured, labels = colored(images, classes, flip, np.random.default_rng(1000 + index))
+    return _splits(f"{family}:{flip:g}", coloured, labels, BASES[base][2], hflip_ok=base == "fashion")
+
+
 @register_domain("colored_fashion")
 def colored_fashion(argument: str, cfg, seed: int) -> DomainSplits:
-    flip = _argument("colored_fashion", argument, COLOR_FLIPS)
-    index = COLOR_FLIPS.index(flip)
-    images, classes = _dealt(*_all_fashion(cfg), index, len(COLOR_FLIPS), cfg.synthetic_size)
-    coloured, labels = colored(images, classes, flip, np.random.default_rng(1000 + index))
-    return _splits(f"colored_fashion:{flip:g}", coloured, labels, ["tops (classes 0-4)", "others (classes 5-9)"], hflip_ok=True)
+    return colored_domain("fashion", argument, cfg)
+
+
+@register_domain("colored_mnist")
+def colored_mnist(argument: str, cfg, seed: int) -> DomainSplits:
+    return colored_domain("mnist", argument, cfg)
