@@ -11,6 +11,7 @@ get it (no training starts). Each run is recorded in the MLflow store `results/<
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shlex
 import subprocess
@@ -70,6 +71,13 @@ def write_provenance(out: Path, name: str, spec: dict, commands: list[list[str]]
     (out / "README.md").write_text("\n".join(lines))
 
 
+def sweep_dir(name: str, index: int, sweep: list[str]) -> Path:
+    """The sweep's folder, named by its overrides too: a rerun of the same sweep resumes in it (its parent
+    run and job markers), a changed spec's sweep at the same position gets its own."""
+    digest = hashlib.sha256("\n".join(sweep).encode()).hexdigest()[:8]
+    return ROOT / "multirun" / name / f"{index}-{digest}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="folder under experiments/ holding spec.yaml")
@@ -102,9 +110,7 @@ def main() -> int:
     uri = f"sqlite:///{out / 'mlflow.db'}"
 
     tracking = [f"tracking.uri={uri}", f"tracking.experiment={args.name}", "tracking.skip_done=true", f"checkpoint_dir={ROOT / 'checkpoints' / args.name}"]
-    sweeps = [
-        TLBENCH + ["-m", *sweep, *tracking, f"hydra.sweep.dir={ROOT / 'multirun' / args.name / str(index)}"] for index, sweep in enumerate(spec["sweeps"])
-    ]
+    sweeps = [TLBENCH + ["-m", *sweep, *tracking, f"hydra.sweep.dir={sweep_dir(args.name, index, sweep)}"] for index, sweep in enumerate(spec["sweeps"])]
     reports = []
     for index, report in enumerate(spec.get("reports", [])):
         target = out if index == 0 else out / report.get("name", str(index))
