@@ -188,3 +188,44 @@ def test_a_shared_sweep_parent_is_closed_by_the_last_sweep_to_end(tmp_path):
     client.set_terminated(child, "FINISHED")
     assert sweep_run.close_sweep_run(uri, parent, "summary", None, expected=1) == 0
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_stop_whose_keyboardinterrupt_python_dropped_still_ends_the_run_killed(tmp_path, mlflow_uri):
+    """A Ctrl-C or SIGTERM handled while Python runs a garbage-collector callback raises a KeyboardInterrupt
+    that Python prints and drops; the request it noted stops training at the next batch, and the run is
+    KILLED, not FINISHED."""
+    import pytorch_lightning as pl
+
+    from tlbench import interrupts
+    from tlbench.train import train
+
+    class DroppedStop(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                interrupts._requested[:] = [15]  # what request_stop notes before its exception is lost
+
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=3"]), extra_callbacks=[DroppedStop()])
+    from mlflow.tracking import MlflowClient
+
+    (run,) = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("tlbench").experiment_id])
+    assert run.info.status == "KILLED" and not interrupts._requested  # closed, and the request cleared
+    import tlbench.tracking
+
+    tlbench.tracking.interrupted = False  # this process goes on with other tests
+
+
+@pytest.mark.slow  # trains
+def test_predictions_that_overflow_end_the_run_failed_in_one_line(tmp_path, mlflow_uri):
+    """lr=1e6 with SGD: two finite losses, then weights so large the network overflows. The run is FAILED
+    with a line saying so, not a linear-algebra traceback from a validator on NaN predictions."""
+    from mlflow.tracking import MlflowClient
+
+    from tlbench.errors import TrainingError
+    from tlbench.train import train
+
+    with pytest.raises(TrainingError, match="non-finite|diverged"):
+        train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "optim.lr=1e6", "optim.name=sgd"]))
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["failure_reason"]

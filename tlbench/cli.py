@@ -163,7 +163,9 @@ def _first_interrupt(signum, frame) -> None:
     tracking = sys.modules.get("tlbench.tracking")
     if tracking is not None and tracking.interrupted:  # the run is closed already: let the process end
         return
-    raise KeyboardInterrupt
+    from .interrupts import request_stop
+
+    request_stop(signum)
 
 
 def main() -> None:
@@ -177,6 +179,9 @@ def main() -> None:
         raise SystemExit(getattr(importlib.import_module(module_name), func)())
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _first_interrupt)
+    from .interrupts import quiet_dropped_interrupts
+
+    quiet_dropped_interrupts()
     from . import sweep_run
 
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:

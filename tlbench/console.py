@@ -23,6 +23,8 @@ def quiet_libraries(import_libraries: bool = True) -> None:
     for name in ("pytorch_lightning", "lightning_fabric", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    # a diverged run's NaN predictions: the run fails with its own line (module: non-finite predictions)
+    warnings.filterwarnings("ignore", message=".*Encountered `nan` values in tensor.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     # checkpoints live in <checkpoint_dir>/<config hash>/: a rerun or resume=true finds them there on purpose

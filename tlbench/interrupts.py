@@ -6,13 +6,50 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 
+#: The signal that asked this process to stop, until the run it stopped is closed. A KeyboardInterrupt
+#: raised by a handler while Python runs a garbage-collector callback or a __del__ is printed and dropped
+#: ("Exception ignored in ..."), and training would go on as if nothing happened: the trainer therefore
+#: checks this at every batch (train.StopWhenAsked) and raises it again at a point where it propagates.
+_requested: list[int] = []
+
+
+def request_stop(signum: int):
+    """Note the request, then interrupt as Python does (KeyboardInterrupt from wherever the code is)."""
+    _requested[:] = [signum]
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def quiet_dropped_interrupts() -> None:
+    """Python prints a KeyboardInterrupt it had to drop (raised in a garbage-collector callback) as a
+    nine-line "Exception ignored" traceback; the stop it carried is raised again at the next batch
+    (raise_if_stop_requested), so that one is left unprinted. Anything else prints as before."""
+    import sys
+
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _requested):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def raise_if_stop_requested() -> None:
+    if _requested:
+        raise KeyboardInterrupt(f"signal {_requested[0]}")
+
+
+def clear_stop_request() -> None:
+    """The run the request stopped is closed: nothing more to raise."""
+    _requested.clear()
+
 
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM (a scheduler or `kill`) behaves like Ctrl-C: the run is closed as KILLED, checkpoints kept."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        request_stop(signum)
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
@@ -41,4 +78,4 @@ def signals_held():
         for number, handler in previous.items():
             signal.signal(number, handler)
         if pending:
-            raise KeyboardInterrupt(f"signal {pending[0]}")
+            request_stop(pending[0])

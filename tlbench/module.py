@@ -313,8 +313,10 @@ class TransferModule(pl.LightningModule):
 
     def _check_weights_finite(self) -> None:
         """A last optimizer step can turn the weights to NaN/inf after a finite loss; evaluating them would
-        record chance accuracy as a FINISHED result, so the run fails here instead."""
-        broken = next((name for name, p in self.named_parameters() if not torch.isfinite(p).all()), None)
+        record chance accuracy as a FINISHED result, so the run fails here instead. BatchNorm's running
+        statistics (buffers) count too: they overflow while the weights stay finite."""
+        tensors = [*self.named_parameters(), *((n, b) for n, b in self.named_buffers() if b.is_floating_point())]
+        broken = next((name for name, t in tensors if not torch.isfinite(t).all()), None)
         if broken is not None:
             raise TrainingError(
                 f"non-finite weights ({broken}) at epoch {self.current_epoch}, step {self.global_step} "
@@ -327,6 +329,11 @@ class TransferModule(pl.LightningModule):
         if not kept["val/target"]:
             return
         target_features, target_probs = (torch.cat(parts) for parts in zip(*kept["val/target"]))
+        if not (torch.isfinite(target_probs).all() and torch.isfinite(target_features).all()):
+            raise TrainingError(
+                f"non-finite predictions at epoch {self.current_epoch} (lr={self.optim_cfg.lr}): the weights are finite but so "
+                "large that the network overflows; training diverged, lower optim.lr"
+            )
         source_features = source_losses = None
         if kept["val/source"]:
             source_features, source_losses = (torch.cat(parts) for parts in zip(*kept["val/source"]))

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from .config import RunConfig, TrackingConfig, flatten, to_plain_dict
 from .errors import TlbenchError
-from .interrupts import signals_held
+from .interrupts import clear_stop_request, signals_held
 from .processes import PROCESS_TAG, process_state, this_process
 
 log = logging.getLogger(__name__)
@@ -549,7 +549,8 @@ def recorded_run(store: Store, run_name: str, tags: dict[str, Any], resume_run_i
             with claim_lock(uri) if claim else nullcontext():
                 run_id = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info.run_id
                 holder = running_claim(client, exp_id, str(tags["config_hash"]), mine=run_id) if claim and "config_hash" in tags else None
-                if holder and holder != run_id:
+                if holder and holder != run_id:  # closed, then deleted: no RUNNING run is left behind
+                    client.set_terminated(run_id, "KILLED")
                     client.delete_run(run_id)
     except TlbenchError:
         raise
@@ -560,13 +561,16 @@ def recorded_run(store: Store, run_name: str, tags: dict[str, Any], resume_run_i
     recorder = RunRecorder(client, run_id, uri)
     try:
         yield recorder
-    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1) after cleaning up
+    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C into SystemExit(1) after cleaning up
         global interrupted
         interrupted = True
+        clear_stop_request()
         with signals_held():
             client.set_tag(recorder.run_id, "failure_reason", "interrupted")
             client.set_terminated(recorder.run_id, "KILLED")
         log.warning("run %s marked KILLED; the same command with resume=true continues it from its last checkpoint", run_id)
+        if isinstance(stop, SystemExit) and not stop.code:  # Lightning's SIGTERMException would exit 0: a stop is not a success
+            raise KeyboardInterrupt("signal 15") from None
         raise
     except BaseException as exc:
         with signals_held():

@@ -20,7 +20,7 @@ from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
 from .errors import ConfigError
 from .feature_cache import on_images
-from .interrupts import sigterm_as_interrupt
+from .interrupts import raise_if_stop_requested, sigterm_as_interrupt
 from .mlflow_logger import MlflowMetricLogger
 from .module import TransferModule
 from .plan import RunPlan, plan_run, writable_folder
@@ -48,11 +48,25 @@ def build_trainer(plan: RunPlan, logger, checkpoint: ModelCheckpoint | None, cal
         ) from None
 
 
+class StopWhenAsked(pl.Callback):
+    """Raises, at the next batch, a Ctrl-C or SIGTERM whose KeyboardInterrupt Python dropped because it
+    landed in a garbage-collector callback (interrupts.request_stop): the run then stops KILLED as it should."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        raise_if_stop_requested()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        raise_if_stop_requested()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        raise_if_stop_requested()
+
+
 def _trainer(run: RunConfig, arguments: dict, logger, checkpoint, callbacks) -> pl.Trainer:
     return pl.Trainer(
         **arguments,
         logger=logger,
-        callbacks=([checkpoint] if checkpoint else []) + [EpochSummary()] + (callbacks or []),
+        callbacks=([checkpoint] if checkpoint else []) + [EpochSummary(), StopWhenAsked()] + (callbacks or []),
         enable_checkpointing=checkpoint is not None,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -640,7 +640,7 @@ def _leaky_source_model(tmp: Path) -> Outcome:
     run_id = _finished_run_id(tmp / "mlflow.db")
     if first.exit_code != 0 or run_id is None:
         return Outcome(exit_code=first.exit_code, note="setup run failed", last_line=first.last_line)
-    outcome = tlbench(tmp, *TINY, f"tracking.uri={store(tmp)}", "adapt=shot", f"adapt.source_model=runs:/{run_id}")
+    outcome = tlbench(tmp, *TINY, f"tracking.uri={store(tmp)}", "adapt=shot", "selection=last", f"adapt.source_model=runs:/{run_id}")
     return with_store_counts(outcome, tmp / "mlflow.db", expected_runs=1)
 
 
