@@ -153,3 +153,22 @@ def test_a_killed_joblib_worker_stops_the_sweep_in_one_line_and_leaves_nothing_r
     assert not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status) for r in runs]
     (parent,) = [r for r in runs if r.data.tags.get("tlbench.parent") == "sweep"]
     assert parent.info.status == "FAILED"
+
+
+def test_identical_skip_done_sweeps_started_together_both_succeed_and_train_each_point_once(tmp_path):
+    """Two `tlbench -m seed=0,1 tracking.skip_done=true` at once: each configuration trains once, neither
+    process deletes the other's checkpoints (its folder is cleared only after the claim), both exit 0."""
+    from helpers import TINY
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [sys.executable, "-m", "tlbench", "-m", *TINY, "trainer.max_epochs=1", f"tracking.uri={uri}", "seed=0,1", "tracking.skip_done=true"]
+    processes = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [o[-2000:] for o in outputs]
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        trained = connection.execute(
+            "select count(*) from runs where status = 'FINISHED' and lifecycle_stage = 'active' "
+            "and run_uuid not in (select run_uuid from tags where key = 'tlbench.parent')"
+        ).fetchone()[0]
+        running = connection.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
+    assert trained == 2 and running == 0

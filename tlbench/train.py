@@ -128,8 +128,6 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         load_source_model(module, plan)
     last = plan.checkpoint_dir / "last.ckpt"
     resume_run_id = unfinished_run_with_hash(plan.store, plan.config_hash) if run.resume and last.exists() else None
-    if not resume_run_id:
-        shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)  # a fresh run never mixes in an older run's checkpoints
     threads = threads_for(run.trainer.threads, module)
     tags = {
         **plan.tags,
@@ -146,6 +144,9 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         recorded_run(plan.store, plan.run_name, tags, resume_run_id, claim=run.tracking.skip_done) as recorder,
     ):
         if not resume_run_id:
+            # a fresh run never mixes in an older run's checkpoints; cleared only once this process holds the
+            # configuration (skip_done's claim), or it would delete the checkpoints of a run going on elsewhere
+            shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)
             plain = to_plain_dict(run)
             recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})
             recorder.log_text(OmegaConf.to_yaml(OmegaConf.create(plain)), "config.yaml")
