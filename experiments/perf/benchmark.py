@@ -241,7 +241,8 @@ def section_help(work: Path, repeats: int, lines: list[str]) -> None:
     ]
 
 
-LOOP_CHILD = """
+#: What both loop benchmarks' child processes import.
+CHILD_IMPORTS = """
 import json, sys, time
 import torch, torch.nn.functional as F
 from pytorch_lightning import Callback
@@ -255,17 +256,10 @@ from tlbench.assembly import build_module
 from tlbench.module import TransferModule
 from tlbench.plan import plan_run
 from tlbench.train import build_trainer
-work, steps, arm = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-run = validate(compose(["backbone=efficientnet_lite0", "data=digits", "data.synthetic_size=3000", "trainer.feature_cache=false",
-                        "batch_composition=source",  # both loops forward the 64 source images of a step, nothing else
-                        "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
-                        "trainer.enable_progress_bar=false", f"tracking.uri=sqlite:///{work}/loop.db"]))
-run.output_dir, run.checkpoint_dir = work + "/out", work + "/ckpt"
-torch.manual_seed(0)
-plan = plan_run(run)
-module, datamodule, _ = build_module(plan, DomainDataModule(run.data, run.seed), TransferModule)
-step_starts = []  # when each optimizer step began (its batch already loaded), for the steady-state rate
-if arm == "lightning":  # the Trainer train.py builds: MLflow logger, checkpointing, deterministic mode
+"""
+#: The tlbench side of both loop benchmarks: the Trainer train.py builds (MLflow logger, checkpointing,
+#: deterministic mode), with the start of every optimizer step timed for the steady-state rate.
+LIGHTNING_ARM = """if arm == "lightning":  # the Trainer train.py builds: MLflow logger, checkpointing, deterministic mode
     class StepClock(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             step_starts.append(time.perf_counter())
@@ -276,7 +270,23 @@ if arm == "lightning":  # the Trainer train.py builds: MLflow logger, checkpoint
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         seconds = time.perf_counter() - started
-else:
+"""
+
+LOOP_CHILD = (
+    CHILD_IMPORTS
+    + """work, steps, arm = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+run = validate(compose(["backbone=efficientnet_lite0", "data=digits", "data.synthetic_size=3000", "trainer.feature_cache=false",
+                        "batch_composition=source",  # both loops forward the 64 source images of a step, nothing else
+                        "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
+                        "trainer.enable_progress_bar=false", f"tracking.uri=sqlite:///{work}/loop.db"]))
+run.output_dir, run.checkpoint_dir = work + "/out", work + "/ckpt"
+torch.manual_seed(0)
+plan = plan_run(run)
+module, datamodule, _ = build_module(plan, DomainDataModule(run.data, run.seed), TransferModule)
+step_starts = []  # when each optimizer step began (its batch already loaded), for the steady-state rate
+"""
+    + LIGHTNING_ARM
+    + """else:
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay)
     loader = datamodule.train_dataloader().iterables["source"]
@@ -294,24 +304,12 @@ warm = min(10, len(step_starts) // 3)  # the first steps warm up allocators and 
 steady = (len(step_starts) - 1 - warm) / (step_starts[-1] - step_starts[warm])
 print(json.dumps({"images_per_s": steps * run.data.batch_size / seconds, "steady_images_per_s": steady * run.data.batch_size}))
 """
+)
 
 
-DA_STEP_CHILD = """
-import json, sys, time
-import torch
-from pytorch_lightning import Callback
-from pytorch_lightning.callbacks import ModelCheckpoint
-from tlbench.composition import compose_config as compose
-from tlbench.config import validate
-from tlbench.data.datamodule import DomainDataModule
-from tlbench.mlflow_logger import MlflowMetricLogger
-from tlbench.tracking import recorded_run
-from tlbench.assembly import build_module
-from tlbench.module import TransferModule
-from tlbench.plan import plan_run
-from tlbench.train import build_trainer
-import torch.nn.functional as F
-work, steps, arm, method = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+DA_STEP_CHILD = (
+    CHILD_IMPORTS
+    + """work, steps, arm, method = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 # the quickstart's DANN-paper digit recipe: one joint batch of 64 source + 64 target images at 20 px
 run = validate(compose(["experiment=da_digits", f"adapt={method}", "trainer.max_epochs=1", f"trainer.steps_per_epoch={steps}",
                         "trainer.limit_val_batches=1", f"tracking.uri=sqlite:///{work}/loop.db"]))
@@ -320,18 +318,9 @@ torch.manual_seed(0)
 plan = plan_run(run)
 module, datamodule, _ = build_module(plan, DomainDataModule(run.data, run.seed, steps_per_epoch=steps), TransferModule)
 step_starts = []
-if arm == "lightning":
-    class StepClock(Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            step_starts.append(time.perf_counter())
-
-    with recorded_run(plan.store, "loop", {}) as recorder:
-        checkpoint = ModelCheckpoint(dirpath=run.checkpoint_dir, monitor="val/source_acc", mode="max", save_last=True)
-        trainer = build_trainer(plan, MlflowMetricLogger(recorder), checkpoint, [StepClock()])
-        started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
-        seconds = time.perf_counter() - started
-else:  # the same forward, losses and SGD update, written as a plain loop over the same loader
+"""
+    + LIGHTNING_ARM
+    + """else:  # the same forward, losses and SGD update, written as a plain loop over the same loader
     module.train()
     optimizer = torch.optim.SGD(module.parameters(), lr=run.optim.lr, momentum=0.9, weight_decay=run.optim.weight_decay)  # the recipe's SGD
     loader = datamodule.train_dataloader()
@@ -356,6 +345,7 @@ warm = min(10, len(step_starts) // 3)
 steady = (len(step_starts) - 1 - warm) / (step_starts[-1] - step_starts[warm])
 print(json.dumps({"steps_per_s": steps / seconds, "steady_steps_per_s": steady}))
 """
+)
 
 
 def section_da_step(work: Path, pairs: int, steps: int, lines: list[str]) -> None:
