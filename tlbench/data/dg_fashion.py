@@ -107,16 +107,6 @@ def rotated_domain(base: str, argument: str, cfg) -> DomainSplits:
     return _splits(f"{family}:{degrees:g}", rotate(images, degrees), torch.from_numpy(labels), BASES[base][1], hflip_ok=False)
 
 
-@register_domain("rotated_fashion")
-def rotated_fashion(argument: str, cfg, seed: int) -> DomainSplits:
-    return rotated_domain("fashion", argument, cfg)
-
-
-@register_domain("rotated_mnist")
-def rotated_mnist(argument: str, cfg, seed: int) -> DomainSplits:
-    return rotated_domain("mnist", argument, cfg)
-
-
 def colored(images: np.ndarray, classes: np.ndarray, flip: float, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """DomainBed's ColoredMNIST rule on grey images: (N×3×H×W uint8 images, binary labels)."""
     labels = (classes >= 5).astype(np.int64)
@@ -136,11 +126,15 @@ def colored_domain(base: str, argument: str, cfg) -> DomainSplits:
     return _splits(f"{family}:{flip:g}", coloured, labels, BASES[base][2], hflip_ok=base == "fashion")
 
 
-@register_domain("colored_fashion")
-def colored_fashion(argument: str, cfg, seed: int) -> DomainSplits:
-    return colored_domain("fashion", argument, cfg)
+def _register_families() -> None:
+    """`rotated_<base>` and `colored_<base>` for every base data set (DomainBed's two constructions)."""
+    for base in BASES:
+        register_domain(f"rotated_{base}")(functools.partial(_built_by, rotated_domain, base))
+        register_domain(f"colored_{base}")(functools.partial(_built_by, colored_domain, base))
 
 
-@register_domain("colored_mnist")
-def colored_mnist(argument: str, cfg, seed: int) -> DomainSplits:
-    return colored_domain("mnist", argument, cfg)
+def _built_by(construction, base: str, argument: str, cfg, seed: int) -> DomainSplits:
+    return construction(base, argument, cfg)
+
+
+_register_families()
