@@ -210,6 +210,9 @@ def _rules() -> dict[str, Rule]:
         "backbone.input_size": within(16, 1024),
         "backbone.width": within(1, 4096),
         "backbone.coarse": FREE,
+        "backbone.max_length": within(8, 4096),  # tokens per text (text encoders)
+        "backbone.pooling": one_of("mean", "cls"),
+        "backbone.dropout": within(0, 1, high_open=True),
         # freeze (every schedule)
         "freeze.name": FREE,
         "freeze.bn_policy": one_of(*BN_POLICIES),
