@@ -184,3 +184,18 @@ def test_committed_validator_tables_rebuild_byte_for_byte_from_the_committed_exp
     script.write_tables(script.load_checkpoints(script.task_exports()), tmp_path)
     for name in ("table.md", "table.csv", "per_method.csv", "scatter.png"):
         assert (tmp_path / name).read_bytes() == (root / "results" / "validators" / name).read_bytes(), name
+
+
+def test_feature_only_results_are_computed_once_per_content(monkeypatch):
+    """A frozen backbone gives the same features every epoch (and to every head of a fused sweep): the
+    importance weights are then reused, never reused for other features, and equal a fresh computation."""
+    calls = []
+    real = V._importance_weights
+    monkeypatch.setattr(V, "_importance_weights", lambda s, t: calls.append(1) or real(s, t))
+    torch.manual_seed(0)
+    source, target = torch.randn(40, 8), torch.randn(30, 8) + 1
+    first = V.importance_weights(source, target)
+    again = V.importance_weights(source.clone(), target.clone())
+    assert len(calls) == 1 and torch.equal(first, again)
+    moved = V.importance_weights(source, target + 0.5)
+    assert len(calls) == 2 and not torch.equal(first, moved)

@@ -107,6 +107,10 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     #: Cache the outputs of a backbone that stays frozen for the whole run (used only where valid).
     feature_cache: bool = True
+    #: Train the jobs of one sweep that differ only in their heads (same cached features, data, seed and
+    #: schedule) together, one pass over the batches for all (tlbench/fused_heads.py); each is still
+    #: recorded as its own run. Results equal unfused runs to float tolerance; false trains them one by one.
+    fuse_heads: bool = True
     #: Intra-op CPU threads: null = auto (1 for a head on cached features, where more threads only cost
     #: CPU; else the process's setting), N = exactly N (1 when several sweep workers share the cores).
     threads: Optional[int] = None

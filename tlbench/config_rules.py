@@ -190,8 +190,9 @@ def _rules() -> dict[str, Rule]:
         "trainer.enable_progress_bar": FREE,
         "trainer.gradient_clip_val": above(0),
         "trainer.feature_cache": FREE,
+        "trainer.fuse_heads": FREE,
         "trainer.threads": Rule(lambda v: v is None or v >= 1, "must be null (auto) or a number of threads ≥ 1"),
-        "trainer.options": FREE,  # checked against pl.Trainer's signature when the Trainer is built (train.build_trainer)
+        "trainer.options": FREE,  # checked against pl.Trainer's signature when the Trainer is built (trainer_factory.build_trainer)
         # tracking
         "tracking.uri": FREE,
         "tracking.experiment": non_empty_text(),

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 #: The signal that asked this process to stop, until the run it stopped is closed. A KeyboardInterrupt
 #: raised by a handler while Python runs a garbage-collector callback or a __del__ is printed and dropped
 #: ("Exception ignored in ..."), and training would go on as if nothing happened: the trainer therefore
-#: checks this at every batch (train.StopWhenAsked) and raises it again at a point where it propagates.
+#: checks this at every batch (trainer_factory.StopWhenAsked) and raises it again at a point where it propagates.
 _requested: list[int] = []
 
 

@@ -96,8 +96,13 @@ class TransferModule(pl.LightningModule):
             self.metrics[key + "_loss"] = MeanMetric()
         #: Confusion matrices of the test pass (the selected checkpoint), drawn as run artifacts without
         #: a second inference pass; synced across devices like the other metrics.
+        #: Evaluation splits whose metrics this epoch has handed to Lightning already (_evaluate).
+        self._logged_splits: set[str] = set()
         self._train_sums: dict[str, torch.Tensor] = {}
         self._train_count = 0
+        #: This run's own optimizer while it trains in a fused group of heads (fused_heads.py), whose
+        #: trainer steps all of the group's; None otherwise.
+        self.fused_optimizer = None
         self.confusion = nn.ModuleDict({split.replace("/", "_"): MulticlassConfusionMatrix(num_classes) for split in TEST_SPLITS})
 
     # ----------------------------------------------------------------- model
@@ -307,6 +312,7 @@ class TransferModule(pl.LightningModule):
         self._adapt_before_evaluation()
 
     def on_validation_epoch_start(self) -> None:
+        self._logged_splits.clear()
         self._validator_inputs: dict[str, list] = {"val/source": [], "val/target": []}
         if self.trainer.training or self.trainer.state.fn == "fit":
             self._check_weights_finite()
@@ -363,14 +369,19 @@ class TransferModule(pl.LightningModule):
             # target: predictions and features, never labels; source: features and per-example losses
             second = logits.softmax(1) if split == "val/target" else losses
             kept[split].append((features.detach().flatten(1).float().cpu(), second.detach().float().cpu()))
+        first = split not in self._logged_splits
+        self._logged_splits.add(split)
         for metric_name, args in updates.items():
             metric = self.metrics[f"{key}_{metric_name}"]
             metric.update(*args)
-            self.log(f"{split}_{metric_name}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False, batch_size=labels.shape[0])
+            if first:  # Lightning computes (and resets) a logged metric at the epoch's end: one log call is enough,
+                # and one per batch cost ~1 ms each, most of an evaluation pass over cached features
+                self.log(f"{split}_{metric_name}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False, batch_size=labels.shape[0])
         if key in self.confusion:
             self.confusion[key].update(logits.argmax(1), labels)
 
     def on_test_epoch_start(self) -> None:
+        self._logged_splits.clear()
         for matrix in self.confusion.values():
             matrix.reset()
         self._test_confusion: dict[str, torch.Tensor] = {}
@@ -399,7 +410,7 @@ class TransferModule(pl.LightningModule):
 
     # ------------------------------------------------------------- optimizer
     def _group_lr(self, name: str) -> float:
-        groups = self.trainer.optimizers[0].param_groups
+        groups = (self.fused_optimizer or self.trainer.optimizers[0]).param_groups
         return next((g["lr"] for g in groups if g.get("name") == name), groups[0]["lr"])
 
     def configure_optimizers(self):

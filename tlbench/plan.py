@@ -27,7 +27,7 @@ from .selection import SELECTION_METRICS
 from .tracking import Store, config_hash, git_commit
 
 #: TrainerConfig fields that are tlbench's own, not pl.Trainer arguments.
-TLBENCH_TRAINER_FIELDS = ("steps_per_epoch", "feature_cache", "threads", "options")
+TLBENCH_TRAINER_FIELDS = ("steps_per_epoch", "feature_cache", "fuse_heads", "threads", "options")
 #: pl.Trainer arguments tlbench sets itself: a run's recording, checkpoints and output folder depend on them.
 RESERVED_TRAINER_ARGS = ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "num_sanity_val_steps", "enable_model_summary")
 

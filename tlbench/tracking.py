@@ -32,7 +32,7 @@ STORE_LOCK_TIMEOUT_S = 120
 DEFAULT_TIMEOUT_S = 20
 T = TypeVar("T")
 #: Config keys that do not change what is computed, left out of the config hash.
-NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.fuse_heads")
 #: Fields added after runs were recorded, at the value that computes what their absence did: left out of
 #: the config hash at that value, so the hashes (and skip_done) of older runs stay valid.
 NEUTRAL_DEFAULTS = {"data.val_labels_per_class": None, "data.target_eval": "split", "data.sources": None, "data.holdout": None}

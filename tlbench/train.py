@@ -15,64 +15,19 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from .assembly import build_module
-from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
-from .errors import ConfigError
 from .feature_cache import on_images
-from .interrupts import raise_if_stop_requested, sigterm_as_interrupt
+from .fused_heads import FusedOutcome, take_outcome
+from .interrupts import sigterm_as_interrupt
 from .mlflow_logger import MlflowMetricLogger
 from .module import TransferModule
 from .plan import RunPlan, plan_run, writable_folder
-from .progress import EpochSummary
 from .threads import intra_op_threads, threads_for
+from .trainer_factory import build_trainer
 from .tracking import ClaimedElsewhere, Store, config_hash, finished_run_with_hash, recorded_run, unfinished_run_with_hash
 
 log = logging.getLogger(__name__)
-
-
-def build_trainer(plan: RunPlan, logger, checkpoint: ModelCheckpoint | None, callbacks: list | None = None) -> pl.Trainer:
-    """The Lightning Trainer of a plan; an accelerator or device count this machine lacks (trainer=gpu on a
-    CPU-only machine) is one ConfigError line, not Lightning's traceback."""
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
-    arguments = plan.trainer_arguments
-    try:
-        return _trainer(plan.run, arguments, logger, checkpoint, callbacks)
-    except (MisconfigurationException, RuntimeError) as exc:
-        if not isinstance(exc, MisconfigurationException) and "device" not in str(exc).lower():
-            raise
-        raise ConfigError(
-            f"trainer.accelerator={arguments.get('accelerator')} trainer.devices={arguments.get('devices')}: "
-            f"{str(exc).splitlines()[0]} on this machine; use trainer=default (CPU) or check the drivers"
-        ) from None
-
-
-class StopWhenAsked(pl.Callback):
-    """Raises, at the next batch, a Ctrl-C or SIGTERM whose KeyboardInterrupt Python dropped because it
-    landed in a garbage-collector callback (interrupts.request_stop): the run then stops KILLED as it should."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        raise_if_stop_requested()
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        raise_if_stop_requested()
-
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        raise_if_stop_requested()
-
-
-def _trainer(run: RunConfig, arguments: dict, logger, checkpoint, callbacks) -> pl.Trainer:
-    return pl.Trainer(
-        **arguments,
-        logger=logger,
-        callbacks=([checkpoint] if checkpoint else []) + [EpochSummary(), StopWhenAsked()] + (callbacks or []),
-        enable_checkpointing=checkpoint is not None,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=run.output_dir,
-        plugins=[AtomicCheckpointIO()],  # checkpoints complete or absent; an unreadable one is one line
-    )
 
 
 def selected_epoch(checkpoint: ModelCheckpoint) -> int | None:
@@ -116,12 +71,18 @@ def _train(run: RunConfig, extra_callbacks: list | None, extra_tags: dict[str, A
 
 
 def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict[str, Any] | None = None) -> dict[str, float]:
-    """Train, select and test the plan's run under Lightning, recorded in the plan's store."""
+    """Train, select and test the plan's run under Lightning, recorded in the plan's store. A run its sweep
+    already trained in a fused group of heads (fused_heads.py) is recorded from that outcome instead."""
     run = plan.run
     writable_folder(run.checkpoint_dir, "checkpoint_dir")  # before training, not when the first checkpoint is saved
-    pl.seed_everything(run.seed, workers=True, verbose=False)
-    raw_datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
-    module, datamodule, cache_decision = build_module(plan, raw_datamodule, TransferModule)
+    fused = take_outcome(plan.config_hash) if not extra_callbacks else None
+    if fused is not None:
+        member = fused.member
+        raw_datamodule, module, datamodule, cache_decision = member.raw_datamodule, member.module, member.datamodule, member.cache_decision
+    else:
+        pl.seed_everything(run.seed, workers=True, verbose=False)
+        raw_datamodule = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
+        module, datamodule, cache_decision = build_module(plan, raw_datamodule, TransferModule)
     if plan.source_run_id:
         from .source_model import load_source_model
 
@@ -136,6 +97,7 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         "feature_cache": cache_decision,
         "batch_composition": module.batch_composition,
         "threads": threads,
+        **({"fused_heads": f"trained in a group of {fused.group_size}"} if fused else {}),
         **(extra_tags or {}),
     }
     with (
@@ -150,25 +112,14 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
             plain = to_plain_dict(run)
             recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})
             recorder.log_text(OmegaConf.to_yaml(OmegaConf.create(plain)), "config.yaml")
-        checkpoint = None
-        if not run.trainer.fast_dev_run:
-            checkpoint = ModelCheckpoint(  # monitor None (selection=last): the newest epoch is the one kept
-                dirpath=plan.checkpoint_dir,
-                filename="best-epoch{epoch:03d}",
-                auto_insert_metric_name=False,
-                monitor=plan.monitor,
-                mode=plan.monitor_mode,
-                save_top_k=1,
-                save_last=True,
-            )
-        trainer = build_trainer(plan, MlflowMetricLogger(recorder), checkpoint, extra_callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume_run_id else None, weights_only=True)
-        results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if checkpoint else None, verbose=False, weights_only=True)
-        metrics = {k: float(v) for result in results for k, v in result.items()}
-        if checkpoint is not None and selected_epoch(checkpoint) is not None:
-            metrics["selected_epoch"] = float(selected_epoch(checkpoint))
-            recorder.log_metrics({"selected_epoch": metrics["selected_epoch"]}, step=trainer.global_step)
-        if recorder.run_id and checkpoint is not None:  # rank 0 records; fast_dev_run selects nothing
+        if fused is not None:
+            metrics, epoch, step = _test_fused(plan, fused, recorder)
+        else:
+            metrics, epoch, step = _fit_and_test(plan, module, datamodule, recorder, resume_run_id, extra_callbacks)
+        if epoch is not None:
+            metrics["selected_epoch"] = float(epoch)
+            recorder.log_metrics({"selected_epoch": metrics["selected_epoch"]}, step=step)
+        if recorder.run_id and not run.trainer.fast_dev_run:  # rank 0 records; fast_dev_run selects nothing
             from .run_artifacts import log_run_artifacts
 
             log_run_artifacts(recorder, module, raw_datamodule, run.output_dir, run.tracking.log_model, run.tracking.plots, run.tracking.analysis)
@@ -184,6 +135,45 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
             recorder.set_tags({"mlflow.note.content": run_description(metrics, run.selection, run.trainer.max_epochs)})
         metrics["run_id"] = recorder.run_id  # type: ignore[assignment]
         return metrics
+
+
+def _fit_and_test(plan: RunPlan, module, datamodule, recorder, resume_run_id: str | None, extra_callbacks) -> tuple[dict, int | None, int]:
+    """Lightning fits (checkpointing the rule's choice) and tests the chosen checkpoint: the test metrics,
+    the selected epoch and the step they are recorded at."""
+    checkpoint = None
+    if not plan.run.trainer.fast_dev_run:
+        checkpoint = ModelCheckpoint(  # monitor None (selection=last): the newest epoch is the one kept
+            dirpath=plan.checkpoint_dir,
+            filename="best-epoch{epoch:03d}",
+            auto_insert_metric_name=False,
+            monitor=plan.monitor,
+            mode=plan.monitor_mode,
+            save_top_k=1,
+            save_last=True,
+        )
+    last = plan.checkpoint_dir / "last.ckpt"
+    trainer = build_trainer(plan, MlflowMetricLogger(recorder), checkpoint, extra_callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume_run_id else None, weights_only=True)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if checkpoint else None, verbose=False, weights_only=True)
+    metrics = {k: float(v) for result in results for k, v in result.items()}
+    return metrics, selected_epoch(checkpoint) if checkpoint is not None else None, trainer.global_step
+
+
+def _test_fused(plan: RunPlan, fused: FusedOutcome, recorder) -> tuple[dict, int | None, int]:
+    """Record what the run's fused group trained (its points, or its own failure), then test its selected
+    weights and keep them as the run's checkpoint, as an unfused run would."""
+    recorder.log_metric_points(fused.points)
+    if fused.error is not None:
+        raise fused.error
+    module, datamodule = fused.member.module, fused.member.datamodule
+    module.load_state_dict(fused.state)
+    trainer = build_trainer(plan, MlflowMetricLogger(recorder), None)
+    # test metrics at the step and epoch the fit ended on, where an unfused run records them
+    trainer.fit_loop.epoch_loop._batches_that_stepped = fused.global_step
+    trainer.fit_loop.epoch_progress.current.completed = fused.current_epoch
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    trainer.save_checkpoint(plan.checkpoint_dir / f"best-epoch{fused.epoch:03d}.ckpt", weights_only=True)
+    return {k: float(v) for result in results for k, v in result.items()}, fused.epoch, fused.global_step
 
 
 def run_description(metrics: dict[str, Any], rule: str, epochs: int) -> str:

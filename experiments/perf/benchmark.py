@@ -255,7 +255,7 @@ from tlbench.tracking import recorded_run
 from tlbench.assembly import build_module
 from tlbench.module import TransferModule
 from tlbench.plan import plan_run
-from tlbench.train import build_trainer
+from tlbench.trainer_factory import build_trainer
 """
 #: The tlbench side of both loop benchmarks: the Trainer train.py builds (MLflow logger, checkpointing,
 #: deterministic mode), with the start of every optimizer step timed for the steady-state rate.
@@ -383,7 +383,7 @@ def section_da_step(work: Path, pairs: int, steps: int, lines: list[str]) -> Non
         "",
         "The quickstart's recipe (`experiment=da_digits`: the DANN paper's digit network, one joint batch of 64 source + 64",
         f"target images at 20 px, SGD), {steps} steps, one intra-op thread. The plain loop runs the same forward, losses and",
-        "optimizer on the same loader; the tlbench side is `train.build_trainer` with the MLflow logger, checkpointing and",
+        "optimizer on the same loader; the tlbench side is `trainer_factory.build_trainer` with the MLflow logger, checkpointing and",
         "one validation batch per loader. Steady: steps/s from step 10 to the last; whole: steps over the wall time of `fit`",
         f"(set-up, validation and checkpoint included). Medians of {pairs} interleaved pairs; 1-minute load average {load:.1f} at the start.",
         "",
@@ -423,7 +423,7 @@ def section_loop(work: Path, pairs: int, steps: int, lines: list[str]) -> None:
         "EfficientNet-Lite0 full fine-tune at 32 px, source-only with `batch_composition=source` (both loops forward the same 64",
         "source images per step; a first version of this benchmark let the Lightning side forward the target batch too and measured",
         f"0.46×), {steps} steps of the same loader, one process per",
-        "measurement. The Lightning side is `train.build_trainer` with the MLflow logger, a ModelCheckpoint and",
+        "measurement. The Lightning side is `trainer_factory.build_trainer` with the MLflow logger, a ModelCheckpoint and",
         "`deterministic=True`, plus one validation batch per loader and the checkpoint write at the epoch's end; the plain loop",
         f"does only the steps. *Whole fit*: {steps} steps' images over the wall time of `fit` (or of the loop); *steady steps*:",
         "from the start of step 10 to the start of the last step, i.e. without the fit's set-up, validation and checkpoint.",
