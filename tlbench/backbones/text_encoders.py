@@ -249,6 +249,7 @@ class TextEncoder(WrappedBackbone):
     def __init__(self, net: nn.Module, preprocessing: TextPreprocessing, pooling: str):
         super().__init__(net, text_stage_groups(net), net.config.hidden_size, preprocessing)
         self.pooling = pooling
+        self.train()  # from_pretrained returns eval mode; the module's own train()/eval() decide, as for any backbone
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         ids, mask = tokens[:, 0], tokens[:, 1]
