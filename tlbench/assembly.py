@@ -6,6 +6,7 @@ trained one."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -114,6 +115,7 @@ def wire(module_class: type, run: RunConfig, parts: Parts, needs: Needs, num_cla
         batch_composition=composition,
         strong_augment=strong_augment,
         needs=needs,
+        head_solver=run.head.solver,
     )
     module.run_config = to_plain_dict(run)  # stored in checkpoints: TransferModule.load_from_checkpoint(path) rebuilds it
     return module
@@ -136,11 +138,16 @@ def build_module(plan, datamodule: DomainDataModule, module_class: type) -> tupl
     else:
         several = "several source domains (data.sources) are not cached yet" if datamodule.source_domains else None
         reason = not_fixed or several or streamed((datamodule.source, datamodule.target))
+    if run.head.solver == "lbfgs" and reason is not None:
+        raise ConfigError(f"head.solver=lbfgs fits a linear probe on cached features, and this run's are not cached: {reason}")
     if reason is None:
         key = backbone_digest(backbone)
         source = featurize_domain(backbone, datamodule.source, key)
         target = source if datamodule.in_domain else featurize_domain(backbone, datamodule.target, key)
-        datamodule = DomainDataModule(run.data, run.seed, source, target, run.trainer.steps_per_epoch)
+        data = run.data
+        if run.head.solver == "lbfgs":  # full-batch: the whole training split in one batch
+            data = dataclasses.replace(data, batch_size=max(len(split) for domain in (source, target) for split in (domain.train, domain.val, domain.test)))
+        datamodule = DomainDataModule(data, run.seed, source, target, run.trainer.steps_per_epoch)
         parts.backbone = CachedBackbone(backbone.out_features, featurized=backbone)
     # said when it matters (on, or off although the backbone never trains); a fine-tuning run needs no line
     (log.debug if backbone_trains and reason is not None else log.info)("feature cache: %s", "on" if reason is None else f"off ({reason})")

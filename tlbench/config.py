@@ -84,6 +84,10 @@ class HeadConfig:
     #: TLlib's bottleneck Linear→bottleneck→BN→ReLU between backbone and classifier; when set, the
     #: adaptation loss sees the bottleneck's output instead of the backbone's.
     bottleneck: Optional[int] = None
+    #: How the head is fitted: `optimizer` (optim.* for trainer.max_epochs, like every other layer) or
+    #: `lbfgs`, the linear probe of linear-probe papers: full-batch L-BFGS logistic regression on the
+    #: cached features, L2 strength optim.weight_decay, one L-BFGS step (up to 20 iterations) per epoch.
+    solver: str = "optimizer"
 
 
 @dataclass
@@ -270,6 +274,19 @@ def _check_values(run: RunConfig) -> None:
             "data.target_eval=whole: the target is the source domain here, so its whole domain includes "
             "the labelled training images; use target_eval=split for in-domain runs"
         )
+    if run.head.solver == "lbfgs":
+        _check_lbfgs_probe(run)
+
+
+def _check_lbfgs_probe(run: RunConfig) -> None:
+    """head.solver=lbfgs is logistic regression on fixed features: one linear layer, source labels only,
+    the whole training split as one batch."""
+    if run.head.hidden or run.head.bottleneck:
+        raise ConfigError("head.solver=lbfgs fits a linear classifier (logistic regression); set head.hidden=[] and head.bottleneck=null")
+    if run.adapt.name != "source_only":
+        raise ConfigError(f"head.solver=lbfgs fits the head on source labels alone; adapt={run.adapt.name} needs a gradient optimizer (head.solver=optimizer)")
+    if run.trainer.steps_per_epoch is not None:
+        raise ConfigError("head.solver=lbfgs takes the whole training split as one batch per epoch; leave trainer.steps_per_epoch unset")
 
 
 def to_plain_dict(run: RunConfig) -> dict[str, Any]:

@@ -163,6 +163,7 @@ def _rules() -> dict[str, Rule]:
         "head.hidden": each(at_least(1)),
         "head.dropout": within(0, 1, high_open=True),
         "head.bottleneck": at_least(1),
+        "head.solver": one_of("optimizer", "lbfgs"),
         # optim
         "optim.name": one_of("adamw", "sgd"),
         "optim.lr": above(0),

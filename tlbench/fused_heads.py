@@ -90,6 +90,8 @@ def why_not_fusable(plan: RunPlan, cache_decision: str) -> str | None:
         return "several devices"
     if run.resume:
         return "resume=true"
+    if run.head.solver != "optimizer":
+        return "head.solver=lbfgs fits each head on its own full batch"
     return None
 
 

@@ -35,6 +35,10 @@ from .optim import build_optimizer, build_scheduler, param_groups
 from .selection import HOLDOUT_SPLIT, TEST_SPLITS, VAL_SPLITS
 
 
+#: L-BFGS iterations per epoch with head.solver=lbfgs (a 10-epoch run: up to 200, validated every 20).
+LBFGS_ITERATIONS = 20
+
+
 class DomainForward(NamedTuple):
     """One training step's forward pass; the source fields are None for a source-free method, the target
     ones when the target is not forwarded, `logits_t_strong` without a strong view."""
@@ -63,8 +67,11 @@ class TransferModule(pl.LightningModule):
         batch_composition: str = "joint",
         strong_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         needs: Needs | None = None,
+        head_solver: str = "optimizer",
     ):
         super().__init__()
+        #: `optimizer` (optim.*) or `lbfgs`: full-batch L-BFGS logistic regression of a linear head (config.HeadConfig).
+        self.head_solver = head_solver
         #: What the method reads and changes, as its run plan declared it (adapt/base.py).
         self.needs = needs or Needs()
         self.backbone = backbone
@@ -265,6 +272,8 @@ class TransferModule(pl.LightningModule):
         regularizer = self.schedule.regularizer(self.backbone)
         if regularizer is not None:
             loss = loss + regularizer
+        if self.head_solver == "lbfgs":  # logistic regression's L2 penalty on the weights (not the bias)
+            loss = loss + 0.5 * self.optim_cfg.weight_decay * sum(p.pow(2).sum() for n, p in self.head.named_parameters() if n.endswith("weight"))
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"non-finite loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step} "
@@ -414,6 +423,8 @@ class TransferModule(pl.LightningModule):
         return next((g["lr"] for g in groups if g.get("name") == name), groups[0]["lr"])
 
     def configure_optimizers(self):
+        if self.head_solver == "lbfgs":  # each epoch is one L-BFGS step: up to LBFGS_ITERATIONS on the full batch
+            return torch.optim.LBFGS(self.head.parameters(), lr=1.0, max_iter=LBFGS_ITERATIONS, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
         stages = self.backbone.stage_parameters()
         cfg = self.optim_cfg
         new_layers = list(self.bottleneck.parameters()) + ([] if self.needs.frozen_head else list(self.head.parameters()))
