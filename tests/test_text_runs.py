@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import CONF_DIR, compose
 from text_helpers import write_debian_index
 
@@ -96,3 +97,20 @@ def test_the_cli_runs_the_text_task_offline(tmp_path, text_root):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "FINISHED" in done.stdout
+
+
+def test_a_logged_text_model_predicts_from_raw_texts(tmp_path, text_root, mlflow_uri):
+    """The run's MLflow model takes texts as the data stores them (UTF-8 rows) and returns probabilities."""
+    import mlflow.pyfunc
+
+    from tlbench.data.text import encode_texts
+
+    extra = ["data=debian_sections", "freeze=linear_probe", "tracking.log_model=true", "trainer.max_epochs=1"]
+    metrics = train(text_run(tmp_path, text_root, mlflow_uri, extra))
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{metrics['run_id']}/model")
+    width = model.metadata.get_input_schema().inputs[0].shape[1]  # rows are zero-padded to the run's data width
+    rows = encode_texts(["arcade game with levels and monsters", "email client and mail transfer agent"], limit=width)
+    probabilities = model.predict(torch.nn.functional.pad(rows, (0, width - rows.shape[1])).numpy())
+    assert probabilities.shape == (2, len(debian.SECTIONS))
+    assert abs(float(probabilities.sum(1).min()) - 1) < 1e-4

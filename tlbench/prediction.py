@@ -23,6 +23,8 @@ def checked_images(images: Any) -> "torch.Tensor":
         images = torch.as_tensor(images)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise DataError(f"images: not an array of numbers ({str(exc).splitlines()[0]})") from None
+    if images.ndim == 2 and images.dtype == torch.uint8 and min(images.shape) > 0:
+        return images  # texts: zero-padded UTF-8 rows, as text domains store them (data/text.py)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or min(images.shape) == 0:
         raise DataError(f"images: expected N × C × H × W with C = 1 or 3, got shape {tuple(images.shape)}")
     if images.dtype == torch.bool or images.is_complex():
