@@ -114,3 +114,11 @@ def test_a_logged_text_model_predicts_from_raw_texts(tmp_path, text_root, mlflow
     probabilities = model.predict(torch.nn.functional.pad(rows, (0, width - rows.shape[1])).numpy())
     assert probabilities.shape == (2, len(debian.SECTIONS))
     assert abs(float(probabilities.sum(1).min()) - 1) < 1e-4
+
+
+def test_image_augmentation_on_texts_is_a_one_line_config_error(tmp_path, text_root, mlflow_uri):
+    from tlbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="augmentations are for images") as error:
+        train(text_run(tmp_path, text_root, mlflow_uri, ["data=debian_sections", "freeze=full", "data.augment=standard"]))
+    assert "\n" not in str(error.value)

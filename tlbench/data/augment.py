@@ -128,6 +128,11 @@ class Augmentation:
         return base
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 2:  # UTF-8 text rows (data/text.py): no image transform means anything for them
+            raise ConfigError(
+                f"data.augment={self.preset}: augmentations are for images and this batch holds texts; "
+                "use data.augment=none (and no method that needs a strong image view, such as fixmatch)"
+            )
         x = to_unit_float(images)
         if self.preset == "none" or x.shape[0] == 0:
             return x
