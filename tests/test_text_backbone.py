@@ -100,3 +100,23 @@ def test_an_unknown_hub_model_offline_is_one_line(monkeypatch):
     assert "\n" not in str(error.value)
     with pytest.raises(WeightsError, match="no such folder"):
         BACKBONES.build({"family": "hf_text", "model": "/nonexistent/model"})
+
+
+@pytest.mark.parametrize(
+    "model_type, sizes, last",
+    [
+        ("distilbert", dict(n_layers=2, dim=32, hidden_dim=64, n_heads=2), "TransformerBlock"),
+        ("bert", dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2), "BertPooler"),
+    ],
+)
+def test_other_encoder_layouts_split_into_embeddings_layers_and_what_follows(model_type, sizes, last):
+    """Any AutoModel: the layer list is found by itself; a pooler (kept by from_config here) becomes the last stage."""
+    from transformers import AutoConfig, AutoModel
+
+    from tlbench.backbones._stages import stages_from_groups
+    from tlbench.backbones.text_encoders import text_stage_groups
+
+    net = AutoModel.from_config(AutoConfig.for_model(model_type, **sizes))
+    stages = stages_from_groups(net, text_stage_groups(net))  # raises unless every parameter is in exactly one stage
+    assert "Embeddings" in type(stages[0]).__name__ and type(stages[-1]).__name__ == last
+    assert len(stages) == 3 + (last == "BertPooler")
