@@ -30,16 +30,24 @@ PG_PORT, SERVER_PORT, PGDATA, PGLOG, ARTIFACTS = "5432", "5000", "pgdata", "pg.l
 TEST_ONLY_PG_OPTIONS = "-k {folder} -c fsync=off -c max_connections=200"
 
 
+def doc_block(section: str, language: str = "bash") -> str:
+    """The first `language` code block of a section of docs/scale-out.md."""
+    return DOC.read_text().split(f"## {section}.", 1)[1].split(f"```{language}", 1)[1].split("```", 1)[0]
+
+
+def doc_command_list(section: str) -> list[list[str]]:
+    """Every command of a section's first bash block, in order: continuation lines joined, comments and
+    exports left out."""
+    lines = doc_block(section).replace("\\\n", " ").splitlines()
+    return [words for words in (shlex.split(line, comments=True) for line in lines) if words and words[0] in ("initdb", "pg_ctl", "createdb", "mlflow", "tlbench")]
+
+
 def doc_commands(section: str = "2") -> dict[str, list[str]]:
-    """The commands of a section of docs/scale-out.md (its first bash block), by program (`initdb`,
-    `pg_ctl`, `createdb`, `mlflow`; `tlbench` for the first tlbench command), continuation lines joined,
-    comments and exports left out."""
-    block = DOC.read_text().split(f"## {section}.", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    """The commands of a section (its first bash block) by program (`initdb`, `pg_ctl`, `createdb`,
+    `mlflow`; `tlbench` for the first tlbench command)."""
     commands: dict[str, list[str]] = {}
-    for line in block.replace("\\\n", " ").splitlines():
-        words = shlex.split(line, comments=True)
-        if words and words[0] in ("initdb", "pg_ctl", "createdb", "mlflow", "tlbench"):
-            commands.setdefault(words[0], words)
+    for words in doc_command_list(section):
+        commands.setdefault(words[0], words)
     return commands
 
 

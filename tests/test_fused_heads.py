@@ -142,3 +142,39 @@ def test_metrics_are_split_into_each_runs_points_under_its_own_names():
     logger.log_metrics({"run0/val/source_acc": 0.5, "run1/val/source_acc": 0.7, "run1/train/loss": 1.0, "epoch": 3}, step=12)
     assert [(points, step) for points, step, _ in logger.points[0]] == [({"val/source_acc": 0.5, "epoch": 3}, 12)]
     assert logger.points[1][0][0] == {"val/source_acc": 0.7, "train/loss": 1.0, "epoch": 3}
+
+
+def test_a_shared_backbone_leaves_the_random_state_its_own_construction_would(tmp_path, mlflow_uri):
+    from tlbench.backbones import BACKBONES
+    from tlbench.fused_heads import SharedBackbones
+
+    cfg = plan_run(tiny_run(tmp_path, mlflow_uri, ["freeze=linear_probe"])).backbone
+    shared = SharedBackbones()
+    torch.manual_seed(3)
+    first, after_first = shared.build(cfg), torch.rand(4)
+    torch.manual_seed(3)
+    again, after_again = shared.build(cfg), torch.rand(4)  # reused, not constructed: same random state after
+    torch.manual_seed(3)
+    alone, after_alone = BACKBONES.build(cfg), torch.rand(4)
+    assert again is first and torch.equal(after_again, after_alone) and torch.equal(after_first, after_alone)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), alone.state_dict().values()))
+    torch.manual_seed(4)  # another random state: built anew, other weights
+    other = shared.build(cfg)
+    assert not all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), alone.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fusable"),
+    [
+        (["freeze=linear_probe"], True),
+        (["freeze=full"], False),  # the backbone trains: building it before the sweep would be wasted
+        (["freeze=linear_probe", "data.augment=standard"], False),
+        (["freeze=linear_probe", "trainer.fuse_heads=false"], False),
+        (["freeze=linear_probe", "head.solver=lbfgs"], False),
+        (["freeze=linear_probe", "batch_composition=domain_bn"], False),
+    ],
+)
+def test_only_jobs_that_may_fuse_are_built_before_the_sweep(tmp_path, mlflow_uri, overrides, fusable):
+    from tlbench.fused_heads import may_fuse
+
+    assert may_fuse(tiny_run(tmp_path, mlflow_uri, overrides)) is fusable

@@ -90,9 +90,11 @@ def source_domain_count(run: RunConfig) -> int:
     return len(training_sources(run.data))
 
 
-def build_parts(run: RunConfig, backbone_cfg, num_classes: int) -> Parts:
+def build_parts(run: RunConfig, backbone_cfg, num_classes: int, build_backbone=None) -> Parts:
+    """`build_backbone` (default: the registry's) lets a sweep that builds many jobs at once reuse one
+    construction (fused_heads.SharedBackbones)."""
     schedule = SCHEDULES.build(run.freeze)
-    backbone = BACKBONES.build(backbone_cfg)
+    backbone = (build_backbone or BACKBONES.build)(backbone_cfg)
     feature_dim = run.head.bottleneck or backbone.out_features
     adapter = ADAPTERS.build(run.adapt, num_classes=num_classes, feature_dim=feature_dim, num_domains=source_domain_count(run))
     head = build_head(feature_dim, num_classes, run.head.hidden, run.head.dropout)
@@ -121,14 +123,14 @@ def wire(module_class: type, run: RunConfig, parts: Parts, needs: Needs, num_cla
     return module
 
 
-def build_module(plan, datamodule: DomainDataModule, module_class: type) -> tuple[nn.Module, DomainDataModule, str]:
+def build_module(plan, datamodule: DomainDataModule, module_class: type, build_backbone=None) -> tuple[nn.Module, DomainDataModule, str]:
     """Assemble the module of a RunPlan; with a fully frozen backbone, swap images for cached features.
 
     Returns the module, the datamodule it trains on, and the feature-cache decision ("on" or why not).
     """
     run, needs = plan.run, plan.needs
     check_method_fits(run, needs, datamodule)
-    parts = build_parts(run, plan.backbone, datamodule.num_classes)
+    parts = build_parts(run, plan.backbone, datamodule.num_classes, build_backbone)
     backbone = parts.backbone
     not_fixed = why_not_cacheable(parts.schedule, backbone, needs, run.data.augment, run.trainer.max_epochs)
     backbone_trains = parts.schedule.always_frozen_prefix(len(backbone.stages()), run.trainer.max_epochs) < len(backbone.stages())

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -152,16 +153,38 @@ def _verified_entry(path: Path, key_json: str) -> TensorFeatures | None:
     return None
 
 
+#: Splits this process has featurized or verified, by cache file and the file's size and modification
+#: time when it was read: the jobs of a sweep read each once; a file changed since is read (and checked) again.
+_in_memory: OrderedDict[tuple[Path, int, int], TensorFeatures] = OrderedDict()
+_KEPT_IN_MEMORY = 12
+
+
+def _file_state(path: Path) -> tuple[Path, int, int]:
+    stat = path.stat()
+    return path, stat.st_size, stat.st_mtime_ns
+
+
+def _kept(path: Path, features: TensorFeatures) -> TensorFeatures:
+    _in_memory[_file_state(path)] = features
+    if len(_in_memory) > _KEPT_IN_MEMORY:
+        _in_memory.popitem(last=False)
+    return features
+
+
 def featurize_split(backbone: Backbone, data: TensorImages, key: dict) -> TensorFeatures:
-    """Features of one split, from the disk cache when present and verified (atomically written when not)."""
+    """Features of one split: from this process's memory, else from the disk cache when present and
+    verified, else computed (and written atomically)."""
     key_json = json.dumps(key, sort_keys=True, default=str)
     path = cache_dir("features") / f"{hashlib.sha256(key_json.encode()).hexdigest()[:24]}.pt"
+    if path.exists() and (state := _file_state(path)) in _in_memory:
+        _in_memory.move_to_end(state)
+        return _in_memory[state]
     if path.exists() and (cached := _verified_entry(path, key_json)) is not None:
-        return cached
+        return _kept(path, cached)
     features = _compute_features(backbone, data)
     entry = {"features": features, "labels": data.labels, "key": key_json, "digest": _content_digest(features, data.labels)}
     atomic_write(path, lambda handle: torch.save(entry, handle))
-    return TensorFeatures(features, data.labels)
+    return _kept(path, TensorFeatures(features, data.labels))
 
 
 def split_key(backbone: Backbone, backbone_key: str, domain: DomainSplits, split: str, labels: torch.Tensor) -> dict:

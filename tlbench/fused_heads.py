@@ -364,7 +364,53 @@ def train_group(members: list[Member]) -> list[FusedOutcome]:
     return outcomes
 
 
-def build_member(run: RunConfig, store) -> Member | None:
+#: More stages than any backbone has: a schedule that keeps this many frozen keeps every backbone frozen.
+_ANY_STAGE_COUNT = 64
+
+
+def may_fuse(run: RunConfig) -> bool:
+    """What the config alone says: the backbone stays frozen and unchanged for the whole run, so its
+    features can be cached and the job is worth building before the sweep runs. (Building a fine-tuning
+    job here would cost a backbone construction and be thrown away.)"""
+    from .freeze import SCHEDULES
+
+    if not (run.trainer.fuse_heads and run.trainer.feature_cache) or run.resume or run.head.solver != "optimizer":
+        return False
+    if run.data.augment != "none" or run.batch_composition == "domain_bn":  # domain_bn splits the backbone's BatchNorm
+        return False
+    schedule = SCHEDULES.build(run.freeze)
+    return schedule.bn_policy != "train" and schedule.always_frozen_prefix(_ANY_STAGE_COUNT, run.trainer.max_epochs) == _ANY_STAGE_COUNT
+
+
+class SharedBackbones:
+    """Builds each backbone of a sweep's fusable jobs once. A later job asking for the same backbone config
+    from the same random state gets the same object and the random state its own construction would have
+    left, so what is initialised after it (the head) is exactly what its own run initialises. Shared, not
+    copied: these jobs only read it (to featurize, and to log it as the model's backbone)."""
+
+    def __init__(self):
+        self._built: dict[str, tuple[Any, tuple]] = {}
+
+    def build(self, cfg):
+        from .backbones import BACKBONES
+
+        state = RandomStreams._capture()
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True, default=str).encode())
+        digest.update(state[0].numpy().tobytes())
+        digest.update(repr((state[1][1].tolist(), state[1][2:], state[2])).encode())
+        key = digest.hexdigest()
+        if key in self._built:
+            backbone, after = self._built[key]
+            torch.set_rng_state(after[0])
+            np.random.set_state(after[1])
+            random.setstate(after[2])
+            return backbone
+        backbone = BACKBONES.build(cfg)
+        self._built[key] = (backbone, RandomStreams._capture())
+        return backbone
+
+
+def build_member(run: RunConfig, store, backbones: SharedBackbones | None = None) -> Member | None:
     """The job of `run` built as train.py builds it, or None when it cannot join a group (with the reason
     at debug level); a config that fails to build is left to its own job, which reports it."""
     from .assembly import build_module
@@ -376,7 +422,7 @@ def build_member(run: RunConfig, store) -> Member | None:
         plan = plan_run(run, store)
         pl.seed_everything(run.seed, workers=True, verbose=False)
         raw = DomainDataModule(run.data, run.seed, steps_per_epoch=run.trainer.steps_per_epoch)
-        module, datamodule, decision = build_module(plan, raw, TransferModule)
+        module, datamodule, decision = build_module(plan, raw, TransferModule, backbones.build if backbones else None)
     except Exception as exc:  # the job itself reports it, with the CLI's one line
         log.debug("not fused (%s)", exc)
         return None
@@ -395,15 +441,16 @@ def prepare(runs: list[RunConfig]) -> int:
     tracking.skip_done are left to their jobs, which skip them."""
     from .tracking import Store, config_hash, finished_run_with_hash
 
-    candidates = [run for run in runs if run is not None and run.trainer.fuse_heads]
+    candidates = [run for run in runs if run is not None and may_fuse(run)]
     if len(candidates) < 2:
         return 0
     groups: dict[str, list[Member]] = {}
+    backbones = SharedBackbones()
     for run in candidates:
         store = Store.of(run.tracking)
         if run.tracking.skip_done and finished_run_with_hash(store, config_hash(run)):
             continue
-        member = build_member(run, store)
+        member = build_member(run, store, backbones)
         if member is not None:
             groups.setdefault(group_key(member.plan, member.module), []).append(member)
     fused = 0
@@ -437,7 +484,7 @@ def prepare_sweep(configs: list) -> int:
         except Exception as exc:  # the job reports it with the CLI's one line
             log.debug("not fused (%s)", exc)
             runs.append(None)
-    if sum(run is not None and run.trainer.fuse_heads for run in runs) < 2:
+    if sum(run is not None and may_fuse(run) for run in runs) < 2:
         return 0
     quiet_libraries()
     return prepare(runs)
