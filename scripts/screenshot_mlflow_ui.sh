@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates docs/mlflow-ui.png: a real `mlflow ui` on a fresh store holding one small tlbench sweep
+# Regenerates docs/mlflow-ui.png (runs table) and docs/mlflow-models.png (Models tab): a real `mlflow ui` on a fresh store holding one small tlbench sweep
 # (source-only vs DANN, 2 seeds), photographed by Debian's headless Chromium (apt-get install chromium).
 #   bash scripts/screenshot_mlflow_ui.sh
 set -euo pipefail
@@ -21,4 +21,8 @@ chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --d
   --disable-component-update --disable-sync --user-data-dir="$WORK/chrome" --window-size=1900,800 \
   --virtual-time-budget=20000 --screenshot="$REPO/docs/mlflow-ui.png" \
   "http://127.0.0.1:$PORT/#/experiments/$EXPERIMENT/runs" > chrome.log 2>&1
-echo "wrote docs/mlflow-ui.png"
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+  --disable-component-update --disable-sync --user-data-dir="$WORK/chrome" --window-size=2600,500 \
+  --virtual-time-budget=20000 --screenshot="$REPO/docs/mlflow-models.png" \
+  "http://127.0.0.1:$PORT/#/experiments/$EXPERIMENT/models" > chrome.log 2>&1
+echo "wrote docs/mlflow-ui.png and docs/mlflow-models.png"

@@ -391,3 +391,24 @@ def test_a_runs_description_states_its_result_and_the_rule_that_chose_it(tmp_pat
     note = MlflowClient(mlflow_uri).get_run(result["run_id"]).data.tags["mlflow.note.content"]
     assert f"target test accuracy {100 * result['test/target_acc']:.2f} %" in note
     assert f"epoch {int(result['selected_epoch']) + 1} of 2, chosen by rule source_val" in note
+
+
+def test_the_selected_model_carries_the_test_metrics_the_models_tab_shows(tmp_path, mlflow_uri):
+    """Every run logs the checkpoint its rule chose as an MLflow logged model whose metrics are the test
+    accuracies and the selected epoch (visible columns of the experiment's Models tab, checked in a
+    browser), without a second copy of any metric in the run; its data sets fill the runs table's
+    Dataset column."""
+    result = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2", "selection=target_entropy"]))
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result["run_id"])
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert len(models) == 1
+    model = models[0]
+    assert model.source_run_id == result["run_id"] and model.name == "selected-by-target_entropy" and str(model.status) == "READY"
+    by_key = {m.key: m.value for m in model.metrics}
+    assert by_key["test/target_acc"] == pytest.approx(result["test/target_acc"]) and by_key["selected_epoch"] == result["selected_epoch"]
+    assert not any(key.startswith(("train", "val")) for key in by_key)  # only the selected checkpoint's numbers
+    assert len(client.get_metric_history(result["run_id"], "test/target_acc")) == 1
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert inputs["source"].digest == run.data.tags["source_fingerprint"][:36] and inputs["source"].name == "synthetic_digits"
+    assert inputs["target"].digest == run.data.tags["target_fingerprint"][:36]

@@ -25,6 +25,8 @@ class MlflowMetricLogger(Logger):
         self.max_buffered = max_buffered
         self._buffer: list[tuple[dict[str, float], int, int]] = []
         self._epoch: float | None = None
+        #: Set for the test pass: its metrics are also the selected model's (RunRecorder.start_selected_model).
+        self.model_id: str | None = None
 
     @property
     def name(self) -> str:
@@ -56,7 +58,7 @@ class MlflowMetricLogger(Logger):
         """Write every buffered point in one batch (the recorder splits it into store-sized requests)."""
         buffered, self._buffer = self._buffer, []
         if buffered:
-            self.recorder.log_metric_points(buffered)
+            self.recorder.log_metric_points(buffered, model_id=self.model_id)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -409,13 +409,40 @@ class RunRecorder:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.log_metric_points([(metrics, step, int(time.time() * 1000))])
 
-    def log_metric_points(self, points: list[tuple[dict[str, float], int, int]]) -> None:
-        """(metrics, step, timestamp in ms) points, written in as few store requests as MLflow allows."""
+    def log_metric_points(self, points: list[tuple[dict[str, float], int, int]], model_id: str | None = None) -> None:
+        """(metrics, step, timestamp in ms) points, written in as few store requests as MLflow allows;
+        with `model_id`, they are also that logged model's metrics."""
         from mlflow.entities import Metric
 
-        items = [Metric(k, float(v), timestamp, step) for metrics, step, timestamp in points for k, v in metrics.items()]
+        items = [Metric(k, float(v), timestamp, step, model_id=model_id) for metrics, step, timestamp in points for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
             self._write("log_batch", metrics=items[start : start + 1000])
+
+    def start_selected_model(self, rule: str) -> str:
+        """The checkpoint the selection rule chose, as an MLflow logged model of this run (pending until
+        `finish_selected_model`); its test metrics are logged with its id. The experiment's Models tab
+        lists every run's selected model with these metrics as visible columns, where the runs table
+        hides all metrics behind its column picker."""
+        with signals_held():
+            experiment = self.client.get_run(self.run_id).info.experiment_id
+            model = self.client.create_logged_model(experiment, name=f"selected-by-{rule}", source_run_id=self.run_id, tags={"selection": rule})
+        return model.model_id
+
+    def finish_selected_model(self, model_id: str) -> None:
+        from mlflow.entities import LoggedModelStatus
+
+        with signals_held():
+            self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+
+    def log_datasets(self, datasets: dict[str, tuple[str, str]]) -> None:
+        """Role (`source`, `target`) → (data set name, fingerprint): the runs table's Dataset column."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(Dataset(name=name, digest=digest[:36], source_type="tlbench", source=name), tags=[InputTag("mlflow.data.context", role)])
+            for role, (name, digest) in datasets.items()
+        ]
+        self._write("log_inputs", datasets=inputs)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -452,7 +479,16 @@ class SilentRecorder(RunRecorder):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def log_metric_points(self, points) -> None:
+    def log_metric_points(self, points, model_id: str | None = None) -> None:
+        pass
+
+    def start_selected_model(self, rule: str) -> str:
+        return ""
+
+    def finish_selected_model(self, model_id: str) -> None:
+        pass
+
+    def log_datasets(self, datasets) -> None:
         pass
 
     def set_tags(self, tags: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ import gc
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +113,16 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
             plain = to_plain_dict(run)
             recorder.log_params({**flatten(plain), **{f"data_summary.{k}": v for k, v in datamodule.summary().items()}})
             recorder.log_text(OmegaConf.to_yaml(OmegaConf.create(plain)), "config.yaml")
+            recorder.log_datasets({role: (domain.name, domain.fingerprint) for role, domain in (("source", datamodule.source), ("target", datamodule.target))})
         if fused is not None:
-            metrics, epoch, step = _test_fused(plan, fused, recorder)
+            metrics, epoch, step, model_id = _test_fused(plan, fused, recorder)
         else:
-            metrics, epoch, step = _fit_and_test(plan, module, datamodule, recorder, resume_run_id, extra_callbacks)
+            metrics, epoch, step, model_id = _fit_and_test(plan, module, datamodule, recorder, resume_run_id, extra_callbacks)
         if epoch is not None:
             metrics["selected_epoch"] = float(epoch)
-            recorder.log_metrics({"selected_epoch": metrics["selected_epoch"]}, step=step)
+            recorder.log_metric_points([({"selected_epoch": metrics["selected_epoch"]}, step, int(time.time() * 1000))], model_id=model_id)
+        if model_id:
+            recorder.finish_selected_model(model_id)
         if recorder.run_id and not run.trainer.fast_dev_run:  # rank 0 records; fast_dev_run selects nothing
             from .run_artifacts import log_run_artifacts
 
@@ -137,9 +141,9 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         return metrics
 
 
-def _fit_and_test(plan: RunPlan, module, datamodule, recorder, resume_run_id: str | None, extra_callbacks) -> tuple[dict, int | None, int]:
+def _fit_and_test(plan: RunPlan, module, datamodule, recorder, resume_run_id: str | None, extra_callbacks) -> tuple[dict, int | None, int, str | None]:
     """Lightning fits (checkpointing the rule's choice) and tests the chosen checkpoint: the test metrics,
-    the selected epoch and the step they are recorded at."""
+    the selected epoch, the step they are recorded at and the selected model's id."""
     checkpoint = None
     if not plan.run.trainer.fast_dev_run:
         checkpoint = ModelCheckpoint(  # monitor None (selection=last): the newest epoch is the one kept
@@ -152,14 +156,16 @@ def _fit_and_test(plan: RunPlan, module, datamodule, recorder, resume_run_id: st
             save_last=True,
         )
     last = plan.checkpoint_dir / "last.ckpt"
-    trainer = build_trainer(plan, MlflowMetricLogger(recorder), checkpoint, extra_callbacks)
+    logger = MlflowMetricLogger(recorder)
+    trainer = build_trainer(plan, logger, checkpoint, extra_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume_run_id else None, weights_only=True)
+    model_id = logger.model_id = recorder.start_selected_model(plan.run.selection) if checkpoint is not None and recorder.run_id else None
     results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if checkpoint else None, verbose=False, weights_only=True)
     metrics = {k: float(v) for result in results for k, v in result.items()}
-    return metrics, selected_epoch(checkpoint) if checkpoint is not None else None, trainer.global_step
+    return metrics, selected_epoch(checkpoint) if checkpoint is not None else None, trainer.global_step, model_id
 
 
-def _test_fused(plan: RunPlan, fused: FusedOutcome, recorder) -> tuple[dict, int | None, int]:
+def _test_fused(plan: RunPlan, fused: FusedOutcome, recorder) -> tuple[dict, int | None, int, str | None]:
     """Record what the run's fused group trained (its points, or its own failure), then test its selected
     weights and keep them as the run's checkpoint, as an unfused run would."""
     recorder.log_metric_points(fused.points)
@@ -167,13 +173,15 @@ def _test_fused(plan: RunPlan, fused: FusedOutcome, recorder) -> tuple[dict, int
         raise fused.error
     module, datamodule = fused.member.module, fused.member.datamodule
     module.load_state_dict(fused.state)
-    trainer = build_trainer(plan, MlflowMetricLogger(recorder), None)
+    logger = MlflowMetricLogger(recorder)
+    model_id = logger.model_id = recorder.start_selected_model(plan.run.selection) if recorder.run_id else None
+    trainer = build_trainer(plan, logger, None)
     # test metrics at the step and epoch the fit ended on, where an unfused run records them
     trainer.fit_loop.epoch_loop._batches_that_stepped = fused.global_step
     trainer.fit_loop.epoch_progress.current.completed = fused.current_epoch
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     trainer.save_checkpoint(plan.checkpoint_dir / f"best-epoch{fused.epoch:03d}.ckpt", weights_only=True)
-    return {k: float(v) for result in results for k, v in result.items()}, fused.epoch, fused.global_step
+    return {k: float(v) for result in results for k, v in result.items()}, fused.epoch, fused.global_step, model_id
 
 
 def run_description(metrics: dict[str, Any], rule: str, epochs: int) -> str:
