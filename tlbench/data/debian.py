@@ -4,9 +4,11 @@ Every Debian or Ubuntu machine with apt has the index of its archive (`Packages`
 package, with its `Section` and one-line synopsis); Debian's `Translation-en` index adds each package's
 long description. The task: predict a package's Section from its text, over the topical Sections that
 hold at least 300 packages of bookworm main (SECTIONS: admin, editors, games, graphics, mail, math, net,
-science, sound, text, web). Sections that name a packaging role or a language ecosystem (libs,
-libdevel, doc, python, perl, rust, ...) are left out: their synopses mostly say the label outright
-("Python 3 module for ...", "development files for ..."); so are the catch-alls utils and misc.
+science, sound, text, web). The other Sections of that size are left out: packaging roles (libs,
+libdevel, doc, metapackages) and language ecosystems (python, perl, haskell, rust, golang, javascript,
+java, ruby, gnu-r, php, ocaml, lisp, interpreters), whose synopses mostly say the label outright
+("Python 3 module for ...", "development files for ..."), as do fonts and localization; desktop
+environments (x11, gnome), which cut across topics; and the catch-alls utils, misc and devel.
 
 Domains (`debian:<kind>`, optionally `debian:<kind>:<N>` for a stratified subsample of N texts):
 - `debian:synopsis`: the one-line synopsis ("Real-time strategy game of ancient warfare"), ~6 words.
