@@ -102,7 +102,7 @@ def accuracies(store: Path) -> dict[str, float]:
     client = MlflowClient(f"sqlite:///{store}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     return {
-        f"lr={r.data.params['optim.lr']} hidden={r.data.params['head.hidden']}": r.data.metrics["test/target_acc"]
+        f"lr={r.data.params['optim.lr']} wd={r.data.params['optim.weight_decay']} hidden={r.data.params['head.hidden']}": r.data.metrics["test/target_acc"]
         for r in runs
         if "tlbench.parent" not in r.data.tags
     }
