@@ -178,3 +178,21 @@ def test_only_jobs_that_may_fuse_are_built_before_the_sweep(tmp_path, mlflow_uri
     from tlbench.fused_heads import may_fuse
 
     assert may_fuse(tiny_run(tmp_path, mlflow_uri, overrides)) is fusable
+
+
+def test_a_fault_of_the_fused_path_leaves_its_runs_to_train_one_by_one(tmp_path, mlflow_uri, monkeypatch, caplog):
+    import logging
+
+    from tlbench import fused_heads
+
+    def broken(members):
+        raise RuntimeError("a bug in fused training")
+
+    monkeypatch.setattr(fused_heads, "train_group", broken)
+    runs = [tiny_run(tmp_path, mlflow_uri, ["freeze=linear_probe", f"optim.lr={lr}"]) for lr in (0.01, 0.1)]
+    with caplog.at_level(logging.WARNING, logger="tlbench.fused_heads"):
+        assert fused_heads.prepare(runs) == 0
+    assert "they train one by one" in caplog.text
+    from tlbench.tracking import config_hash
+
+    assert all(fused_heads.take_outcome(config_hash(run)) is None for run in runs)

@@ -333,8 +333,6 @@ def train_group(members: list[Member]) -> list[FusedOutcome]:
     from .trainer_factory import build_trainer
 
     first = members[0]
-    for later in members[1:]:  # the frozen backbone is the same for all (same config): keep one in memory
-        later.module.backbone._featurized = first.module.backbone._featurized
     fused = FusedHeads([m.module for m in members], [(m.plan.monitor, m.plan.monitor_mode) for m in members])
     logger = PointsByRun(len(members))
     plan = dataclasses.replace(first.plan, trainer_arguments={**first.plan.trainer_arguments, "enable_progress_bar": False})
@@ -458,7 +456,12 @@ def prepare(runs: list[RunConfig]) -> int:
         if len(members) < 2:
             continue
         started = time.time()
-        for outcome in train_group(members):
+        try:
+            outcomes = train_group(members)
+        except Exception as exc:  # a fault of the fused path itself: these jobs then train one by one, as before
+            log.warning("fused training of %d runs failed (%s: %s); they train one by one", len(members), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            continue
+        for outcome in outcomes:
             _outcomes[outcome.member.plan.config_hash] = outcome
         fused += len(members)
         log.info("fused %d runs on the same cached features: trained together in %.1f s", len(members), time.time() - started)

@@ -470,7 +470,7 @@ def section_threads(work: Path, pairs: int, epochs: int, lines: list[str]) -> No
     )
     results = interleaved(pairs, {"1 thread": arm(1), "2 threads": arm(2)})
     lines += [
-        "## 6. A head on cached features: 1 vs 2 intra-op threads",
+        "## 7. A head on cached features: 1 vs 2 intra-op threads",
         "",
         f"`tlbench backbone=efficientnet_lite0 freeze=linear_probe data=digits data.synthetic_size=1000 trainer.max_epochs={epochs}"
         " trainer.threads=1|2`, features cached beforehand (warm cache), one run per command. The automatic setting",
@@ -505,7 +505,7 @@ def section_fused(work: Path, pairs: int, epochs: int, lines: list[str]) -> None
     wall = {name: statistics.median(t.wall for t in timed) for name, timed in results.items()}
     same = all(f.accuracies == u.accuracies for size in grids for f, u in zip(results[f"{size} fused"], results[f"{size} one by one"]))
     lines += [
-        "## 7. Fused head sweeps: 8 and 64 heads on the same cached features",
+        "## 8. Fused head sweeps: 8 and 64 heads on the same cached features",
         "",
         f"`tlbench -m {' '.join(base)} <grid> trainer.fuse_heads=true|false`, features cached beforehand (warm cache), one "
         f"process per command, a new store each; grids: 8 = `{' '.join(grids[8])}`, 64 = `{' '.join(grids[64])}`. {pairs} interleaved repeats.",
@@ -543,7 +543,7 @@ def section_study(work: Path, trials: int, epochs: int, lines: list[str]) -> Non
     }
     results = {name: arm(name.replace(" ", "_").replace(",", ""), options) for name, options in arms.items()}
     lines += [
-        "## 8. What a study costs: trials per CPU-hour",
+        "## 9. What a study costs: trials per CPU-hour",
         "",
         f"`tlbench search --space default --n-trials {trials} --workers 1|2 --pruner none|median {' '.join(base)}` (learning rate "
         "and weight decay by TPE; a trial is one run, selected on source validation). One study per arm, run one after the other.",
