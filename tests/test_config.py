@@ -193,12 +193,16 @@ def test_fields_added_later_leave_config_hashes_unchanged_at_their_neutral_value
         ["data.sources=[a,b,c]", "data.target=c", "data.holdout=a"],
     ):
         assert config_hash(run) != config_hash(validate(compose(changed))), changed
+    probe = ["freeze=linear_probe"]
+    assert config_hash(validate(compose(probe))) != config_hash(validate(compose([*probe, "head.solver=lbfgs"])))
+    assert config_hash(validate(compose(probe))) == config_hash(validate(compose([*probe, "trainer.fuse_heads=false"])))  # computes the same
     plain = dataclasses.asdict(run)
     plain["trainer"].pop("options")  # what a run recorded before the fields existed
     plain["data"].pop("val_labels_per_class")
     plain["data"].pop("target_eval")
     plain["data"].pop("sources")
     plain["data"].pop("holdout")
+    plain["head"].pop("solver")
     import hashlib
     import json
 
