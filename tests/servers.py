@@ -39,7 +39,9 @@ def doc_command_list(section: str) -> list[list[str]]:
     """Every command of a section's first bash block, in order: continuation lines joined, comments and
     exports left out."""
     lines = doc_block(section).replace("\\\n", " ").splitlines()
-    return [words for words in (shlex.split(line, comments=True) for line in lines) if words and words[0] in ("initdb", "pg_ctl", "createdb", "mlflow", "tlbench")]
+    return [
+        words for words in (shlex.split(line, comments=True) for line in lines) if words and words[0] in ("initdb", "pg_ctl", "createdb", "mlflow", "tlbench")
+    ]
 
 
 def doc_commands(section: str = "2") -> dict[str, list[str]]:

@@ -19,7 +19,11 @@ def test_lbfgs_probe_matches_scikit_learn_logistic_regression(tmp_path, mlflow_u
     from sklearn.linear_model import LogisticRegression
 
     weight_decay = 0.05
-    run = tiny_run(tmp_path, mlflow_uri, ["freeze=linear_probe", "head.solver=lbfgs", f"optim.weight_decay={weight_decay}", "trainer.max_epochs=8", "trainer.limit_train_batches=1.0"])
+    run = tiny_run(
+        tmp_path,
+        mlflow_uri,
+        ["freeze=linear_probe", "head.solver=lbfgs", f"optim.weight_decay={weight_decay}", "trainer.max_epochs=8", "trainer.limit_train_batches=1.0"],
+    )
     pl.seed_everything(0, verbose=False)
     module, datamodule, decision = build_module(plan_run(run), DomainDataModule(run.data, run.seed), TransferModule)
     assert decision == "on"
@@ -40,6 +44,7 @@ def test_lbfgs_probe_matches_scikit_learn_logistic_regression(tmp_path, mlflow_u
         return float(-log_probs[np.arange(len(labels)), labels].mean() + 0.5 * weight_decay * (weight**2).sum())
 
     assert objective(ours, module.head.bias.detach().numpy()) <= objective(reference.coef_, reference.intercept_) + 1e-5
+
 
 @pytest.mark.parametrize(
     ("overrides", "says"),

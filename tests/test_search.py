@@ -382,3 +382,28 @@ def test_optuna_dashboard_serves_a_study_from_its_storage(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_storage_whose_tables_another_process_is_creating_is_opened_again(monkeypatch):
+    """Two searches starting together on a new PostgreSQL database: the slower one's table creation meets
+    the other's (`type "studydirection" already exists`); it retries instead of failing. Other errors do not."""
+    from tlbench.search import study
+
+    calls = []
+
+    def racing(job):
+        calls.append(job)
+        if len(calls) == 1:
+            raise RuntimeError('(psycopg.errors.DuplicateObject) type "studydirection" already exists')
+        return "storage"
+
+    monkeypatch.setattr(study, "make_storage", racing)
+    monkeypatch.setattr(study.time, "sleep", lambda seconds: None)
+    assert study.open_storage("job") == "storage" and len(calls) == 2
+
+    def broken(job):
+        raise RuntimeError("password authentication failed")
+
+    monkeypatch.setattr(study, "make_storage", broken)
+    with pytest.raises(RuntimeError, match="password"):
+        study.open_storage("job")

@@ -459,14 +459,18 @@ def prepare(runs: list[RunConfig]) -> int:
         try:
             outcomes = train_group(members)
         except Exception as exc:  # a fault of the fused path itself: these jobs then train one by one, as before
-            log.warning("fused training of %d runs failed (%s: %s); they train one by one", len(members), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.warning(
+                "fused training of %d runs failed (%s: %s); they train one by one",
+                len(members),
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
             continue
         for outcome in outcomes:
             _outcomes[outcome.member.plan.config_hash] = outcome
         fused += len(members)
         log.info("fused %d runs on the same cached features: trained together in %.1f s", len(members), time.time() - started)
     return fused
-
 
 
 def prepare_sweep(configs: list) -> int:

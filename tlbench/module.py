@@ -34,7 +34,6 @@ from .freeze import FreezeSchedule
 from .optim import build_optimizer, build_scheduler, param_groups
 from .selection import HOLDOUT_SPLIT, TEST_SPLITS, VAL_SPLITS
 
-
 #: L-BFGS iterations per epoch with head.solver=lbfgs (a 10-epoch run: up to 200, validated every 20).
 LBFGS_ITERATIONS = 20
 
@@ -424,7 +423,9 @@ class TransferModule(pl.LightningModule):
 
     def configure_optimizers(self):
         if self.head_solver == "lbfgs":  # each epoch is one L-BFGS step: up to LBFGS_ITERATIONS on the full batch
-            return torch.optim.LBFGS(self.head.parameters(), lr=1.0, max_iter=LBFGS_ITERATIONS, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+            return torch.optim.LBFGS(
+                self.head.parameters(), lr=1.0, max_iter=LBFGS_ITERATIONS, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+            )
         stages = self.backbone.stage_parameters()
         cfg = self.optim_cfg
         new_layers = list(self.bottleneck.parameters()) + ([] if self.needs.frozen_head else list(self.head.parameters()))

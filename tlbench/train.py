@@ -25,8 +25,8 @@ from .mlflow_logger import MlflowMetricLogger
 from .module import TransferModule
 from .plan import RunPlan, plan_run, writable_folder
 from .threads import intra_op_threads, threads_for
-from .trainer_factory import build_trainer
 from .tracking import ClaimedElsewhere, Store, config_hash, finished_run_with_hash, recorded_run, unfinished_run_with_hash
+from .trainer_factory import build_trainer
 
 log = logging.getLogger(__name__)
 

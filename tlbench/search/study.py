@@ -131,10 +131,30 @@ def prepare(
     )
 
 
+#: Attempts at opening a storage whose tables another process is creating at the same moment.
+OPEN_ATTEMPTS = 5
+
+
+def open_storage(job: SearchJob):
+    """The study's Optuna storage. Two processes opening a new database at once both create Optuna's tables
+    (PostgreSQL: `type "studydirection" already exists` for the slower one); the slower one opens again,
+    and then finds the tables there."""
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            return make_storage(job)
+        except ImportError:
+            raise
+        except Exception as exc:
+            concurrent = "already exists" in str(exc) or "duplicate key" in str(exc)
+            if not concurrent or attempt == OPEN_ATTEMPTS:
+                raise
+            time.sleep(0.5 * attempt)
+
+
 def create_or_load_study(job: SearchJob) -> tuple[optuna.Study, bool]:
     """Create the study (and say so) or reopen it; the creator is the one that fills the queue."""
     try:
-        storage = make_storage(job)
+        storage = open_storage(job)
     except ImportError as exc:  # e.g. postgresql:// without its driver
         raise ConfigError(f"--storage {masked(job.storage)}: {exc} (PostgreSQL: pip install 'psycopg[binary]')") from None
     except Exception as exc:
