@@ -550,7 +550,10 @@ def section_study(work: Path, trials: int, epochs: int, lines: list[str]) -> Non
         "",
         "| arm | wall s | CPU s | trials per hour | trials per CPU-hour | load average at start |",
         "|---|---|---|---|---|---|",
-        *[f"| {name} | {t.wall:.0f} | {t.cpu:.0f} | {trials * 3600 / t.wall:.0f} | {trials * 3600 / t.cpu:.0f} | {t.load:.1f} |" for name, t in results.items()],
+        *[
+            f"| {name} | {t.wall:.0f} | {t.cpu:.0f} | {trials * 3600 / t.wall:.0f} | {trials * 3600 / t.cpu:.0f} | {t.load:.1f} |"
+            for name, t in results.items()
+        ],
         "",
         "A fair comparison of A methods with a budget of T trials and S evaluation seeds costs A × (T + S) runs: divide by the "
         "trials-per-hour column of the arm you run to plan it.",
@@ -567,7 +570,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=3, help="interleaved repeats of every comparison")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script works")
-    parser.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS + EXTRA_SECTIONS)} (printed, or written to --out; results/perf.md is a full run's)")
+    parser.add_argument(
+        "--sections", help=f"comma-separated subset of {','.join(SECTIONS + EXTRA_SECTIONS)} (printed, or written to --out; results/perf.md is a full run's)"
+    )
     parser.add_argument("--out", help="with --sections: write the sections here too")
     args = parser.parse_args()
     chosen = args.sections.split(",") if args.sections else list(SECTIONS)
