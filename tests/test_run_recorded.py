@@ -412,3 +412,52 @@ def test_the_selected_model_carries_the_test_metrics_the_models_tab_shows(tmp_pa
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert inputs["source"].digest == run.data.tags["source_fingerprint"][:36] and inputs["source"].name == "synthetic_digits"
     assert inputs["target"].digest == run.data.tags["target_fingerprint"][:36]
+
+
+class _RacedClient:
+    """A real client whose first `log_inputs` loses the race the suite once saw on PostgreSQL: another run
+    inserts the same data set between the store's look-up and its insert, and the store refuses the
+    duplicate key."""
+
+    def __init__(self, client, rival_run_id):
+        self.client, self.rival_run_id, self.refusals = client, rival_run_id, 0
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def log_inputs(self, run_id, datasets):
+        from mlflow.exceptions import MlflowException
+
+        if self.refusals == 0 or self.rival_run_id is None:
+            self.refusals += 1
+            if self.rival_run_id is not None:
+                self.client.log_inputs(self.rival_run_id, datasets=datasets)
+            raise MlflowException('duplicate key value violates unique constraint "dataset_pk"')
+        self.client.log_inputs(run_id, datasets=datasets)
+
+
+def _two_runs(mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("raced")
+    return client, client.create_run(experiment).info.run_id, client.create_run(experiment).info.run_id
+
+
+def test_a_data_set_another_run_inserted_first_is_logged_on_the_next_attempt(mlflow_uri):
+    from tlbench.tracking import RunRecorder
+
+    client, run_id, rival = _two_runs(mlflow_uri)
+    RunRecorder(_RacedClient(client, rival), run_id, mlflow_uri).log_datasets({"source": ("digits", "a" * 64)})
+    mine, theirs = (client.get_run(r).inputs.dataset_inputs for r in (run_id, rival))
+    assert [i.dataset.digest for i in mine] == ["a" * 36] and mine[0].tags[0].value == "source"
+    assert theirs[0].dataset.digest == mine[0].dataset.digest  # one data set row, shared by both runs
+
+
+def test_a_store_that_keeps_refusing_the_data_set_costs_the_column_not_the_run(mlflow_uri, caplog):
+    from tlbench.tracking import DATASET_LOG_ATTEMPTS, RunRecorder
+
+    client, run_id, _ = _two_runs(mlflow_uri)
+    refusing = _RacedClient(client, None)
+    with caplog.at_level("WARNING", logger="tlbench.tracking"):
+        RunRecorder(refusing, run_id, mlflow_uri).log_datasets({"source": ("digits", "b" * 64)})
+    assert refusing.refusals == DATASET_LOG_ATTEMPTS
+    assert "Dataset column stays empty" in caplog.text and client.get_run(run_id).inputs.dataset_inputs == []

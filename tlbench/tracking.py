@@ -25,6 +25,8 @@ from .interrupts import clear_stop_request, signals_held
 from .processes import PROCESS_TAG, process_state, this_process
 
 log = logging.getLogger(__name__)
+
+DATASET_LOG_ATTEMPTS = 3
 MAX_PARAM_LENGTH = 6000
 #: Longest wait for another process that is creating the same SQLite store (a migration takes seconds).
 STORE_LOCK_TIMEOUT_S = 120
@@ -442,7 +444,19 @@ class RunRecorder:
             DatasetInput(Dataset(name=name, digest=digest[:36], source_type="tlbench", source=name), tags=[InputTag("mlflow.data.context", role)])
             for role, (name, digest) in datasets.items()
         ]
-        self._write("log_inputs", datasets=inputs)
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(DATASET_LOG_ATTEMPTS):
+            try:
+                self._write("log_inputs", datasets=inputs)
+                return
+            except MlflowException as error:
+                # The store looks a data set up, then inserts it: two runs of a sweep logging the same new
+                # data set at the same moment make one of them hit the unique key. Again, it finds the row.
+                if attempt + 1 == DATASET_LOG_ATTEMPTS:
+                    log.warning("the runs table's Dataset column stays empty for this run: %s", str(error).splitlines()[0])
+                    return
+                time.sleep(0.2 * (attempt + 1))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
