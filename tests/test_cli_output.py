@@ -21,7 +21,8 @@ def test_summary_table_fits_the_width_and_cuts_long_names():
             "status": ["FINISHED", "FAILED"],
             "metrics.test/target_acc": [0.51234, float("nan")],
             "metrics.test/source_acc": [0.9, float("nan")],
-            "metrics.selected_epoch": [0.0, float("nan")],
+            "metrics.selected_epoch": [1.0, float("nan")],
+            "tags.epochs_counted_from": ["1", None],
         }
     )
     lines = summary_table(runs).splitlines()
@@ -29,8 +30,15 @@ def test_summary_table_fits_the_width_and_cuts_long_names():
     assert len(lines[3].split("|")[1].strip()) >= 50  # what is cut is the run name, and only that
     assert "dann s0 · small_cnn · digits" in lines[2] and "…" in lines[3]
     assert "0.5123" in lines[2] and "0.9000" in lines[2]
-    assert re.search(r"\|\s+1 \|$", lines[2]), lines[2]  # epoch 0 recorded = "epoch 1/N" in the log
+    assert re.search(r"\|\s+1 \|$", lines[2]), lines[2]  # the first epoch, "epoch 1/N" in the log
     assert "nan" not in lines[3]
+
+
+def test_runs_recorded_before_epochs_were_numbered_show_the_same_epoch():
+    """Runs recorded before the `epochs_counted_from` tag hold Lightning's 0-based index: 0 is epoch 1."""
+    runs = pd.DataFrame({"run_name": ["old", "new"], "status": ["FINISHED"] * 2, "metrics.selected_epoch": [0.0, 1.0], "tags.epochs_counted_from": [None, "1"]})
+    assert [line.rstrip("| ").split("|")[-1].strip() for line in summary_table(runs).splitlines()[2:]] == ["1", "1"]
+    assert summary_table(runs.drop(columns="tags.epochs_counted_from")).splitlines()[3].rstrip("| ").endswith("2")
 
 
 @pytest.mark.slow  # trains, or composes many configurations: seconds, not milliseconds

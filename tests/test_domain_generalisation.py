@@ -314,11 +314,11 @@ def test_leave_one_out_chooses_the_epoch_of_the_best_mean_held_out_accuracy():
     def history(holdout, target, source):
         return pd.DataFrame({"val/holdout_acc": holdout, "eval/target_test_acc": target, "val/source_acc": source}, index=[10, 20, 30])
 
-    # run a peaks at epoch 0, run b at epoch 2; their mean peaks at epoch 1 (0.75 against 0.55 and 0.5)
+    # run a peaks at epoch 1, run b at epoch 3; their mean peaks at epoch 2 (0.75 against 0.55 and 0.5)
     a = history([0.9, 0.8, 0.2], [0.1, 0.2, 0.3], [0.9, 0.9, 0.9])
     b = history([0.2, 0.7, 0.8], [0.5, 0.6, 0.7], [0.7, 0.8, 0.9])
     choice = leave_one_out_choice([a, b])
-    assert (choice.epoch, choice.step) == (1, 20)
+    assert (choice.epoch, choice.step) == (2, 20)
     assert choice.target_acc == pytest.approx(0.4) and choice.source_acc == pytest.approx(0.85)
     assert leave_one_out_choice([a.drop(columns="val/holdout_acc")]) is None  # a run on every source has no held-out score
 

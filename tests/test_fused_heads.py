@@ -140,8 +140,9 @@ def test_each_run_draws_its_own_random_numbers():
 def test_metrics_are_split_into_each_runs_points_under_its_own_names():
     logger = PointsByRun(2)
     logger.log_metrics({"run0/val/source_acc": 0.5, "run1/val/source_acc": 0.7, "run1/train/loss": 1.0, "epoch": 3}, step=12)
-    assert [(points, step) for points, step, _ in logger.points[0]] == [({"val/source_acc": 0.5, "epoch": 3}, 12)]
-    assert logger.points[1][0][0] == {"val/source_acc": 0.7, "train/loss": 1.0, "epoch": 3}
+    # Lightning's epoch index 3 is the fourth epoch, recorded as its number
+    assert [(points, step) for points, step, _ in logger.points[0]] == [({"val/source_acc": 0.5, "epoch": 4}, 12)]
+    assert logger.points[1][0][0] == {"val/source_acc": 0.7, "train/loss": 1.0, "epoch": 4}
 
 
 def test_a_shared_backbone_leaves_the_random_state_its_own_construction_would(tmp_path, mlflow_uri):

@@ -126,7 +126,7 @@ def test_rules_choose_their_own_epoch_and_ties_go_to_the_earliest():
         }
     )
     chosen = {name: get_rule(name).choose(history) for name in ("source_val", "oracle", "target_entropy", "last")}
-    assert {n: (c.step, c.epoch) for n, c in chosen.items()} == {"source_val": (10, 0), "oracle": (20, 1), "target_entropy": (30, 2), "last": (30, 2)}
+    assert {n: (c.step, c.epoch) for n, c in chosen.items()} == {"source_val": (10, 1), "oracle": (20, 2), "target_entropy": (30, 3), "last": (30, 3)}
     assert chosen["oracle"].target_acc == pytest.approx(0.62) and chosen["source_val"].source_acc == pytest.approx(0.9)
     assert [name for name in ("source_val", "oracle", "target_entropy", "last") if get_rule(name).uses_target_labels] == ["oracle"]
 

@@ -32,7 +32,8 @@ def test_run_records_params_metrics_artifact_and_tags(tmp_path, mlflow_uri):
     for name in ("val/target_acc", "val/target_entropy", "eval/target_test_acc", "train/loss", "test/target_acc", "test/source_acc"):
         assert name in run.data.metrics, name
     assert 0.0 <= run.data.metrics["test/target_acc"] <= 1.0
-    assert run.data.metrics["selected_epoch"] in (0.0, 1.0)
+    assert run.data.metrics["selected_epoch"] in (1.0, 2.0)  # the epoch's number, as the progress lines count
+    assert [m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch"), key=lambda m: m.step)][-1] == 2.0
     artifacts = [f.path for f in client.list_artifacts(run.info.run_id)]
     assert "config.yaml" in artifacts
     path = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
@@ -390,7 +391,7 @@ def test_a_runs_description_states_its_result_and_the_rule_that_chose_it(tmp_pat
     result = train(tiny_run(tmp_path, mlflow_uri, ["trainer.max_epochs=2"]))
     note = MlflowClient(mlflow_uri).get_run(result["run_id"]).data.tags["mlflow.note.content"]
     assert f"target test accuracy {100 * result['test/target_acc']:.2f} %" in note
-    assert f"epoch {int(result['selected_epoch']) + 1} of 2, chosen by rule source_val" in note
+    assert f"epoch {int(result['selected_epoch'])} of 2, chosen by rule source_val" in note
 
 
 def test_the_selected_model_carries_the_test_metrics_the_models_tab_shows(tmp_path, mlflow_uri):

@@ -208,7 +208,7 @@ def test_selection_last_keeps_the_final_epoch(tmp_path):
     from tlbench import api
 
     metrics = api.record(tiny_run(tmp_path, f"sqlite:///{tmp_path}/m.db", ["selection=last", "trainer.max_epochs=3"]))
-    assert metrics["selected_epoch"] == 2
+    assert metrics["selected_epoch"] == 3  # the third of 3 epochs
 
 
 def test_a_search_refuses_selection_last():

@@ -107,7 +107,7 @@ def test_a_run_logs_every_validator_each_epoch_and_checkpoints_on_the_chosen_one
     assert all(len(values) == 3 and np.isfinite(values).all() for values in histories.values()), histories
     values = histories[RULES[rule].metric]
     best = int(np.argmax(values) if RULES[rule].mode == "max" else np.argmin(values))
-    assert result["selected_epoch"] == best
+    assert result["selected_epoch"] == best + 1  # the epoch's number
 
 
 def test_source_free_runs_refuse_a_validator_that_reads_the_source_split(tmp_path, mlflow_uri):

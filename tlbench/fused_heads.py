@@ -31,6 +31,7 @@ from pytorch_lightning.loggers.logger import Logger
 from .config import RunConfig, to_plain_dict
 from .errors import TlbenchError
 from .feature_cache import CachedBackbone
+from .mlflow_logger import numbered_epochs
 from .plan import RunPlan
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class FusedOutcome:
     member: Member
     #: (metrics, step, time in ms) as Lightning handed them to the logger, with this run's own names.
     points: list[tuple[dict[str, float], int, int]]
-    #: Weights at the selected epoch (None when the run failed), and that epoch (0-based).
+    #: Weights at the selected epoch (None when the run failed), and that epoch's number (1 = the first).
     state: dict[str, torch.Tensor] | None
     epoch: int | None
     #: Where the group's fit ended: its global step and epoch count (an unfused run's test is logged there).
@@ -316,6 +317,7 @@ class PointsByRun(Logger):
         """Each run's params are recorded by its job."""
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = numbered_epochs(metrics)
         shared = {key: value for key, value in metrics.items() if not key.startswith("run")}
         own: dict[int, dict[str, float]] = {}
         for key, value in metrics.items():
@@ -352,7 +354,7 @@ def train_group(members: list[Member]) -> list[FusedOutcome]:
                 member,
                 logger.points[index],
                 None if error or best is None else best[2],
-                None if error or best is None else best[1],
+                None if error or best is None else best[1] + 1,
                 trainer.global_step,
                 trainer.current_epoch,
                 error,

@@ -11,6 +11,16 @@ from pytorch_lightning.utilities import rank_zero_only
 from .tracking import RunRecorder
 
 
+def numbered_epochs(metrics: dict[str, float]) -> dict[str, float]:
+    """Lightning's metrics with its 0-based `epoch` index turned into the epoch's number (1 = the first
+    pass over the data): the one convention of every recorded and printed epoch (progress lines, MLflow
+    charts, `selected_epoch`, exports, checkpoint files). The test pass runs after the fit, when
+    Lightning's counter already counts the completed epochs: its points keep it."""
+    if "epoch" not in metrics or any(key.startswith("test/") for key in metrics):
+        return dict(metrics)
+    return {**metrics, "epoch": metrics["epoch"] + 1}
+
+
 class MlflowMetricLogger(Logger):
     """Lightning logger that writes metrics into an already-open RunRecorder (we own the run's lifecycle,
     so Lightning's own MLFlowLogger, which ends runs itself, is not used).
@@ -51,7 +61,7 @@ class MlflowMetricLogger(Logger):
         if self._buffer and (epoch != self._epoch or sum(len(m) for m, _, _ in self._buffer) >= self.max_buffered):
             self.flush()
         self._epoch = epoch
-        self._buffer.append((dict(metrics), step or 0, int(time.time() * 1000)))  # the time it was measured
+        self._buffer.append((numbered_epochs(metrics), step or 0, int(time.time() * 1000)))  # the time it was measured
 
     @rank_zero_only
     def flush(self) -> None:

@@ -275,7 +275,7 @@ class TransferModule(pl.LightningModule):
             loss = loss + 0.5 * self.optim_cfg.weight_decay * sum(p.pow(2).sum() for n, p in self.head.named_parameters() if n.endswith("weight"))
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"non-finite loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step} "
+                f"non-finite loss ({loss.item()}) at epoch {self.current_epoch + 1}, step {self.global_step} "
                 f"(lr={self.optim_cfg.lr}); lower optim.lr or check the data"
             )
         logs["train/loss"] = loss
@@ -333,7 +333,7 @@ class TransferModule(pl.LightningModule):
         broken = next((name for name, t in tensors if not torch.isfinite(t).all()), None)
         if broken is not None:
             raise TrainingError(
-                f"non-finite weights ({broken}) at epoch {self.current_epoch}, step {self.global_step} "
+                f"non-finite weights ({broken}) at epoch {self.current_epoch + 1}, step {self.global_step} "
                 f"(lr={self.optim_cfg.lr}): training diverged; lower optim.lr or check the data"
             )
 
@@ -345,7 +345,7 @@ class TransferModule(pl.LightningModule):
         target_features, target_probs = (torch.cat(parts) for parts in zip(*kept["val/target"]))
         if not (torch.isfinite(target_probs).all() and torch.isfinite(target_features).all()):
             raise TrainingError(
-                f"non-finite predictions at epoch {self.current_epoch} (lr={self.optim_cfg.lr}): the weights are finite but so "
+                f"non-finite predictions at epoch {self.current_epoch + 1} (lr={self.optim_cfg.lr}): the weights are finite but so "
                 "large that the network overflows; training diverged, lower optim.lr"
             )
         source_features = source_losses = None

@@ -57,9 +57,16 @@ SUMMARY_METRICS = {
 }
 
 
-def epoch_number(selected_epoch: float) -> str:
-    """The recorded `selected_epoch` (Lightning's 0-based epoch) as the progress log counts it: epoch 1/N."""
-    return "" if pd.isna(selected_epoch) else str(int(selected_epoch) + 1)
+#: Tag of runs whose recorded epochs are numbers (1 = the first); runs recorded before it carry
+#: Lightning's 0-based index, which `epoch_number` converts.
+EPOCHS_TAG = "epochs_counted_from"
+
+
+def epoch_number(selected_epoch: float, counted_from: object = "1") -> str:
+    """The recorded `selected_epoch` as the progress log counts it (epoch 1/N), for runs of either numbering."""
+    if pd.isna(selected_epoch):
+        return ""
+    return str(int(selected_epoch) + (0 if str(counted_from) == "1" else 1))
 
 
 def summary_table(runs: pd.DataFrame, width: int = SUMMARY_WIDTH) -> str:
@@ -72,7 +79,8 @@ def summary_table(runs: pd.DataFrame, width: int = SUMMARY_WIDTH) -> str:
         if key in runs.columns:
             columns[header] = ["" if pd.isna(v) else f"{v:.4f}" for v in runs[key]]
     if "metrics.selected_epoch" in runs.columns:
-        columns["selected epoch"] = [epoch_number(v) for v in runs["metrics.selected_epoch"]]
+        numbering = runs[f"tags.{EPOCHS_TAG}"] if f"tags.{EPOCHS_TAG}" in runs.columns else [None] * len(runs)
+        columns["selected epoch"] = [epoch_number(v, base) for v, base in zip(runs["metrics.selected_epoch"], numbering)]
     widths = {h: max(len(h), *(len(v) for v in values)) for h, values in columns.items()}
     room = max(width - sum(w + 3 for w in widths.values()) - 4, len("run"))  # "| name |" + " value |" each
     names = [n if len(n) <= room else n[: room - 1] + "…" for n in runs["run_name"].fillna("").astype(str)]

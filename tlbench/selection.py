@@ -36,7 +36,7 @@ SOURCE_METRIC = "val/source_acc"
 
 @dataclass(frozen=True)
 class Choice:
-    """The epoch a rule chose in one run and what it reports there."""
+    """The epoch a rule chose in one run (its number: 1 = the first) and what it reports there."""
 
     rule: str
     step: int
@@ -76,7 +76,7 @@ class Rule:
         return Choice(
             rule=self.name,
             step=int(history.index[position]),
-            epoch=position,
+            epoch=position + 1,
             target_acc=float(row[TEST_METRIC]),
             source_acc=float(row[SOURCE_METRIC]) if SOURCE_METRIC in history.columns else float("nan"),
         )

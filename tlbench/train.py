@@ -21,9 +21,10 @@ from .data.datamodule import DomainDataModule
 from .feature_cache import on_images
 from .fused_heads import FusedOutcome, take_outcome
 from .interrupts import sigterm_as_interrupt
-from .mlflow_logger import MlflowMetricLogger
+from .mlflow_logger import MlflowMetricLogger, numbered_epochs
 from .module import TransferModule
 from .plan import RunPlan, plan_run, writable_folder
+from .runs import EPOCHS_TAG
 from .threads import intra_op_threads, threads_for
 from .tracking import ClaimedElsewhere, Store, config_hash, finished_run_with_hash, recorded_run, unfinished_run_with_hash
 from .trainer_factory import build_trainer
@@ -31,7 +32,16 @@ from .trainer_factory import build_trainer
 log = logging.getLogger(__name__)
 
 
+class EpochNumberedCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint naming its files by the epoch's number (`best-epoch003.ckpt` is the
+    third epoch), as every recorded and printed epoch counts."""
+
+    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
+        return super().format_checkpoint_name(numbered_epochs(metrics), filename, ver, prefix)
+
+
 def selected_epoch(checkpoint: ModelCheckpoint) -> int | None:
+    """The number of the epoch whose weights the checkpoint kept (1 = the first)."""
     match = re.search(r"epoch(\d+)", Path(checkpoint.best_model_path or "").name)
     return int(match.group(1)) if match else None
 
@@ -98,6 +108,7 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         "feature_cache": cache_decision,
         "batch_composition": module.batch_composition,
         "threads": threads,
+        EPOCHS_TAG: "1",
         **({"fused_heads": f"trained in a group of {fused.group_size}"} if fused else {}),
         **(extra_tags or {}),
     }
@@ -146,7 +157,7 @@ def _fit_and_test(plan: RunPlan, module, datamodule, recorder, resume_run_id: st
     the selected epoch, the step they are recorded at and the selected model's id."""
     checkpoint = None
     if not plan.run.trainer.fast_dev_run:
-        checkpoint = ModelCheckpoint(  # monitor None (selection=last): the newest epoch is the one kept
+        checkpoint = EpochNumberedCheckpoint(  # monitor None (selection=last): the newest epoch is the one kept
             dirpath=plan.checkpoint_dir,
             filename="best-epoch{epoch:03d}",
             auto_insert_metric_name=False,
@@ -193,5 +204,5 @@ def run_description(metrics: dict[str, Any], rule: str, epochs: int) -> str:
     if "test/source_acc" in metrics:
         parts.append(f"source test accuracy {100 * metrics['test/source_acc']:.2f} %")
     if "selected_epoch" in metrics:
-        parts.append(f"epoch {int(metrics['selected_epoch']) + 1} of {epochs}, chosen by rule {rule}")
+        parts.append(f"epoch {int(metrics['selected_epoch'])} of {epochs}, chosen by rule {rule}")
     return " · ".join(parts) or "no test result"

@@ -15,7 +15,7 @@ from .common import ConfiguredSchedule, ScheduleConfig
 class GradualConfig(ScheduleConfig):
     name: str = "gradual"
     bn_policy: str = "frozen_stats"
-    #: Epochs between unfreezing one stage and the next (epoch 0 always trains the head only).
+    #: Epochs between unfreezing one stage and the next (the first epoch always trains the head only).
     every_n_epochs: int = 1
     #: LR multiplier for backbone stages once unfrozen (head stays at the base LR).
     unfrozen_lr_scale: float = 1.0

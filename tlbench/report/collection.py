@@ -213,7 +213,7 @@ def leave_one_out_choice(histories: list[pd.DataFrame]) -> Choice | None:
     at = [h.iloc[position] for h in histories]
     source = [row.get("val/source_acc", float("nan")) for row in at]
     return Choice(
-        LEAVE_ONE_OUT, int(histories[0].index[position]), position, float(pd.Series([r[TEST_METRIC] for r in at]).mean()), float(pd.Series(source).mean())
+        LEAVE_ONE_OUT, int(histories[0].index[position]), position + 1, float(pd.Series([r[TEST_METRIC] for r in at]).mean()), float(pd.Series(source).mean())
     )
 
 

@@ -52,7 +52,7 @@ def checkpoints(source, runs: pd.DataFrame) -> pd.DataFrame:
         table = epoch_table({m: source.history(run["run_id"], m) for m in metrics})
         if table.empty or TEST_METRIC not in table:
             continue
-        for epoch, (_, values) in enumerate(table.iterrows()):
+        for epoch, (_, values) in enumerate(table.iterrows(), start=1):
             rows.append(
                 {
                     "run_id": run["run_id"],

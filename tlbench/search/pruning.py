@@ -58,11 +58,13 @@ class OptunaPruning(pl.Callback):
         if value is None:
             raise KeyError(f"pruning: metric '{self.monitor}' was not logged; logged: {', '.join(sorted(trainer.callback_metrics))}")
         value = float(value)
-        epoch = trainer.current_epoch
-        self.epochs = epoch + 1
+        # Optuna's step is Lightning's 0-based index (what the committed studies' `n_warmup_steps` count);
+        # what people and MLflow read is the epoch's number
+        index = trainer.current_epoch
+        epoch = self.epochs = index + 1
         if math.isfinite(value) and (self.best is None or (value > self.best if self.mode == "max" else value < self.best)):
             self.best, self.best_epoch = value, epoch
-        self.trial.report(value, step=epoch)
+        self.trial.report(value, step=index)
         if self.trial.should_prune():
             self.pruned_epoch = epoch
             raise PrunedTrial(f"trial {self.trial.number} pruned after epoch {epoch} ({self.monitor}={value:.4f})", epoch)
