@@ -15,9 +15,10 @@ from mlflow.tracking import MlflowClient
 #: Real processes and servers: part of every CI run; `pytest -m 'not slow'` skips them locally.
 pytestmark = pytest.mark.slow
 
+#: In the order of docs/scale-out.md §1's commands; ray is not in the doc (an optional extra).
 LAUNCHERS = {
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+    "submitit_local": ["hydra/launcher=submitit_local"],
     "ray": ["hydra/launcher=ray"],  # local ray.init(); only with the optional extra installed
 }
 RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
@@ -32,22 +33,18 @@ RAY_MISSING = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is No
     ],
 )
 def test_launcher_records_every_run_under_the_sweep_parent_and_fails_the_command(launcher, tmp_path, mlflow_uri):
-    command = [
-        sys.executable,
-        "-m",
-        "tlbench",
-        "-m",
-        *LAUNCHERS[launcher],
-        *TINY,
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "data.synthetic_size=200",
-        f"tracking.uri={mlflow_uri}",
-        f"checkpoint_dir={tmp_path}/ckpt",
-        f"hydra.sweep.dir={tmp_path}/sweep",
-        "adapt=source_only,dann",
-        "seed=0,x",
-    ]
+    """docs/scale-out.md §1 (joblib, submitit_local), as written, with what the doc says the tests change:
+    small-run overrides, their own store, and two seeds where it sweeps three: 0 and `x`, which fails
+    validation, so each launcher must also count the jobs that recorded nothing and fail the command."""
+    from servers import doc_command_list, substituted
+
+    if launcher == "ray":
+        words = ["tlbench", "-m", *LAUNCHERS["ray"], "adapt=source_only,dann", "seed=0,x"]
+    else:
+        words = substituted(doc_command_list("1")[list(LAUNCHERS).index(launcher)], {"seed=0,1,2": "seed=0,x"})
+    assert words[:2] == ["tlbench", "-m"] and f"hydra/launcher={launcher}" in words and "seed=0,x" in words
+    command = [sys.executable, "-m", "tlbench", *words[1:], *TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.synthetic_size=200",
+               f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt", f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]  # seed=x fails in validation
 
@@ -65,27 +62,6 @@ def test_launcher_records_every_run_under_the_sweep_parent_and_fails_the_command
     assert parent.data.metrics["runs_finished"] == 2 and parent.data.metrics["runs_missing"] == 2
     assert {"sweep_summary.md", "sweep_accuracy.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "2 job(s) recorded no run" in result.stdout
-
-
-@pytest.mark.parametrize("index", [0, 1], ids=["joblib", "submitit_local"])
-def test_scale_out_doc_section_1_commands_run_as_written(index, tmp_path, mlflow_uri):
-    """docs/scale-out.md §1, as written, with what the doc says the tests add: small-run overrides and one
-    seed instead of three. Every job is a FINISHED child of one sweep parent."""
-    from servers import doc_command_list, substituted
-
-    words = substituted(doc_command_list("1")[index], {"seed=0,1,2": "seed=0"})
-    assert words[:2] == ["tlbench", "-m"]
-    command = [sys.executable, "-m", "tlbench", *words[1:], *TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.synthetic_size=200",
-               f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt", f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    client = MlflowClient(mlflow_uri)
-    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
-    parents = [r for r in runs if r.data.tags.get("tlbench.parent") == "sweep"]
-    children = [r for r in runs if r not in parents]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.data.params["adapt.name"] for r in children) == ["dann", "source_only"]
-    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
 
 
 def test_scale_out_doc_section_4_slurm_config_and_command_compose(tmp_path):
