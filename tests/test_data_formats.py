@@ -561,3 +561,25 @@ def test_a_long_first_build_reports_its_progress_with_the_time_left(caplog):
     lines = [r.getMessage() for r in caplog.records if "fashion_m" in r.getMessage()]
     assert blended.shape == (20, 3, 8, 8) and (blended == 100).all()
     assert len(lines) == 4 and lines[0].startswith("fashion_m: 5/20 images (25%), about") and lines[-1].startswith("fashion_m: 20/20 images (100%)")
+
+
+@pytest.mark.parametrize(
+    "kind, good, bad, message",
+    [
+        ("images", torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, 1, 4, 4), "images must be uint8 N×C×H×W, got torch.float32"),
+        ("texts", torch.zeros(2, 5, dtype=torch.uint8), torch.zeros(2, 1, 5, dtype=torch.uint8), r"texts must be uint8 N×bytes, got torch.uint8 \(2, 1, 5\)"),
+        ("features", torch.zeros(2, 3, dtype=torch.float16), torch.zeros(2, 3, dtype=torch.uint8), "features must be float N×D, got torch.uint8"),
+    ],
+)
+def test_in_memory_examples_refuse_a_tensor_of_the_wrong_kind(kind, good, bad, message):
+    from tlbench.data.base import TensorImages
+    from tlbench.data.text import TensorTexts
+    from tlbench.feature_cache import TensorFeatures
+
+    holder = {"images": TensorImages, "texts": TensorTexts, "features": TensorFeatures}[kind]
+    labels = torch.tensor([0, 1])
+    assert len(holder(good, labels).subset([1])) == 1
+    with pytest.raises(ValueError, match=message):
+        holder(bad, labels)
+    with pytest.raises(ValueError, match="labels shape \\(3,\\) does not match 2 examples"):
+        holder(good, torch.tensor([0, 1, 2]))

@@ -29,10 +29,7 @@ log = logging.getLogger(__name__)
 class TensorFeatures(InMemoryExamples):
     """Precomputed float features (N×D) with labels; batched like images by the same fast loader."""
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
-        if not features.is_floating_point() or features.ndim != 2:
-            raise ValueError(f"features must be float N×D, got {features.dtype} {tuple(features.shape)}")
-        super().__init__(features, labels)
+    ndim, dtype, described = 2, "float", "features must be float N×D"
 
 
 def unchanged(inputs: torch.Tensor) -> torch.Tensor:

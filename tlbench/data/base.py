@@ -17,9 +17,18 @@ from torch.utils.data import Dataset
 
 class InMemoryExamples(Dataset):
     """Examples held as one tensor (`images`: images, or features computed from them) with int64 labels:
-    batched by indexing (data/loaders.py), never per sample."""
+    batched by indexing (data/loaders.py), never per sample. A subclass names the tensor it holds (number
+    of dimensions, dtype, or "float" for any floating dtype), checked on construction."""
+
+    ndim: int | None = None
+    dtype: torch.dtype | str | None = None
+    #: What the error says the tensor must be.
+    described = "examples"
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        kind_ok = images.is_floating_point() if self.dtype == "float" else self.dtype is None or images.dtype == self.dtype
+        if not kind_ok or (self.ndim is not None and images.ndim != self.ndim):
+            raise ValueError(f"{self.described}, got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} examples")
         self.images = images
@@ -39,10 +48,7 @@ class InMemoryExamples(Dataset):
 class TensorImages(InMemoryExamples):
     """In-memory images (uint8, N×C×H×W) with integer labels (int64, N)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} {tuple(images.shape)}")
-        super().__init__(images, labels)
+    ndim, dtype, described = 4, torch.uint8, "images must be uint8 N×C×H×W"
 
 
 @dataclass

@@ -37,10 +37,7 @@ ROOT_HINT = "set data.root (or $TLBENCH_DATA) to the folder containing it"
 class TensorTexts(InMemoryExamples):
     """In-memory texts: uint8 UTF-8 rows (N × bytes, zero-padded) with int64 labels."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        if images.dtype != torch.uint8 or images.ndim != 2:
-            raise ValueError(f"texts must be uint8 N×bytes, got {images.dtype} {tuple(images.shape)}")
-        super().__init__(images, labels)
+    ndim, dtype, described = 2, torch.uint8, "texts must be uint8 N×bytes"
 
     @property
     def texts(self) -> list[str]:
