@@ -170,6 +170,41 @@ def test_mk_mmd_biased_is_zero_for_identical_samples_and_grows_with_shift():
     assert 0 < near < far
 
 
+def test_fixed_kernel_mmd_is_domainbeds_sum_of_gaussians_and_not_scale_free():
+    """DomainBed's kernel, by hand: Σ_γ exp(−γ‖a−b‖²) over γ = 10^-3…10^3, biased means. Scaling the
+    features changes it, where the batch-scaled `mk_mmd2` stays put (the difference `dg_mmd.kernel` selects)."""
+    from tlbench.adapt.layers import DOMAINBED_GAMMAS, fixed_kernel_mmd2
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(5, 3)), rng.normal(loc=0.4, size=(4, 3))
+
+    def kernel(a, b):
+        return sum(math.exp(-g * float(((a - b) ** 2).sum())) for g in DOMAINBED_GAMMAS)
+
+    def mean_k(a, b):
+        return np.mean([[kernel(u, v) for v in b] for u in a])
+
+    expected = mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+    assert fixed_kernel_mmd2(torch.tensor(x), torch.tensor(y)).item() == pytest.approx(expected, rel=1e-9)
+    xs, ys = torch.tensor(x), torch.tensor(y)
+    assert mk_mmd2(0.1 * xs, 0.1 * ys, [0.5, 1.0]).item() == pytest.approx(mk_mmd2(xs, ys, [0.5, 1.0]).item(), rel=1e-9)
+    assert fixed_kernel_mmd2(0.1 * xs, 0.1 * ys).item() < 0.9 * fixed_kernel_mmd2(xs, ys).item()
+
+
+def test_dg_mmd_uses_the_kernel_its_config_names():
+    from tlbench.adapt import ADAPTERS
+    from tlbench.adapt.layers import fixed_kernel_mmd2
+    from tlbench.adapt.source_alignment import DGMMDConfig
+
+    features = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    domains = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    source_a, source_b = features[:4], features[4:]
+    for kernel, expected in (("fixed", fixed_kernel_mmd2(source_a, source_b)), ("batch", mk_mmd2(source_a, source_b, [0.25, 0.5, 1.0, 2.0, 4.0]))):
+        adapter = ADAPTERS.build(DGMMDConfig(kernel=kernel, trade_off=2.0), num_classes=3, feature_dim=3)
+        out = adapter.loss(features, None, None, None, None, 0.0, domain_index=domains)
+        assert out.loss.item() == pytest.approx(2.0 * expected.item(), rel=1e-6), kernel
+
+
 # --- CORAL ------------------------------------------------------------------------------------
 
 

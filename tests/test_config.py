@@ -211,3 +211,16 @@ def test_fields_added_later_leave_config_hashes_unchanged_at_their_neutral_value
 
     semantic = {k: v for k, v in flatten(plain).items() if not any(k == p or k.startswith(p + ".") for p in NON_SEMANTIC_KEYS)}
     assert config_hash(run) == hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_dg_mmd_kernel_is_checked_and_neutral_at_its_default():
+    """`adapt.kernel` came after the committed dg_mmd runs: at `batch` their hashes stay; `fixed` is
+    another configuration; anything else is one line."""
+    from tlbench.tracking import NEUTRAL_DEFAULTS, config_hash
+
+    mmd = ["adapt=dg_mmd", "data.sources=[a,b]"]
+    run = validate(compose(mmd))
+    assert run.adapt.kernel == NEUTRAL_DEFAULTS["adapt.kernel"] == "batch"
+    assert config_hash(run) != config_hash(validate(compose([*mmd, "adapt.kernel=fixed"])))
+    with pytest.raises(ConfigError, match="adapt.kernel: 'gauss' is not allowed; choose one of: batch, fixed"):
+        validate(compose([*mmd, "adapt.kernel=gauss"]))

@@ -238,6 +238,7 @@ def _rules() -> dict[str, Rule]:
         "adapt.randomized_dim": within(1, 65_536),
         "adapt.normalisation": one_of(*NORMALISATIONS),
         "adapt.kernel_multipliers": each(above(0), non_empty=True),
+        "adapt.kernel": one_of("batch", "fixed"),
         "adapt.unbiased": FREE,
         "adapt.ramp": FREE,
         "adapt.temperature": above(0),

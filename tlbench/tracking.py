@@ -37,7 +37,14 @@ T = TypeVar("T")
 NON_SEMANTIC_KEYS = ("tracking", "output_dir", "checkpoint_dir", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.fuse_heads")
 #: Fields added after runs were recorded, at the value that computes what their absence did: left out of
 #: the config hash at that value, so the hashes (and skip_done) of older runs stay valid.
-NEUTRAL_DEFAULTS = {"data.val_labels_per_class": None, "data.target_eval": "split", "data.sources": None, "data.holdout": None, "head.solver": "optimizer"}
+NEUTRAL_DEFAULTS = {
+    "data.val_labels_per_class": None,
+    "data.target_eval": "split",
+    "data.sources": None,
+    "data.holdout": None,
+    "head.solver": "optimizer",
+    "adapt.kernel": "batch",
+}
 
 
 #: Set once a run of this process was closed as KILLED by an interrupt (the CLI then ignores more Ctrl-C).

@@ -128,7 +128,25 @@ def mk_mmd2(x: torch.Tensor, y: torch.Tensor, multipliers: Sequence[float], unbi
     sq = pairwise_squared_distances(joint, joint)
     pairs = max((n + m) * (n + m - 1), 1)
     base = (sq.detach().sum() / pairs).clamp_min(1e-12)
-    kernel = multi_gaussian_kernel(sq, [mult * base for mult in multipliers])
+    return mmd2_of_kernel(multi_gaussian_kernel(sq, [mult * base for mult in multipliers]), n, unbiased)
+
+
+#: DomainBed's MMD kernel: Σ_k exp(−γ_k d²) over these fixed γ_k, whatever the feature scale.
+DOMAINBED_GAMMAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def fixed_kernel_mmd2(x: torch.Tensor, y: torch.Tensor, gammas: Sequence[float] = DOMAINBED_GAMMAS) -> torch.Tensor:
+    """Squared MMD (biased) with DomainBed's kernel: a sum of Gaussians of fixed precisions γ_k. Unlike
+    `mk_mmd2`, its value changes with the feature scale (it falls as the features shrink)."""
+    joint = torch.cat([x, y])
+    sq = pairwise_squared_distances(joint, joint)
+    kernel = multi_gaussian_kernel(sq, [1.0 / gamma for gamma in gammas]) * len(gammas)
+    return mmd2_of_kernel(kernel, len(x), unbiased=False)
+
+
+def mmd2_of_kernel(kernel: torch.Tensor, n: int, unbiased: bool) -> torch.Tensor:
+    """Squared MMD from the kernel matrix of the joint sample (its first n rows are x)."""
+    m = kernel.shape[0] - n
     k_xx, k_yy, k_xy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
     if unbiased:
         within_x = (k_xx.sum() - k_xx.diagonal().sum()) / max(n * (n - 1), 1)

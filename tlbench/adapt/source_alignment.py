@@ -5,7 +5,7 @@ and no target batch (the two-domain DA versions are `coral` and `dan`).
 
 `dg_coral`: DomainBed's form, mean squared gap of the means plus of the covariances (coral_loss with
 `tllib` normalisation). `dg_mmd`: squared multi-kernel MMD with Gaussian bandwidths scaled to the batch
-(layers.mk_mmd2). With one source domain there are no pairs and both are ERM.
+(layers.mk_mmd2), or with DomainBed's fixed kernel (`kernel=fixed`). With one source domain there are no pairs and both are ERM.
 """
 
 from dataclasses import dataclass, field
@@ -17,7 +17,7 @@ import torch
 from . import ADAPTERS
 from .base import Adapter, AdaptOutput, Needs
 from .coral import coral_loss
-from .layers import mk_mmd2
+from .layers import fixed_kernel_mmd2, mk_mmd2
 
 
 @dataclass
@@ -33,7 +33,10 @@ class DGMMDConfig:
     needs: ClassVar[Needs] = Needs(target=False, domain_index=True)
     name: str = "dg_mmd"
     trade_off: float = 1.0
-    #: Gaussian bandwidths as multiples of the batch's mean squared pairwise distance.
+    #: `batch`: Gaussian bandwidths as multiples (`kernel_multipliers`) of the batch's mean squared pairwise
+    #: distance, as our DA `dan`; `fixed`: DomainBed's own kernel, fixed precisions 10^-3 … 10^3
+    #: (layers.fixed_kernel_mmd2).
+    kernel: str = "batch"
     kernel_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
 
 
@@ -63,4 +66,6 @@ def build_dg_coral(cfg: DGCORALConfig, num_classes: int, feature_dim: int) -> Ad
 
 @ADAPTERS.register("dg_mmd", DGMMDConfig)
 def build_dg_mmd(cfg: DGMMDConfig, num_classes: int, feature_dim: int) -> Adapter:
+    if cfg.kernel == "fixed":
+        return SourceAlignment(cfg, fixed_kernel_mmd2)
     return SourceAlignment(cfg, lambda a, b: mk_mmd2(a, b, cfg.kernel_multipliers))
