@@ -36,6 +36,21 @@ def test_names_keep_what_differs_from_the_defaults():
     assert name("tracking.run_name=mine") == "mine"
 
 
+def test_names_in_a_sweep_show_the_other_keys_it_varies_after_method_and_seed():
+    run = validate(compose(["backbone=small_cnn", "adapt=dann", "optim.lr=0.01", "freeze=linear_probe"]))
+    swept = [("adapt", "dann"), ("optim.lr", "0.01"), ("freeze", "linear_probe"), ("data.target", "usps")]
+    assert default_run_name(run, swept) == "dann s0 · lr=0.01 · target=usps · linear_probe · small_cnn · digits"
+    assert default_run_name(run, [("seed", "0")]) == default_run_name(run)  # already in the name
+
+
+def test_a_job_reads_the_values_of_its_sweeps_keys_from_its_overrides(tmp_path):
+    from tlbench.sweep_run import plan_sweep, swept_values
+
+    plan_sweep("sqlite:///unused.db", "e", str(tmp_path), ["adapt=dann,coral", "optim.lr=0.1,0.01"], 4, ["adapt", "optim.lr"])
+    assert swept_values(str(tmp_path), ["adapt=coral", "+optim.lr=0.01", "seed=3"]) == [("adapt", "coral"), ("optim.lr", "0.01")]
+    assert swept_values(str(tmp_path / "no_sweep_here"), ["adapt=coral"]) == []
+
+
 @pytest.mark.slow  # starts a process
 def test_cli_run_has_standard_tags_and_its_overrides(tmp_path, mlflow_uri):
     overrides = [*TINY, "trainer.max_epochs=1", "adapt=dann", f"tracking.uri={mlflow_uri}", f"checkpoint_dir={tmp_path}/ckpt", f"hydra.run.dir={tmp_path}/out"]

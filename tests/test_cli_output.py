@@ -95,6 +95,19 @@ def test_sweep_size_counts_command_line_overrides_over_a_presets_sweep_params():
             assert sweep_size(config) == jobs, overrides
 
 
+def test_swept_keys_are_those_given_several_values_on_the_command_line_or_by_a_preset():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from tlbench.hydra_callbacks import swept_keys
+    from tlbench.paths import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = hydra_compose(config_name="config", overrides=["experiment=da_digits"], return_hydra_config=True)
+        config.hydra.overrides.task = ["experiment=da_digits", "adapt=shot", "optim.lr=0.1,0.01"]
+        assert swept_keys(config) == ["optim.lr", "seed"]  # adapt=shot replaces the preset's list of methods
+
+
 def test_table_labels_show_a_dash_where_a_key_was_not_recorded():
     from tlbench.report.tables import as_text
 

@@ -47,11 +47,14 @@ def test_fused_sweep_records_the_same_runs_as_unfused(tmp_path, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     fused_runs, alone_runs = _children(mlflow_uri, "fused"), _children(mlflow_uri, "alone")
     assert sorted(fused_runs) == sorted(alone_runs) and len(fused_runs) == 4
+    # the names say what the sweep varies: method, and the learning rate (as Hydra writes the value)
+    names = {f"{a} s0 · lr={lr} · linear_probe · small_cnn · digits" for a in ("source_only", "dann") for lr in ("0.003", "0.03")}
+    assert {r.info.run_name for r in fused_runs.values()} == names
     for key, run in fused_runs.items():
         other = alone_runs[key]
         assert run.info.status == other.info.status == "FINISHED"
         assert run.data.tags["fused_heads"] == "trained in a group of 2" and "fused_heads" not in other.data.tags
-        assert run.data.tags["config_hash"] == other.data.tags["config_hash"]
+        assert run.data.tags["config_hash"] == other.data.tags["config_hash"] and run.info.run_name == other.info.run_name
         mine, theirs = _history(client, run), _history(client, other)
         assert sorted(mine) == sorted(theirs), key
         assert any(name.startswith("train/") for name in mine) and "val/source_acc" in mine and "test/target_acc" in mine

@@ -45,8 +45,10 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
             run.output_dir = hc.runtime.output_dir  # the job's folder, unless the user named one
         tags["overrides"] = shlex.join(hc.overrides.task)  # `tlbench <this>` composes the run's config again
         if _in_multirun():
-            from .sweep_run import ENV_PARENT
+            from .plan import default_run_name
+            from .sweep_run import ENV_PARENT, swept_values
 
+            run.tracking.run_name = default_run_name(run, swept_values(hc.sweep.dir, list(hc.overrides.task)))
             tags.update(sweep_dir=str(Path(hc.sweep.dir).resolve()), sweep_job=hc.job.num)
             if os.environ.get(ENV_PARENT):  # set by the sweep callback when this job started
                 tags["mlflow.parentRunId"] = os.environ[ENV_PARENT]

@@ -11,23 +11,37 @@ from omegaconf import DictConfig
 from .errors import TlbenchError
 
 
-def sweep_size(config: DictConfig) -> int | None:
-    """Number of jobs of a grid sweep: the product of the sweep overrides' lengths (None if unknown)."""
+def _sweep_overrides(config: DictConfig) -> list:
+    """The multirun's parsed overrides: the command line's, then a preset's sweep params the command line
+    does not replace (Hydra's rule)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides(list(config.hydra.overrides.task))
+    given = {override.key_or_group for override in overrides}
+    params = config.hydra.sweeper.get("params") or {}
+    return overrides + parser.parse_overrides([f"{key}={value}" for key, value in params.items() if key not in given])
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """Number of jobs of a grid sweep: the product of the sweep overrides' lengths (None if unknown)."""
     try:
-        parser = OverridesParser.create()
-        overrides = parser.parse_overrides(list(config.hydra.overrides.task))
-        given = {override.key_or_group for override in overrides}
-        params = config.hydra.sweeper.get("params") or {}  # the command line wins over a preset's sweep params
-        overrides += parser.parse_overrides([f"{key}={value}" for key, value in params.items() if key not in given])
         total = 1
-        for override in overrides:
+        for override in _sweep_overrides(config):
             if override.is_sweep_override():
                 total *= len(list(override.sweep_string_iterator()))
         return total
     except Exception:  # a sweeper with its own notion of jobs (e.g. a search): no total
         return None
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The config keys (or groups) a grid sweep gives several values, in command-line order: what tells
+    its runs apart."""
+    try:
+        return [override.key_or_group.lstrip("+~") for override in _sweep_overrides(config) if override.is_sweep_override()]
+    except Exception:
+        return []
 
 
 def sweep_rows(frame) -> list[str]:
@@ -84,7 +98,7 @@ class SweepSummary(Callback):
         self.total = sweep_size(config)
         if not _owns_parent_runs(config):
             uri, experiment, _ = sweep_run.tracking_of(config)
-            sweep_run.plan_sweep(uri, experiment, sweep_run.sweep_dir_of(config), list(config.hydra.overrides.task), self.total)
+            sweep_run.plan_sweep(uri, experiment, sweep_run.sweep_dir_of(config), list(config.hydra.overrides.task), self.total, swept_keys(config))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from . import sweep_run

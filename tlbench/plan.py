@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,13 +133,23 @@ def trainer_arguments(t) -> dict[str, Any]:
     return {**args, **t.options}
 
 
-def default_run_name(run: RunConfig) -> str:
+#: Config keys (and groups) the default run name already shows in its own words.
+NAMED_KEYS = frozenset(
+    {"adapt", "adapt.name", "seed", "data.labels_per_class", "data.label_fraction", "freeze", "freeze.name", "batch_composition"}
+    | {"backbone", "backbone.name", "data", "data.name"}
+)
+
+
+def default_run_name(run: RunConfig, swept: Sequence[tuple[str, str]] = ()) -> str:
     """tracking.run_name, else what varies most first so that names cut to ~24 characters (the MLflow
     runs table, chart legends) still differ: `dann s0 · linear_probe · small_cnn · digits`. Defaults
-    (freeze=full, batch_composition=joint, all source labels) are left out."""
+    (freeze=full, batch_composition=joint, all source labels) are left out. `swept`: the (key, value) pairs
+    a sweep varies for this run; those the name does not already show follow the method and seed by the
+    key's last part (`dann s0 · lr=0.01 · …`), so the runs of a learning-rate sweep differ by name too."""
     if run.tracking.run_name:
         return run.tracking.run_name
     parts = [f"{run.adapt.name} s{run.seed}"]
+    parts += [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in swept if key not in NAMED_KEYS]
     if run.data.labels_per_class is not None:
         parts.append(f"{run.data.labels_per_class}/class")
     if run.data.label_fraction is not None:

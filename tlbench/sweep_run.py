@@ -50,16 +50,25 @@ def sweep_name(overrides: list[str], jobs: int | None) -> str:
     return f"sweep · {' '.join(varying)[:80]}{count}"
 
 
-def plan_sweep(uri: str, experiment: str, sweep_dir: str, overrides: list[str], jobs: int | None) -> None:
-    """At multirun start, in the launching process: note what the sweep is in its folder. Touches no store."""
+def plan_sweep(uri: str, experiment: str, sweep_dir: str, overrides: list[str], jobs: int | None, swept: list[str] = ()) -> None:
+    """At multirun start, in the launching process: note what the sweep is (its overrides, job count and
+    the keys it varies) in its folder. Touches no store."""
     global _launched, failed_jobs
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     from .processes import this_process
 
     # the launching process owns the parent: when it is gone, a later command closes a parent left RUNNING
-    Path(sweep_dir, SWEEP_FILE).write_text(json.dumps({"overrides": overrides, "jobs": jobs, "owner": this_process()}))
+    Path(sweep_dir, SWEEP_FILE).write_text(json.dumps({"overrides": overrides, "jobs": jobs, "swept": list(swept), "owner": this_process()}))
     os.environ.pop(ENV_PARENT, None)
     _launched, failed_jobs = (uri, experiment, sweep_dir), 0
+
+
+def swept_values(sweep_dir: str, job_overrides: list[str]) -> list[tuple[str, str]]:
+    """(key, value) of each key the sweep in `sweep_dir` varies, as this job's overrides set it."""
+    plan_file = Path(sweep_dir, SWEEP_FILE)
+    swept = json.loads(plan_file.read_text()).get("swept", []) if plan_file.exists() else []
+    given = dict(o.lstrip("+~").split("=", 1) for o in job_overrides if "=" in o)
+    return [(key, given[key]) for key in swept if key in given]
 
 
 def find_parent(sweep_dir: str) -> str | None:
