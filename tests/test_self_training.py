@@ -152,7 +152,7 @@ def test_source_free_datamodule_yields_no_source_batch_and_target_positions(tmp_
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["adapt=shot", "selection=last"], "adapt.source_model"),
+        (["adapt=shot", "selection=last"], "adapt.source_model: SHOT adapts a source-trained model"),
         (["adapt=shot", "adapt.source_model=runs:/x"], "selection=source_val"),
         (["adapt=shot", "adapt.source_model=runs:/x", "selection=last", "data.target=synthetic_digits"], "source-free"),
     ],

@@ -28,6 +28,10 @@ def _matching_params(run: RunConfig) -> dict[str, str]:
 def source_run_id(run: RunConfig, store: Store) -> str:
     """The run id `adapt.source_model` names in `store`; a ConfigError that says what to run when there is none."""
     spec = run.adapt.source_model
+    if not spec:
+        from .adapt.shot import SOURCE_MODEL_REQUIRED
+
+        raise ConfigError(SOURCE_MODEL_REQUIRED)
     if spec.startswith(RUNS_PREFIX):
         return spec[len(RUNS_PREFIX) :].strip("/").split("/")[0]
     client = store.client
