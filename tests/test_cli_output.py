@@ -34,6 +34,13 @@ def test_summary_table_fits_the_width_and_cuts_long_names():
     assert "nan" not in lines[3]
 
 
+def test_the_summary_table_says_which_runs_collapsed():
+    runs = pd.DataFrame({"run_name": ["a", "b", "c"], "status": ["FINISHED", "FINISHED", "FAILED"], "tags.collapsed": ["true", "false", None]})
+    statuses = [line.split("|")[2].strip() for line in summary_table(runs).splitlines()[2:]]
+    assert statuses == ["FINISHED (collapsed)", "FINISHED", "FAILED"]
+    assert "collapsed" not in summary_table(runs.drop(columns="tags.collapsed"))  # runs recorded before the tag
+
+
 def test_runs_recorded_before_epochs_were_numbered_show_the_same_epoch():
     """Runs recorded before the `epochs_counted_from` tag hold Lightning's 0-based index: 0 is epoch 1."""
     runs = pd.DataFrame({"run_name": ["old", "new"], "status": ["FINISHED"] * 2, "metrics.selected_epoch": [0.0, 1.0], "tags.epochs_counted_from": [None, "1"]})

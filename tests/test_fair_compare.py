@@ -4,6 +4,8 @@ byte for byte, and every committed study rebuilds from its committed export."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -271,3 +273,27 @@ def test_committed_task_summaries_rebuild_byte_for_byte_from_their_tasks_tables(
     write_task_summary(summary.parent, list(spec.tasks), layout_of(spec), spec.title, into=tmp_path)
     for name in ("summary.md", "summary.csv"):
         assert (tmp_path / name).read_bytes() == (summary.parent / name).read_bytes(), name
+
+
+def test_the_table_says_which_arms_runs_collapsed_when_the_export_carries_the_tag(tmp_path):
+    """The committed ablation's export with the `collapsed` tag its runs would carry today: the table names
+    the arms whose evaluation seeds collapsed; the export without the tag rebuilds as committed (above)."""
+    from tlbench.report.cli import main as report_main
+
+    export = ROOT / "results" / "dg_mmd_kernel" / "runs.csv"
+    header, body = export.read_text().split("\n", 1)
+    rows = list(csv.reader(io.StringIO(body)))
+    arm, seed = rows[0].index("tags.compare.arm"), rows[0].index("params.seed")
+
+    def collapsed(row: list[str]) -> str:  # every MMD seed but dg_mmd's seed 4
+        return str(row[arm] in ("dg_mmd", "dg_mmd_fixed") and not (row[arm] == "dg_mmd" and row[seed] == "4")).lower()
+
+    tagged = tmp_path / "runs.csv"
+    with tagged.open("w", newline="") as file:
+        file.write(header + "\n")
+        csv.writer(file, lineterminator="\n").writerows([rows[0] + ["tags.collapsed"], *(row + [collapsed(row)] for row in rows[1:])])
+    assert report_main(["--from", str(tagged), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "tag `collapsed`): dg_mmd 4 of 5 seeds, dg_mmd_fixed 5 of 5 seeds." in table
+    assert "source_only" not in table.split("Collapsed runs", 1)[1]
+    assert "Collapsed runs" not in (tmp_path / "out" / "oracle.md").read_text()  # the tag is about the run's own choice

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .collapse import COLLAPSED_TAG
 from .tracking import client_for, resolve_uri
 
 
@@ -71,10 +72,13 @@ def epoch_number(selected_epoch: float, counted_from: object = "1") -> str:
 
 def summary_table(runs: pd.DataFrame, width: int = SUMMARY_WIDTH) -> str:
     """A Markdown table of the runs' main results, at most `width` characters wide: the run name (which
-    says what varies), status, test accuracies of the checkpoint chosen by `selection`, and its epoch."""
+    says what varies), status (with "collapsed", collapse.py), test accuracies of the checkpoint chosen by
+    `selection`, and its epoch."""
     if runs.empty:
         return "(no runs)"
     columns = {"status": runs["status"].astype(str).tolist()}
+    if f"tags.{COLLAPSED_TAG}" in runs.columns:  # a collapsed run's number is a failure, not a result
+        columns["status"] = [f"{status} (collapsed)" if flag == "true" else status for status, flag in zip(columns["status"], runs[f"tags.{COLLAPSED_TAG}"])]
     for key, header in SUMMARY_METRICS.items():
         if key in runs.columns:
             columns[header] = ["" if pd.isna(v) else f"{v:.4f}" for v in runs[key]]

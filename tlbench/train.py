@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from .assembly import build_module
+from .collapse import collapse_of
 from .config import RunConfig, flatten, to_plain_dict
 from .data.datamodule import DomainDataModule
 from .feature_cache import on_images
@@ -132,6 +133,13 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
         if epoch is not None:
             metrics["selected_epoch"] = float(epoch)
             recorder.log_metric_points([({"selected_epoch": metrics["selected_epoch"]}, step, int(time.time() * 1000))], model_id=model_id)
+        collapse = collapse_of(module.test_confusion())
+        if collapse.metrics:
+            metrics.update(collapse.metrics)
+            recorder.log_metric_points([(collapse.metrics, step, int(time.time() * 1000))], model_id=model_id)
+            recorder.set_tags(collapse.tags())
+        if collapse.message():
+            log.warning(collapse.message())
         if model_id:
             recorder.finish_selected_model(model_id)
         if recorder.run_id and not run.trainer.fast_dev_run:  # rank 0 records; fast_dev_run selects nothing
@@ -147,7 +155,7 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
             recorder.log_artifact(path, "backbone")
             metrics["backbone_weights"] = f"runs:/{recorder.run_id}/backbone/backbone.pt"  # type: ignore[assignment]
         if recorder.run_id:
-            recorder.set_tags({"mlflow.note.content": run_description(metrics, run.selection, run.trainer.max_epochs)})
+            recorder.set_tags({"mlflow.note.content": run_description(metrics, run.selection, run.trainer.max_epochs, collapse.message())})
         metrics["run_id"] = recorder.run_id  # type: ignore[assignment]
         return metrics
 
@@ -195,10 +203,10 @@ def _test_fused(plan: RunPlan, fused: FusedOutcome, recorder) -> tuple[dict, int
     return {k: float(v) for result in results for k, v in result.items()}, fused.epoch, fused.global_step, model_id
 
 
-def run_description(metrics: dict[str, Any], rule: str, epochs: int) -> str:
+def run_description(metrics: dict[str, Any], rule: str, epochs: int, collapse: str | None = None) -> str:
     """The run's result in one line, as its MLflow description: the runs table and the run page show it
-    without opening a hundred metric columns."""
-    parts = []
+    without opening a hundred metric columns; a collapse (collapse.py) leads it."""
+    parts = [collapse] if collapse else []
     if "test/target_acc" in metrics:
         parts.append(f"target test accuracy {100 * metrics['test/target_acc']:.2f} %")
     if "test/source_acc" in metrics:

@@ -14,6 +14,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from ..collapse import COLLAPSED_TAG
 from ..selection import LEAVE_ONE_OUT, TEST_METRIC, Choice
 from .errors import ReportError
 from .selection import HISTORY_METRICS, epoch_table, get_rule
@@ -127,6 +128,8 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     ]
     params = sorted(c[len("params.") :] for c in runs.columns if c.startswith("params."))
     compare_tags = sorted(c for c in runs.columns if c.startswith(COMPARE_TAGS))
+    # carried into every row, but not part of a run's identity (runs recorded before the tag have none)
+    carried = compare_tags + [c for c in (f"tags.{COLLAPSED_TAG}",) if c in runs.columns]
     runs = runs[keep].rename(columns=lambda c: c[len("params.") :] if c.startswith("params.") else c)
     if runs.empty:
         return _frame([], params, attrs)
@@ -150,7 +153,7 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
         history = histories[run["run_id"]]
         if run["_holdout"]:  # held-out runs count only as a group (below)
             continue
-        base = _columns(run, history, params + compare_tags)
+        base = _columns(run, history, params + carried)
         for metric in run_metrics:
             points = source.history(run["run_id"], metric)
             base[f"run:{metric}"] = float(sorted(points)[-1][1]) if points else float("nan")
@@ -162,8 +165,8 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
                 attrs["missing"].append((run["run_name"], rule.name))
             rows.append({**base, **_result(rule.name, rule.uses_target_labels, choice)})
     if LEAVE_ONE_OUT in [r.name for r in rule_objects]:
-        rows += _leave_one_out_rows(runs[runs["_holdout"] != ""], histories, params + compare_tags)
-    return _frame(rows, params + compare_tags + [f"run:{m}" for m in run_metrics], attrs)
+        rows += _leave_one_out_rows(runs[runs["_holdout"] != ""], histories, params + carried)
+    return _frame(rows, params + carried + [f"run:{m}" for m in run_metrics], attrs)
 
 
 def _columns(run: pd.Series, history: pd.DataFrame, columns: list[str]) -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..collapse import COLLAPSE_SHARE, COLLAPSED_TAG
 from ..selection import HISTORY_METRICS, RULES
 from .collection import collect_runs
 from .compare import ALPHA, format_p, holm, paired_test, t_interval
@@ -152,12 +153,27 @@ def _caption(layout: dict[str, Any], rule: str) -> str:
     )
 
 
+def collapsed_line(frame: pd.DataFrame, layout: dict[str, Any]) -> str:
+    """Which arms' evaluation runs collapsed (their own selected network predicts one class, collapse.py),
+    when the runs carry the tag: a collapsed seed is the configuration failing, not the method being weak."""
+    column = f"tags.{COLLAPSED_TAG}"
+    if column not in frame.columns:
+        return ""
+    runs = _runs(frame, layout, layout["rule"], "eval")
+    counts = [(arm, int((part[column] == "true").sum()), len(part)) for arm, part in runs.groupby(ARM, sort=False)]
+    parts = [f"{arm} {n} of {total} seeds" for arm, n, total in counts if n]
+    if not parts:
+        return ""
+    share = f"{100 * COLLAPSE_SHARE:.0f} %"
+    return f"Collapsed runs (the selected network predicts one class for ≥ {share} of a test split; tag `{COLLAPSED_TAG}`): {', '.join(parts)}."
+
+
 def write_arm_tables(frame: pd.DataFrame, layout: dict[str, Any], rule: str, out: Path, stem: str) -> list[Path]:
     table = arm_table(frame, layout, rule)
     text = [f"**Rule `{rule}`.** {_caption(layout, rule)}", "", _markdown_table(table, layout["baseline"]), ""]
-    line = best_two(frame, layout, table, rule)
-    if line:
-        text += [line, ""]
+    for line in (best_two(frame, layout, table, rule), collapsed_line(frame, layout) if rule == layout["rule"] else ""):
+        if line:
+            text += [line, ""]
     (out / f"{stem}.md").write_text("\n".join(text))
     numbers = table.assign(rule=rule).round({"mean": 4, "ci95": 4, "gain": 4, "gain_ci95": 4, "p": 6, "p_holm": 6})
     numbers.astype({"n": "Int64", "n_pairs": "Int64"}).to_csv(out / f"{stem}.csv", index=False, lineterminator="\n")

@@ -23,7 +23,7 @@ from .errors import ReportError
 #: First characters of an export's first line; the JSON layout follows.
 LAYOUT_PREFIX = "# tlbench runs export; layout: "
 #: Tags kept in an export (prefixes): what tables and tuning records read, nothing about the machine.
-KEPT_TAGS = ("compare.", "pruned", "optuna.trial", "failure_reason", "tlbench.parent")
+KEPT_TAGS = ("compare.", "pruned", "optuna.trial", "failure_reason", "tlbench.parent", "collapsed")
 #: Params left out of an export: where the run was written on the machine that made it.
 DROPPED_PARAMS = ("tracking", "output_dir", "checkpoint_dir", "resume", "sweep.dir")
 #: Params holding a command line's overrides, exported without the ones that name places on this machine.
