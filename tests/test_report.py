@@ -159,6 +159,16 @@ def test_failed_and_running_runs_are_excluded_and_counted(frame):
     assert "Excluded 2 run(s) that did not finish (1 FAILED, 1 RUNNING)." in table.to_markdown()
 
 
+def test_collapsed_runs_are_counted_in_the_table_and_named_in_its_notes(store, frame):
+    for seed, flag in enumerate(("true", "false", "true")):
+        store.add("collapse", _params("dann", "full", "digits", seed), 0.1 if flag == "true" else 0.7, tags={"collapsed": flag})
+    collapsed = collect(store.uri, "collapse", rules=("source_val",))
+    assert len(collapsed.attrs["collapsed"]) == 2
+    text = paper_table(collapsed, rows="adapt.name", cols="data.name", rule="source_val").to_markdown()
+    assert "2 run(s) collapsed, predicting one class (tag `collapsed`), and are counted as they are: run" in text
+    assert "collapsed" not in paper_table(frame).to_markdown()  # runs recorded without the tag
+
+
 def test_a_missing_experiment_or_store_is_one_clear_error(store, tmp_path):
     with pytest.raises(ReportError, match="experiment 'nope' not found in .*; existing: .*exp"):
         collect(store.uri, "nope")

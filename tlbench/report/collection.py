@@ -146,6 +146,8 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     runs = runs.assign(_seed=seed, _holdout=holdout).sort_values("start_time")
     runs = runs.drop_duplicates(["config_id", "_seed", "_holdout", *compare_tags], keep="last")
     attrs["duplicates"] = before - len(runs)
+    if f"tags.{COLLAPSED_TAG}" in runs.columns:
+        attrs["collapsed"] = sorted(runs.loc[runs[f"tags.{COLLAPSED_TAG}"] == "true", "run_name"].astype(str))
 
     rows = []
     histories = {run_id: epoch_table({m: source.history(run_id, m) for m in HISTORY_METRICS}) for run_id in runs["run_id"]}
@@ -245,7 +247,7 @@ def _frame(rows: list[dict], params: list[str], attrs: dict) -> pd.DataFrame:
 
 
 def exclusion_notes(attrs: dict) -> list[str]:
-    """Human-readable lines on what a table left out, for captions and the CLI."""
+    """Human-readable lines on what a table left out, or counts although it failed, for captions and the CLI."""
     notes = []
     if attrs.get("excluded"):
         total = sum(attrs["excluded"].values())
@@ -255,4 +257,8 @@ def exclusion_notes(attrs: dict) -> list[str]:
         notes.append(f"Dropped {attrs['duplicates']} older repeat(s) of the same configuration and seed.")
     if attrs.get("missing"):
         notes.append(f"{len(attrs['missing'])} (run, rule) pair(s) had no history for the rule's metric and are left out.")
+    if attrs.get("collapsed"):
+        names = attrs["collapsed"]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        notes.append(f"{len(names)} run(s) collapsed, predicting one class (tag `collapsed`), and are counted as they are: {shown}.")
     return notes
