@@ -15,8 +15,9 @@ if TYPE_CHECKING:  # the tag is read by reports, which need not import torch
 #: Share of a split's test images predicted as one class at or above which a run counts as collapsed
 #: (when the split's true labels are less one-sided than that).
 COLLAPSE_SHARE = 0.95
-#: Run tag: "true" or "false".
+#: Run tag: "true" or "false"; its column in run tables and exports.
 COLLAPSED_TAG = "collapsed"
+COLLAPSED_COLUMN = f"tags.{COLLAPSED_TAG}"
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .collapse import COLLAPSED_TAG
+from .collapse import COLLAPSED_COLUMN
 from .tracking import client_for, resolve_uri
 
 
@@ -77,8 +77,8 @@ def summary_table(runs: pd.DataFrame, width: int = SUMMARY_WIDTH) -> str:
     if runs.empty:
         return "(no runs)"
     columns = {"status": runs["status"].astype(str).tolist()}
-    if f"tags.{COLLAPSED_TAG}" in runs.columns:  # a collapsed run's number is a failure, not a result
-        columns["status"] = [f"{status} (collapsed)" if flag == "true" else status for status, flag in zip(columns["status"], runs[f"tags.{COLLAPSED_TAG}"])]
+    if COLLAPSED_COLUMN in runs.columns:  # a collapsed run's number is a failure, not a result
+        columns["status"] = [f"{status} (collapsed)" if flag == "true" else status for status, flag in zip(columns["status"], runs[COLLAPSED_COLUMN])]
     for key, header in SUMMARY_METRICS.items():
         if key in runs.columns:
             columns[header] = ["" if pd.isna(v) else f"{v:.4f}" for v in runs[key]]

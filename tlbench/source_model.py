@@ -29,9 +29,10 @@ def source_run_id(run: RunConfig, store: Store) -> str:
     """The run id `adapt.source_model` names in `store`; a ConfigError that says what to run when there is none."""
     spec = run.adapt.source_model
     if not spec:
-        from .adapt.shot import SOURCE_MODEL_REQUIRED
-
-        raise ConfigError(SOURCE_MODEL_REQUIRED)
+        raise ConfigError(
+            "adapt.source_model: SHOT adapts a source-trained model; set runs:/<run_id> or a method "
+            "name such as source_only (its finished run with the same seed, data.source, backbone and head)"
+        )
     if spec.startswith(RUNS_PREFIX):
         return spec[len(RUNS_PREFIX) :].strip("/").split("/")[0]
     client = store.client

@@ -130,16 +130,16 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
             metrics, epoch, step, model_id = _test_fused(plan, fused, recorder)
         else:
             metrics, epoch, step, model_id = _fit_and_test(plan, module, datamodule, recorder, resume_run_id, extra_callbacks)
-        if epoch is not None:
-            metrics["selected_epoch"] = float(epoch)
-            recorder.log_metric_points([({"selected_epoch": metrics["selected_epoch"]}, step, int(time.time() * 1000))], model_id=model_id)
         collapse = collapse_of(module.test_confusion())
-        if collapse.metrics:
-            metrics.update(collapse.metrics)
-            recorder.log_metric_points([(collapse.metrics, step, int(time.time() * 1000))], model_id=model_id)
+        chosen = {**({"selected_epoch": float(epoch)} if epoch is not None else {}), **collapse.metrics}
+        if chosen:  # what the selected model is: its epoch, and whether it collapsed
+            metrics.update(chosen)
+            recorder.log_metric_points([(chosen, step, int(time.time() * 1000))], model_id=model_id)
+        if collapse.tags():
             recorder.set_tags(collapse.tags())
-        if collapse.message():
-            log.warning(collapse.message())
+        collapse_line = collapse.message()
+        if collapse_line:
+            log.warning(collapse_line)
         if model_id:
             recorder.finish_selected_model(model_id)
         if recorder.run_id and not run.trainer.fast_dev_run:  # rank 0 records; fast_dev_run selects nothing
@@ -155,7 +155,7 @@ def execute(plan: RunPlan, extra_callbacks: list | None = None, extra_tags: dict
             recorder.log_artifact(path, "backbone")
             metrics["backbone_weights"] = f"runs:/{recorder.run_id}/backbone/backbone.pt"  # type: ignore[assignment]
         if recorder.run_id:
-            recorder.set_tags({"mlflow.note.content": run_description(metrics, run.selection, run.trainer.max_epochs, collapse.message())})
+            recorder.set_tags({"mlflow.note.content": run_description(metrics, run.selection, run.trainer.max_epochs, collapse_line)})
         metrics["run_id"] = recorder.run_id  # type: ignore[assignment]
         return metrics
 

@@ -108,16 +108,7 @@ class Shot(Adapter):
         return AdaptOutput(loss=loss, logs=logs)
 
 
-SOURCE_MODEL_REQUIRED = (
-    "adapt.source_model: SHOT adapts a source-trained model; set runs:/<run_id> or a method "
-    "name such as source_only (its finished run with the same seed, data.source, backbone and head)"
-)
-
-
 @ADAPTERS.register("shot", ShotConfig)
 def build_shot(cfg: ShotConfig, num_classes: int, feature_dim: int) -> Adapter:
-    if not cfg.source_model:
-        from ..errors import ConfigError
-
-        raise ConfigError(SOURCE_MODEL_REQUIRED)
+    """A missing `source_model` is refused where the plan resolves it (source_model.source_run_id)."""
     return Shot(cfg)

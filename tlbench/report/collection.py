@@ -14,7 +14,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..collapse import COLLAPSED_TAG
+from ..collapse import COLLAPSED_COLUMN
 from ..selection import LEAVE_ONE_OUT, TEST_METRIC, Choice
 from .errors import ReportError
 from .selection import HISTORY_METRICS, epoch_table, get_rule
@@ -129,7 +129,7 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     params = sorted(c[len("params.") :] for c in runs.columns if c.startswith("params."))
     compare_tags = sorted(c for c in runs.columns if c.startswith(COMPARE_TAGS))
     # carried into every row, but not part of a run's identity (runs recorded before the tag have none)
-    carried = compare_tags + [c for c in (f"tags.{COLLAPSED_TAG}",) if c in runs.columns]
+    carried = compare_tags + ([COLLAPSED_COLUMN] if COLLAPSED_COLUMN in runs.columns else [])
     runs = runs[keep].rename(columns=lambda c: c[len("params.") :] if c.startswith("params.") else c)
     if runs.empty:
         return _frame([], params, attrs)
@@ -146,8 +146,8 @@ def collect_runs(source, rules: Iterable[str] = DEFAULT_RULES, statuses: Iterabl
     runs = runs.assign(_seed=seed, _holdout=holdout).sort_values("start_time")
     runs = runs.drop_duplicates(["config_id", "_seed", "_holdout", *compare_tags], keep="last")
     attrs["duplicates"] = before - len(runs)
-    if f"tags.{COLLAPSED_TAG}" in runs.columns:
-        attrs["collapsed"] = sorted(runs.loc[runs[f"tags.{COLLAPSED_TAG}"] == "true", "run_name"].astype(str))
+    if COLLAPSED_COLUMN in runs.columns:
+        attrs["collapsed"] = sorted(runs.loc[runs[COLLAPSED_COLUMN] == "true", "run_name"].astype(str))
 
     rows = []
     histories = {run_id: epoch_table({m: source.history(run_id, m) for m in HISTORY_METRICS}) for run_id in runs["run_id"]}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..collapse import COLLAPSE_SHARE, COLLAPSED_TAG
+from ..collapse import COLLAPSE_SHARE, COLLAPSED_COLUMN, COLLAPSED_TAG
 from ..selection import HISTORY_METRICS, RULES
 from .collection import collect_runs
 from .compare import ALPHA, format_p, holm, paired_test, t_interval
@@ -156,11 +156,10 @@ def _caption(layout: dict[str, Any], rule: str) -> str:
 def collapsed_line(frame: pd.DataFrame, layout: dict[str, Any]) -> str:
     """Which arms' evaluation runs collapsed (their own selected network predicts one class, collapse.py),
     when the runs carry the tag: a collapsed seed is the configuration failing, not the method being weak."""
-    column = f"tags.{COLLAPSED_TAG}"
-    if column not in frame.columns:
+    if COLLAPSED_COLUMN not in frame.columns:
         return ""
     runs = _runs(frame, layout, layout["rule"], "eval")
-    counts = [(arm, int((part[column] == "true").sum()), len(part)) for arm, part in runs.groupby(ARM, sort=False)]
+    counts = [(arm, int((part[COLLAPSED_COLUMN] == "true").sum()), len(part)) for arm, part in runs.groupby(ARM, sort=False)]
     parts = [f"{arm} {n} of {total} seeds" for arm, n, total in counts if n]
     if not parts:
         return ""
